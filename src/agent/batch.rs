@@ -1,0 +1,192 @@
+//! Batching with lsyncd's `delay` meaning: changes are collected for `delay` seconds from
+//! the first one, then sent together; `0` sends at once; once `max_batch` changes are
+//! queued the batch flushes early instead of growing without bound. A file still being
+//! written (write events, no close yet) is held until it is closed or has been quiet for
+//! `write_quiet`, so an upload in progress is never shipped half-written.
+//!
+//! Time is passed in, so the rules are tested without sleeping.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::scan::Target;
+use super::watch::HintKind;
+use crate::protocol::RelPath;
+
+#[derive(Debug)]
+struct Pending {
+    first: Instant,
+    last: Instant,
+    writing: bool,
+    recursive: bool,
+}
+
+pub struct Batcher {
+    delay: Duration,
+    write_quiet: Duration,
+    max_batch: usize,
+    pending: HashMap<RelPath, Pending>,
+    root_since: Option<Instant>,
+}
+
+impl Batcher {
+    pub fn new(delay: Duration, write_quiet: Duration, max_batch: usize) -> Batcher {
+        Batcher { delay, write_quiet, max_batch, pending: HashMap::new(), root_since: None }
+    }
+
+    pub fn set_delay(&mut self, delay: Duration) {
+        self.delay = delay;
+    }
+
+    pub fn add(&mut self, path: RelPath, kind: HintKind, now: Instant) {
+        let p = self.pending.entry(path).or_insert(Pending { first: now, last: now, writing: false, recursive: false });
+        p.last = now;
+        match kind {
+            HintKind::Writing => p.writing = true,
+            HintKind::Closed => p.writing = false,
+            HintKind::Changed => {}
+            HintKind::Tree => {
+                p.recursive = true;
+                p.writing = false;
+            }
+        }
+    }
+
+    /// Requests a scan of the whole root with the next batch.
+    pub fn add_root(&mut self, now: Instant) {
+        self.root_since.get_or_insert(now);
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.len() + usize::from(self.root_since.is_some())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Paths waiting for a close or quiet period (uploads in progress).
+    pub fn writing(&self) -> usize {
+        self.pending.values().filter(|p| p.writing).count()
+    }
+
+    pub fn is_writing(&self, path: &RelPath) -> bool {
+        self.pending.get(path).is_some_and(|p| p.writing)
+    }
+
+    fn ready_at(&self, p: &Pending) -> Instant {
+        let by_delay = p.first + self.delay;
+        if p.writing { by_delay.max(p.last + self.write_quiet) } else { by_delay }
+    }
+
+    /// When the next batch is due, if anything is pending.
+    pub fn deadline(&self) -> Option<Instant> {
+        let paths = self.pending.values().map(|p| self.ready_at(p));
+        let root = self.root_since.map(|t| t + self.delay);
+        paths.chain(root).min()
+    }
+
+    /// Takes the batch if one is due at `now`: every path that is ready (not being written,
+    /// or quiet long enough). Returns an empty list when nothing is due yet.
+    pub fn take_due(&mut self, now: Instant) -> Vec<Target> {
+        let ready_count = self.pending.values().filter(|p| !p.writing || p.last + self.write_quiet <= now).count();
+        let due = self.deadline().is_some_and(|d| d <= now) || ready_count >= self.max_batch;
+        if !due {
+            return Vec::new();
+        }
+        let quiet = self.write_quiet;
+        let mut out = Vec::new();
+        if self.root_since.take().is_some() {
+            out.push(Target::Root);
+        }
+        let taken: Vec<RelPath> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| !p.writing || p.last + quiet <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in taken {
+            let p = self.pending.remove(&k).expect("BUG: key just listed");
+            out.push(Target::Path { path: k, recursive: p.recursive });
+        }
+        out.sort();
+        out
+    }
+
+    /// Removes and returns a pending path so it can be scanned right now (before a remote
+    /// version of it is applied). `None` if it is not pending or is still being written.
+    pub fn take_path(&mut self, path: &RelPath) -> Option<Target> {
+        match self.pending.get(path) {
+            Some(p) if !p.writing => {
+                let p = self.pending.remove(path).expect("BUG: present");
+                Some(Target::Path { path: path.clone(), recursive: p.recursive })
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::parse(s).unwrap()
+    }
+
+    #[test]
+    fn delay_zero_flushes_at_once() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(Duration::ZERO, Duration::from_secs(5), 1000);
+        b.add(p("a"), HintKind::Closed, t0);
+        assert_eq!(b.take_due(t0).len(), 1);
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn delay_collects_from_first_change() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(Duration::from_secs(10), Duration::from_secs(5), 1000);
+        b.add(p("a"), HintKind::Changed, t0);
+        b.add(p("b"), HintKind::Changed, t0 + Duration::from_secs(9));
+        assert!(b.take_due(t0 + Duration::from_secs(9)).is_empty());
+        assert_eq!(b.deadline(), Some(t0 + Duration::from_secs(10)));
+        assert_eq!(b.take_due(t0 + Duration::from_secs(10)).len(), 2, "the later change rides along");
+    }
+
+    #[test]
+    fn big_burst_flushes_early() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(Duration::from_secs(10), Duration::from_secs(5), 3);
+        for n in ["a", "b", "c"] {
+            b.add(p(n), HintKind::Closed, t0);
+        }
+        assert_eq!(b.take_due(t0).len(), 3);
+    }
+
+    #[test]
+    fn file_being_written_waits_for_close_or_quiet() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(Duration::ZERO, Duration::from_secs(5), 1000);
+        b.add(p("upload.bin"), HintKind::Writing, t0);
+        b.add(p("upload.bin"), HintKind::Writing, t0 + Duration::from_secs(3));
+        assert!(b.take_due(t0 + Duration::from_secs(4)).is_empty(), "still being written");
+        assert_eq!(b.deadline(), Some(t0 + Duration::from_secs(8)));
+        assert_eq!(b.take_due(t0 + Duration::from_secs(8)).len(), 1, "quiet long enough");
+
+        b.add(p("u2"), HintKind::Writing, t0);
+        b.add(p("u2"), HintKind::Closed, t0 + Duration::from_secs(1));
+        assert_eq!(b.take_due(t0 + Duration::from_secs(1)).len(), 1, "closed: ship at once");
+    }
+
+    #[test]
+    fn writing_file_does_not_hold_back_others() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(Duration::ZERO, Duration::from_secs(5), 1000);
+        b.add(p("big"), HintKind::Writing, t0);
+        b.add(p("small"), HintKind::Closed, t0);
+        let got = b.take_due(t0);
+        assert_eq!(got, vec![Target::Path { path: p("small"), recursive: false }]);
+        assert_eq!(b.writing(), 1);
+    }
+}

@@ -1,0 +1,215 @@
+//! The agent's TOML config, validated once into `Settings` so later code never re-checks.
+//! Unknown keys are errors that name the key; every error says what to fix.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+/// The config file as written by a user or by the control plane.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// This node's name: unique among the peers, used in logs and conflict copy names.
+    pub node_name: String,
+    /// Address the agent listens on for its peers (and the control plane).
+    pub listen: SocketAddr,
+    /// The sync folder.
+    pub root: PathBuf,
+    /// Where the index lives (default: `<root>/../lsyncd/var/state`).
+    pub state_dir: Option<PathBuf>,
+    /// Where `lsyncd.log` and `lsyncd.status` are written (default: `<root>/../lsyncd/var/log`).
+    pub log_dir: Option<PathBuf>,
+    /// Seconds to collect changes before sending them (lsyncd's `delay`; 0 = at once).
+    #[serde(default = "default_delay")]
+    pub delay: u64,
+    /// A file with write events but no close is shipped after this many quiet seconds.
+    #[serde(default = "default_write_quiet")]
+    pub write_quiet: u64,
+    /// Queued changes that flush a batch before `delay` is over (lsyncd's `maxDelays`).
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Glob patterns (relative to the root) that are never synced.
+    #[serde(default)]
+    pub excludes: Vec<String>,
+    /// Never send local changes; list them as local modifications instead.
+    #[serde(default)]
+    pub receive_only: bool,
+    /// `lsyncd.log` is rotated when it grows past this many bytes.
+    #[serde(default = "default_log_max")]
+    pub log_max_bytes: u64,
+    /// Seconds between full rescans that catch anything the watcher missed (0 = never).
+    #[serde(default = "default_rescan")]
+    pub rescan_interval: u64,
+    pub tls: TlsConfig,
+    #[serde(default, rename = "peers")]
+    pub peers: Vec<PeerConfig>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA certificate (PEM) that signed every peer's certificate.
+    pub ca: PathBuf,
+    /// This node's certificate and key (PEM).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub name: String,
+    pub address: SocketAddr,
+}
+
+fn default_delay() -> u64 {
+    10
+}
+fn default_write_quiet() -> u64 {
+    5
+}
+fn default_max_batch() -> usize {
+    1000
+}
+fn default_log_max() -> u64 {
+    10 * 1024 * 1024
+}
+fn default_rescan() -> u64 {
+    3600
+}
+
+/// Validated settings the agent runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node_name: String,
+    pub listen: SocketAddr,
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub log_dir: PathBuf,
+    pub delay: Duration,
+    pub write_quiet: Duration,
+    pub max_batch: usize,
+    pub excludes: Vec<String>,
+    pub receive_only: bool,
+    pub log_max_bytes: u64,
+    pub rescan_interval: Option<Duration>,
+    pub tls: TlsConfig,
+    pub peers: Vec<PeerConfig>,
+    pub config_path: Option<PathBuf>,
+}
+
+pub const MAX_DELAY_SECS: u64 = 86_400;
+
+impl Settings {
+    pub fn load(path: &Path) -> anyhow::Result<Settings> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read agent config {}", path.display()))?;
+        let mut s = Settings::parse(&text, path.parent().unwrap_or(Path::new(".")))
+            .with_context(|| format!("invalid agent config {}", path.display()))?;
+        s.config_path = Some(path.to_owned());
+        Ok(s)
+    }
+
+    /// Parses and validates; relative paths are taken relative to `base`.
+    pub fn parse(text: &str, base: &Path) -> anyhow::Result<Settings> {
+        let c: AgentConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.message().trim()).context(describe_toml_error(&e, text)))?;
+        if c.node_name.is_empty()
+            || c.node_name.len() > 63
+            || !c.node_name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.')
+        {
+            bail!("node_name {:?}: use 1-63 letters, digits, '-', '_' or '.'", c.node_name);
+        }
+        if c.delay > MAX_DELAY_SECS {
+            bail!("delay = {}: must be a whole number of seconds from 0 to {MAX_DELAY_SECS}", c.delay);
+        }
+        if c.max_batch == 0 {
+            bail!("max_batch = 0: must be at least 1 (lsyncd's default maxDelays is 1000)");
+        }
+        let abs = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+        let root = abs(&c.root);
+        if !root.is_dir() {
+            bail!("root = {:?}: no such directory; create it or fix the path", root.display().to_string());
+        }
+        let root = root.canonicalize().with_context(|| format!("root = {}", root.display()))?;
+        let lsyncd = root.parent().unwrap_or(&root).join("lsyncd");
+        let state_dir = c.state_dir.as_deref().map(abs).unwrap_or_else(|| lsyncd.join("var/state"));
+        let log_dir = c.log_dir.as_deref().map(abs).unwrap_or_else(|| lsyncd.join("var/log"));
+        for pat in &c.excludes {
+            globset::Glob::new(pat).map_err(|e| anyhow::anyhow!("excludes: pattern {pat:?} is not a valid glob: {e}"))?;
+        }
+        let mut names = std::collections::HashSet::new();
+        for p in &c.peers {
+            if p.name == c.node_name {
+                bail!("peers: {:?} is this node's own name; list only the other nodes", p.name);
+            }
+            if !names.insert(&p.name) {
+                bail!("peers: {:?} is listed twice", p.name);
+            }
+        }
+        let tls = TlsConfig { ca: abs(&c.tls.ca), cert: abs(&c.tls.cert), key: abs(&c.tls.key) };
+        for (key, p) in [("tls.ca", &tls.ca), ("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+            if !p.is_file() {
+                bail!("{key} = {:?}: no such file (create certificates with `filesync ca init` and `filesync ca issue`)", p.display().to_string());
+            }
+        }
+        Ok(Settings {
+            node_name: c.node_name,
+            listen: c.listen,
+            root,
+            state_dir,
+            log_dir,
+            delay: Duration::from_secs(c.delay),
+            write_quiet: Duration::from_secs(c.write_quiet.max(1)),
+            max_batch: c.max_batch,
+            excludes: c.excludes,
+            receive_only: c.receive_only,
+            log_max_bytes: c.log_max_bytes.max(64 * 1024),
+            rescan_interval: (c.rescan_interval > 0).then(|| Duration::from_secs(c.rescan_interval)),
+            tls,
+            peers: c.peers,
+            config_path: None,
+        })
+    }
+}
+
+fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].lines().count().max(1);
+            format!("line {line}")
+        }
+        None => "config".to_owned(),
+    }
+}
+
+/// A complete example, printed by `filesync agent --print-example-config` and shown in the README.
+pub const EXAMPLE: &str = r#"# filesync agent configuration (TOML)
+node_name = "web1"                      # unique among peers
+listen = "10.0.0.11:7755"               # address peers and the control plane connect to
+root = "/var/www/webroot/ROOT"          # the sync folder
+# state_dir = "/var/www/webroot/lsyncd/var/state"   # index (default shown)
+# log_dir = "/var/www/webroot/lsyncd/var/log"       # lsyncd.log and lsyncd.status (default shown)
+delay = 10                              # seconds to collect changes before sending (0 = at once)
+write_quiet = 5                         # ship a file still open for writing after 5 quiet seconds
+max_batch = 1000                        # this many queued changes flush early
+excludes = ["cache/**", "*.swp"]        # globs relative to root, never synced
+receive_only = false                    # true: never send local changes (workers)
+log_max_bytes = 10485760                # rotate lsyncd.log past 10 MiB
+rescan_interval = 3600                  # full rescan every hour (0 = never)
+
+[tls]
+ca = "/etc/filesync/ca.pem"
+cert = "/etc/filesync/node.pem"
+key = "/etc/filesync/node.key"
+
+[[peers]]
+name = "web2"
+address = "10.0.0.12:7755"
+
+[[peers]]
+name = "web3"
+address = "10.0.0.13:7755"
+"#;

@@ -1,0 +1,326 @@
+//! The persistent index of the sync root, in redb (a pure-Rust, crash-safe embedded B-tree
+//! store, chosen over sled for its stable file format and over SQLite for needing no C).
+//!
+//! Tables: every path's latest `Entry` (tombstones included) with the local facts needed to
+//! skip re-hashing (inode), a sequence log (`seq -> path`) that peers page through, the
+//! items accepted from peers but not yet written (`needs`), per-peer progress, and meta
+//! (node id, index id, tree digest). Only the agent's event loop writes; the HTTP handlers
+//! read concurrently through redb's MVCC.
+
+use std::path::Path;
+
+use anyhow::Context;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::protocol::{Entry, EntryKind, NodeId, RelPath};
+
+const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
+const BY_SEQ: TableDefinition<u64, &str> = TableDefinition::new("by_seq");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const DIGEST: TableDefinition<&str, u128> = TableDefinition::new("digest");
+const PROGRESS: TableDefinition<&str, &[u8]> = TableDefinition::new("peer_progress");
+const NEEDS: TableDefinition<&str, &[u8]> = TableDefinition::new("needs");
+
+/// An entry as stored: the replicated `Entry` plus facts only this node cares about.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Stored {
+    pub entry: Entry,
+    pub seq: u64,
+    /// Inode of the file on this node when it was last scanned or written.
+    pub ino: u64,
+}
+
+/// An item accepted from a peer that is not written yet (content to fetch, or a failure to
+/// retry). Persisted so a restart does not forget it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Need {
+    pub entry: Entry,
+    pub source: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// Write the content whatever the local version (a receive-only node's revert).
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Progress {
+    pub index_id: u64,
+    pub seq: u64,
+}
+
+pub struct Index {
+    db: Database,
+    pub node_id: NodeId,
+    pub index_id: u64,
+    seq_tx: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Summary {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    /// Order-independent digest of every live path's content and metadata: two nodes with
+    /// the same digest hold the same tree.
+    pub digest: u128,
+}
+
+impl Index {
+    pub fn open(dir: &Path) -> anyhow::Result<Index> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create state dir {}", dir.display()))?;
+        let path = dir.join("index.redb");
+        let db = Database::builder()
+            .set_cache_size(8 * 1024 * 1024)
+            .create(&path)
+            .with_context(|| format!("cannot open index {} (is another agent running on it?)", path.display()))?;
+        let txn = db.begin_write()?;
+        let (node_id, index_id, last_seq);
+        {
+            let mut meta = txn.open_table(META)?;
+            let mut get_or_init = |k: &str| -> anyhow::Result<u64> {
+                if let Some(v) = meta.get(k)? {
+                    return Ok(v.value());
+                }
+                let v = rand::random::<u64>() >> 1 | 1;
+                meta.insert(k, v)?;
+                Ok(v)
+            };
+            node_id = get_or_init("node_id")?;
+            index_id = get_or_init("index_id")?;
+            last_seq = meta.get("last_seq")?.map(|v| v.value()).unwrap_or(0);
+            txn.open_table(ENTRIES)?;
+            txn.open_table(BY_SEQ)?;
+            txn.open_table(DIGEST)?;
+            txn.open_table(PROGRESS)?;
+            txn.open_table(NEEDS)?;
+        }
+        txn.commit()?;
+        let (seq_tx, _) = watch::channel(last_seq);
+        Ok(Index { db, node_id, index_id, seq_tx })
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        *self.seq_tx.borrow()
+    }
+
+    /// Resolves whenever the sequence advances; used by long-polling peers.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.seq_tx.subscribe()
+    }
+
+    pub fn get(&self, path: &RelPath) -> anyhow::Result<Option<Stored>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(ENTRIES)?;
+        Ok(match t.get(path.as_str())? {
+            Some(v) => Some(decode(v.value())?),
+            None => None,
+        })
+    }
+
+    /// Every stored entry at or below `dir` (or the whole index for `None`).
+    pub fn under(&self, dir: Option<&RelPath>) -> anyhow::Result<Vec<Stored>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(ENTRIES)?;
+        let mut out = Vec::new();
+        match dir {
+            None => {
+                for item in t.iter()? {
+                    out.push(decode(item?.1.value())?);
+                }
+            }
+            Some(d) => {
+                if let Some(v) = t.get(d.as_str())? {
+                    out.push(decode(v.value())?);
+                }
+                let lo = format!("{}/", d.as_str());
+                let hi = format!("{}0", d.as_str());
+                for item in t.range(lo.as_str()..hi.as_str())? {
+                    out.push(decode(item?.1.value())?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes entries in one transaction, giving each a new sequence number, and wakes the
+    /// long-polling peers. Returns the stored forms.
+    pub fn commit(&self, items: Vec<(Entry, u64)>) -> anyhow::Result<Vec<Stored>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let txn = self.db.begin_write()?;
+        let mut stored = Vec::with_capacity(items.len());
+        let mut seq = self.last_seq();
+        {
+            let mut entries = txn.open_table(ENTRIES)?;
+            let mut by_seq = txn.open_table(BY_SEQ)?;
+            let mut dig = txn.open_table(DIGEST)?;
+            let mut digest = dig.get("tree")?.map(|v| v.value()).unwrap_or(0);
+            for (entry, ino) in items {
+                let key = entry.path.as_str().to_owned();
+                if let Some(old) = entries.get(key.as_str())? {
+                    let old: Stored = decode(old.value())?;
+                    by_seq.remove(old.seq)?;
+                    digest = digest.wrapping_sub(entry_digest(&old.entry));
+                }
+                seq += 1;
+                digest = digest.wrapping_add(entry_digest(&entry));
+                let s = Stored { entry, seq, ino };
+                entries.insert(key.as_str(), encode(&s).as_slice())?;
+                by_seq.insert(seq, key.as_str())?;
+                stored.push(s);
+            }
+            dig.insert("tree", digest)?;
+            txn.open_table(META)?.insert("last_seq", seq)?;
+        }
+        txn.commit()?;
+        self.seq_tx.send_replace(seq);
+        Ok(stored)
+    }
+
+    /// Updates only the local inode of an entry (no new version, no new sequence).
+    pub fn set_ino(&self, path: &RelPath, ino: u64) -> anyhow::Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut entries = txn.open_table(ENTRIES)?;
+            let cur = entries.get(path.as_str())?.map(|v| decode::<Stored>(v.value()));
+            if let Some(Ok(mut s)) = cur {
+                s.ino = ino;
+                entries.insert(path.as_str(), encode(&s).as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Entries whose sequence is above `since`, ascending, at most `limit`.
+    pub fn changes_since(&self, since: u64, limit: usize) -> anyhow::Result<Vec<(u64, Entry)>> {
+        let txn = self.db.begin_read()?;
+        let by_seq = txn.open_table(BY_SEQ)?;
+        let entries = txn.open_table(ENTRIES)?;
+        let mut out = Vec::new();
+        for item in by_seq.range(since + 1..)? {
+            let (seq, path) = item?;
+            if let Some(v) = entries.get(path.value())? {
+                let s: Stored = decode(v.value())?;
+                out.push((seq.value(), s.entry));
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn summary(&self) -> anyhow::Result<Summary> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(ENTRIES)?;
+        let mut s = Summary {
+            digest: txn.open_table(DIGEST)?.get("tree")?.map(|v| v.value()).unwrap_or(0),
+            ..Summary::default()
+        };
+        for item in t.iter()? {
+            let st: Stored = decode(item?.1.value())?;
+            if st.entry.deleted {
+                continue;
+            }
+            match st.entry.kind {
+                EntryKind::File => {
+                    s.files += 1;
+                    s.bytes += st.entry.size;
+                }
+                EntryKind::Dir => s.dirs += 1,
+                EntryKind::Symlink => s.symlinks += 1,
+            }
+        }
+        Ok(s)
+    }
+
+    pub fn len(&self) -> anyhow::Result<u64> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(ENTRIES)?.len()?)
+    }
+
+    pub fn progress(&self, peer: &str) -> anyhow::Result<Progress> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(PROGRESS)?;
+        Ok(match t.get(peer)? {
+            Some(v) => decode(v.value())?,
+            None => Progress::default(),
+        })
+    }
+
+    /// Records progress through a peer's sequence, together with the needs that page created
+    /// and the needs it resolved, atomically: a restart never skips an accepted item.
+    pub fn record_progress(&self, peer: &str, p: Progress) -> anyhow::Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(PROGRESS)?.insert(peer, encode(&p).as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn put_need(&self, need: &Need) -> anyhow::Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(NEEDS)?.insert(need.entry.path.as_str(), encode(need).as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn remove_need(&self, path: &RelPath) -> anyhow::Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(NEEDS)?.remove(path.as_str())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn needs(&self) -> anyhow::Result<Vec<Need>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(NEEDS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            out.push(decode(item?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn get_meta(&self, key: &str) -> anyhow::Result<Option<u64>> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(META)?.get(key)?.map(|v| v.value()))
+    }
+
+    pub fn set_meta(&self, key: &str, value: u64) -> anyhow::Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(META)?.insert(key, value)?;
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+fn entry_digest(e: &Entry) -> u128 {
+    if e.deleted {
+        return 0;
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(e.path.as_str().as_bytes());
+    h.update(&[e.kind as u8]);
+    h.update(&e.hash);
+    h.update(e.target.as_bytes());
+    h.update(&e.mode.to_le_bytes());
+    if e.kind != EntryKind::Dir {
+        h.update(&e.mtime_ns.to_le_bytes());
+    }
+    let out = h.finalize();
+    u128::from_le_bytes(out.as_bytes()[..16].try_into().expect("BUG: 16 bytes"))
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_allocvec(v).expect("BUG: index values always serialize")
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> anyhow::Result<T> {
+    postcard::from_bytes(b).context("index record is corrupt; delete the state dir to rebuild it from peers")
+}

@@ -1,0 +1,152 @@
+//! One task per peer that keeps a long-poll open to it (`POST /v1/changes`), hands every
+//! page to the event loop and waits until the loop has processed it before asking for the
+//! next. A connect after a failure is the anti-entropy catch-up: the ask starts from the
+//! last sequence number processed, which is persisted with the index. Failures back off
+//! from 200 ms to 10 s; connect and disconnect are logged once each, not per retry.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::index::Index;
+use super::lsyncd_log::LsyncdLog;
+use super::status::Status;
+use super::Event;
+use crate::protocol::wire::{ChangesQuery, ChangesResponse};
+
+pub struct PeerLink {
+    pub name: String,
+    pub address: String,
+    pub cancel: CancellationToken,
+}
+
+pub struct PeerCtx {
+    pub me: String,
+    pub client: reqwest::Client,
+    pub index: Arc<Index>,
+    pub events: mpsc::Sender<Event>,
+    pub status: Arc<Mutex<Status>>,
+    pub log: Arc<LsyncdLog>,
+}
+
+pub fn spawn(ctx: Arc<PeerCtx>, name: String, address: String, parent: &CancellationToken) -> PeerLink {
+    let cancel = parent.child_token();
+    let link = PeerLink { name: name.clone(), address: address.clone(), cancel: cancel.clone() };
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = run(ctx, name, address) => {}
+        }
+    });
+    link
+}
+
+async fn run(ctx: Arc<PeerCtx>, name: String, address: String) {
+    let mut backoff = Duration::from_millis(200);
+    let mut connected = false;
+    let mut failures = 0u32;
+    loop {
+        let progress = match ctx.index.progress(&name) {
+            Ok(p) => p,
+            Err(e) => {
+                ctx.log.error(format!("peer {name}: cannot read progress: {e}"));
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+        };
+        let (pending, _err) = {
+            let st = ctx.status.lock().expect("BUG: poisoned");
+            (st.pending_remote as u64, st.pending_errors.first().cloned())
+        };
+        // The first ask after (re)connecting returns at once, so the link is known to be up.
+        let wait_ms = if connected { 20_000 } else { 0 };
+        let q = ChangesQuery { since: progress.seq, index_id: progress.index_id, wait_ms, pending, from: ctx.me.clone() };
+        let res = ask(&ctx.client, &address, &q).await;
+        match res {
+            Ok(page) => {
+                if !connected {
+                    connected = true;
+                    ctx.log.normal(format!("peer {name} ({address}) connected; catching up from its change #{}", progress.seq));
+                    set(&ctx, &name, &address, |p| {
+                        p.connected = true;
+                        p.last_error = None;
+                    });
+                }
+                failures = 0;
+                backoff = Duration::from_millis(200);
+                let resync = page.index_id != progress.index_id;
+                if page.entries.is_empty() && !resync {
+                    set(&ctx, &name, &address, |p| p.last_sync = Some(time::OffsetDateTime::now_utc().unix_timestamp()));
+                    continue;
+                }
+                let (tx, rx) = oneshot::channel();
+                if ctx.events.send(Event::Page { peer: name.clone(), page, done: tx }).await.is_err() {
+                    return;
+                }
+                match rx.await {
+                    Ok(Ok(())) => set(&ctx, &name, &address, |p| p.last_sync = Some(time::OffsetDateTime::now_utc().unix_timestamp())),
+                    Ok(Err(e)) => {
+                        ctx.log.error(format!("peer {name}: could not process changes: {e:#}"));
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(_) => return,
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                let msg = format!("{e:#}");
+                if connected {
+                    ctx.log.warn(format!("peer {name} ({address}) disconnected: {msg}"));
+                } else if failures == 1 {
+                    ctx.log.warn(format!("peer {name} ({address}) not reachable: {msg}; retrying in the background"));
+                }
+                connected = false;
+                set(&ctx, &name, &address, |p| {
+                    p.connected = false;
+                    p.last_error = Some(msg.clone());
+                });
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+fn set(ctx: &PeerCtx, name: &str, address: &str, f: impl FnOnce(&mut super::status::PeerStatus)) {
+    let mut st = ctx.status.lock().expect("BUG: poisoned");
+    let p = st.peers.entry(name.to_owned()).or_default();
+    p.address = address.to_owned();
+    p.removed = false;
+    f(p);
+}
+
+async fn ask(client: &reqwest::Client, address: &str, q: &ChangesQuery) -> anyhow::Result<ChangesResponse> {
+    let body = postcard::to_allocvec(q)?;
+    let resp = client
+        .post(format!("https://{address}/v1/changes"))
+        .timeout(Duration::from_millis(q.wait_ms + 15_000))
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", describe(&e)))?;
+    if !resp.status().is_success() {
+        let st = resp.status();
+        anyhow::bail!("answered {st}: {}", resp.text().await.unwrap_or_default().trim());
+    }
+    let bytes = resp.bytes().await.map_err(|e| anyhow::anyhow!("{}", describe(&e)))?;
+    Ok(postcard::from_bytes(&bytes)?)
+}
+
+/// reqwest's errors nest their cause; show the innermost, which says what went wrong
+/// (connection refused, certificate unknown, ...).
+pub fn describe(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg = s.to_string();
+        src = s.source();
+    }
+    msg
+}

@@ -1,0 +1,203 @@
+//! The agent's HTTP surface, reachable only over mutual TLS (see `tls`):
+//! `POST /v1/changes` (the replication long-poll), `GET /v1/file` and `POST /v1/delta`
+//! (content), `GET /v1/status` (JSON), `GET /healthz`, `GET /metrics` (Prometheus), and
+//! `POST /v1/admin/{reload,revert,rescan,confirm-empty}` for `filesync ctl` and the
+//! control plane. Every path a peer sends is parsed into a `RelPath` first; a hostile one
+//! is refused with 400 and logged.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use tokio::sync::{mpsc, oneshot};
+
+use super::index::Index;
+use super::lsyncd_log::LsyncdLog;
+use super::root::SyncRoot;
+use super::status::Status;
+use super::tls::PeerName;
+use super::transfer::{INLINE_BUDGET, INLINE_MAX};
+use super::{AdminCmd, Event};
+use crate::protocol::wire::{Blob, CONTENT_CHANGED, ChangesQuery, ChangesResponse};
+use crate::protocol::{EntryKind, RelPath};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub index: Arc<Index>,
+    pub root: SyncRoot,
+    pub node_name: String,
+    pub status: Arc<Mutex<Status>>,
+    pub log: Arc<LsyncdLog>,
+    pub events: mpsc::Sender<Event>,
+    pub paused: Arc<std::sync::atomic::AtomicBool>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/changes", post(changes))
+        .route("/v1/file", get(file))
+        .route("/v1/delta", post(delta))
+        .route("/v1/status", get(status))
+        .route("/v1/admin/{cmd}", post(admin))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+type HttpResult<T> = Result<T, (StatusCode, String)>;
+
+fn internal(e: impl std::fmt::Display) -> (StatusCode, String) {
+    (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+async fn changes(State(app): State<AppState>, Extension(peer): Extension<PeerName>, body: Bytes) -> HttpResult<Response> {
+    let q: ChangesQuery = postcard::from_bytes(&body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad changes query: {e}")))?;
+    let since = if q.index_id == app.index.index_id { q.since } else { 0 };
+    {
+        let mut st = app.status.lock().expect("BUG: poisoned");
+        let p = st.peers.entry(peer.0.clone()).or_default();
+        p.our_seq_acked = since;
+        p.peer_pending = q.pending;
+        p.peer_error = None;
+    }
+    let mut rx = app.index.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms.min(30_000));
+    loop {
+        let paused = app.paused.load(std::sync::atomic::Ordering::SeqCst);
+        if !paused {
+            let app2 = app.clone();
+            let page = tokio::task::spawn_blocking(move || build_page(&app2, since)).await.map_err(internal)?.map_err(internal)?;
+            if !page.entries.is_empty() || tokio::time::Instant::now() >= deadline {
+                let bytes: u64 = page.blobs.iter().map(|b| b.data.len() as u64).sum();
+                app.status.lock().expect("BUG: poisoned").counters.bytes_sent += bytes;
+                let body = postcard::to_allocvec(&page).map_err(internal)?;
+                return Ok(([("content-type", "application/octet-stream")], body).into_response());
+            }
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return Err(internal("agent is shutting down")) },
+            _ = tokio::time::sleep_until(deadline) => {
+                if paused {
+                    let page = ChangesResponse { node_id: app.index.node_id, node_name: app.node_name.clone(), index_id: app.index.index_id, entries: vec![], blobs: vec![], last_seq: since, more: false };
+                    return Ok(postcard::to_allocvec(&page).map_err(internal)?.into_response());
+                }
+            },
+        }
+    }
+}
+
+fn build_page(app: &AppState, since: u64) -> anyhow::Result<ChangesResponse> {
+    const PAGE: usize = 2000;
+    let entries = app.index.changes_since(since, PAGE)?;
+    let more = entries.len() >= PAGE;
+    let last_seq = entries.last().map(|(s, _)| *s).unwrap_or(since);
+    let mut blobs = Vec::new();
+    let mut budget = INLINE_BUDGET;
+    let mut seen = std::collections::HashSet::new();
+    for (_, e) in &entries {
+        // Only content this node changed itself travels inline: relayed versions are
+        // usually already on the asker, and it can fetch the rest.
+        if e.deleted || e.kind != EntryKind::File || e.modified_by != app.index.node_id || e.size > INLINE_MAX || e.size > budget || !seen.insert(e.hash) {
+            continue;
+        }
+        let Ok(mut f) = app.root.open_read(&e.path) else { continue };
+        let mut data = Vec::with_capacity(e.size as usize);
+        if std::io::Read::read_to_end(&mut f, &mut data).is_err() {
+            continue;
+        }
+        if *blake3::hash(&data).as_bytes() == e.hash {
+            budget -= data.len() as u64;
+            blobs.push(Blob { hash: e.hash, data });
+        }
+    }
+    Ok(ChangesResponse { node_id: app.index.node_id, node_name: app.node_name.clone(), index_id: app.index.index_id, entries, blobs, last_seq, more })
+}
+
+#[derive(serde::Deserialize)]
+struct ContentQuery {
+    path: String,
+    hash: String,
+}
+
+/// Parses and checks a content request: the path must be valid, and the index must hold
+/// exactly that content for it now.
+fn check_content(app: &AppState, peer: &PeerName, q: &ContentQuery) -> HttpResult<(RelPath, [u8; 32])> {
+    let path = RelPath::parse(&q.path).map_err(|e| {
+        app.log.warn(format!("refused request from {} for path {:?}: {e}", peer.0, q.path));
+        app.status.lock().expect("BUG: poisoned").counters.refused += 1;
+        (StatusCode::BAD_REQUEST, format!("refused path: {e}"))
+    })?;
+    let hash: [u8; 32] = hex::decode(&q.hash).ok().and_then(|h| h.try_into().ok()).ok_or((StatusCode::BAD_REQUEST, "bad hash".to_owned()))?;
+    let stored = app.index.get(&path).map_err(internal)?;
+    match stored {
+        Some(s) if !s.entry.deleted && s.entry.kind == EntryKind::File && s.entry.hash == hash => Ok((path, hash)),
+        _ => Err((StatusCode::CONFLICT, CONTENT_CHANGED.to_owned())),
+    }
+}
+
+async fn file(State(app): State<AppState>, Extension(peer): Extension<PeerName>, Query(q): Query<ContentQuery>) -> HttpResult<Response> {
+    let (path, _) = check_content(&app, &peer, &q)?;
+    let f = app.root.open_read(&path).map_err(|_| (StatusCode::CONFLICT, CONTENT_CHANGED.to_owned()))?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    app.status.lock().expect("BUG: poisoned").counters.bytes_sent += len;
+    let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(f), 256 * 1024);
+    Ok(Response::builder()
+        .header("content-type", "application/octet-stream")
+        .header("content-length", len)
+        .body(Body::from_stream(stream))
+        .map_err(internal)?)
+}
+
+async fn delta(State(app): State<AppState>, Extension(peer): Extension<PeerName>, Query(q): Query<ContentQuery>, body: Bytes) -> HttpResult<Response> {
+    let (path, hash) = check_content(&app, &peer, &q)?;
+    let root = app.root.clone();
+    let out = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, (StatusCode, String)> {
+        let mut f = root.open_read(&path).map_err(|_| (StatusCode::CONFLICT, CONTENT_CHANGED.to_owned()))?;
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut data).map_err(internal)?;
+        if *blake3::hash(&data).as_bytes() != hash {
+            return Err((StatusCode::CONFLICT, CONTENT_CHANGED.to_owned()));
+        }
+        let sig = fast_rsync::Signature::deserialize(body.to_vec()).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad signature: {e}")))?;
+        let mut out = Vec::new();
+        fast_rsync::diff(&sig.index(), &data, &mut out).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad signature: {e}")))?;
+        Ok(out)
+    })
+    .await
+    .map_err(internal)??;
+    app.status.lock().expect("BUG: poisoned").counters.bytes_sent += out.len() as u64;
+    Ok(out.into_response())
+}
+
+async fn status(State(app): State<AppState>) -> Response {
+    let st = app.status.lock().expect("BUG: poisoned").clone();
+    axum::Json(st).into_response()
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    let text = app.status.lock().expect("BUG: poisoned").metrics();
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+}
+
+async fn admin(State(app): State<AppState>, Extension(peer): Extension<PeerName>, UrlPath(cmd): UrlPath<String>, Query(args): Query<HashMap<String, String>>) -> HttpResult<String> {
+    let cmd = match cmd.as_str() {
+        "reload" => AdminCmd::Reload,
+        "revert" => AdminCmd::Revert,
+        "rescan" => AdminCmd::Rescan,
+        "confirm-empty" => AdminCmd::ConfirmEmpty,
+        "pause" => AdminCmd::Pause(true),
+        "resume" => AdminCmd::Pause(false),
+        other => return Err((StatusCode::NOT_FOUND, format!("unknown admin command {other:?}"))),
+    };
+    let _ = args;
+    app.log.normal(format!("admin command {cmd:?} from {}", peer.0));
+    let (tx, rx) = oneshot::channel();
+    app.events.send(Event::Admin(cmd, tx)).await.map_err(|_| internal("agent is shutting down"))?;
+    rx.await.map_err(|_| internal("agent is shutting down"))
+}

@@ -1,0 +1,167 @@
+//! The agent's live state as users see it: `lsyncd.status` (rewritten every two seconds,
+//! lsyncd's shape plus peers), the `/v1/status` JSON for the control plane, and the
+//! Prometheus text on `/metrics`. The event loop and the peer tasks update one `Status`
+//! behind a short-held mutex; renderers take a snapshot.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use super::lsyncd_log::timestamp;
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct PeerStatus {
+    pub address: String,
+    pub connected: bool,
+    /// Last time a page of this peer's changes was fully processed here.
+    pub last_sync: Option<i64>,
+    pub last_error: Option<String>,
+    /// Highest of the peer's sequence numbers processed here.
+    pub their_seq_processed: u64,
+    /// Highest of our sequence numbers the peer reported processing, and its backlog.
+    pub our_seq_acked: u64,
+    pub peer_pending: u64,
+    pub peer_error: Option<String>,
+    /// Median-ish recent replication lag from the peer's commit to our write (ms).
+    pub lag_ms: Option<u64>,
+    pub removed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Counters {
+    pub batches: u64,
+    pub local_changes: u64,
+    pub applied: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    pub conflicts: u64,
+    pub errors: u64,
+    pub refused: u64,
+    pub delta_transfers: u64,
+    pub renames: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Status {
+    pub node_name: String,
+    pub node_id: String,
+    pub root: String,
+    pub delay_s: u64,
+    pub receive_only: bool,
+    pub paused: bool,
+    pub started_at: i64,
+    pub startup_complete: bool,
+    pub last_seq: u64,
+    /// Local changes waiting for the delay (lsyncd's "delays").
+    pub pending_local: usize,
+    /// Files held because they are still being written.
+    pub writing: usize,
+    /// Remote changes accepted but not written yet, and why the oldest is stuck.
+    pub pending_remote: usize,
+    pub pending_errors: Vec<String>,
+    pub watches: usize,
+    pub warnings: Vec<String>,
+    pub held_deletes: usize,
+    pub local_modifications: Vec<String>,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    pub tree_digest: String,
+    pub excludes: Vec<String>,
+    pub peers: BTreeMap<String, PeerStatus>,
+    pub counters: Counters,
+}
+
+impl Status {
+    pub fn write_lsyncd_status(&self, dir: &Path) -> std::io::Result<()> {
+        let now = OffsetDateTime::now_utc();
+        let mut s = String::new();
+        let _ = writeln!(s, "Lsyncd status report at {}\n", timestamp(now));
+        let _ = writeln!(s, "Sync1 source={}/", self.root);
+        let _ = writeln!(s, "Node: {} ({}){}", self.node_name, if self.receive_only { "receive-only" } else { "send-receive" }, if self.paused { ", PAUSED" } else { "" });
+        let _ = writeln!(s, "There are {} delays", self.pending_local);
+        if self.writing > 0 {
+            let _ = writeln!(s, "  {} file(s) still being written, held until closed", self.writing);
+        }
+        let _ = writeln!(s, "There are {} pending remote changes", self.pending_remote);
+        for e in &self.pending_errors {
+            let _ = writeln!(s, "  waiting: {e}");
+        }
+        if self.held_deletes > 0 {
+            let _ = writeln!(s, "HOLDING {} deletes: the sync root looks empty or unmounted; nothing is deleted on peers", self.held_deletes);
+        }
+        let _ = writeln!(s, "Tree: {} files, {} directories, {} symlinks, {} bytes, digest {}", self.files, self.dirs, self.symlinks, self.bytes, self.tree_digest);
+        let _ = writeln!(s, "Excluding:");
+        for e in &self.excludes {
+            let _ = writeln!(s, "  {e}");
+        }
+        let _ = writeln!(s, "\nPeers:");
+        for (name, p) in &self.peers {
+            if p.removed {
+                continue;
+            }
+            let state = if p.connected { "connected" } else { "disconnected" };
+            let last = p.last_sync.map(|t| timestamp(OffsetDateTime::from_unix_timestamp(t).unwrap_or(now))).unwrap_or_else(|| "never".into());
+            let _ = write!(s, "  {name} {} {state}, last sync {last}", p.address);
+            if let Some(l) = p.lag_ms {
+                let _ = write!(s, ", lag {l} ms");
+            }
+            if p.peer_pending > 0 {
+                let _ = write!(s, ", {} change(s) not yet written there", p.peer_pending);
+            }
+            let _ = writeln!(s);
+            if let Some(e) = &p.last_error {
+                let _ = writeln!(s, "    error: {e}");
+            }
+            if let Some(e) = &p.peer_error {
+                let _ = writeln!(s, "    peer reports: {e}");
+            }
+        }
+        if !self.local_modifications.is_empty() {
+            let _ = writeln!(s, "\nLocal modifications (receive-only, not sent; revert with `filesync ctl revert`):");
+            for m in self.local_modifications.iter().take(100) {
+                let _ = writeln!(s, "  {m}");
+            }
+        }
+        for w in &self.warnings {
+            let _ = writeln!(s, "\nWARNING: {w}");
+        }
+        let _ = writeln!(s, "\nInotify watching {} directories", self.watches);
+        let tmp = dir.join("lsyncd.status.tmp");
+        std::fs::write(&tmp, s)?;
+        std::fs::rename(tmp, dir.join("lsyncd.status"))
+    }
+
+    pub fn metrics(&self) -> String {
+        let mut s = String::new();
+        let mut m = |name: &str, help: &str, kind: &str, v: String| {
+            let _ = writeln!(s, "# HELP filesync_{name} {help}\n# TYPE filesync_{name} {kind}\n{v}");
+        };
+        let c = &self.counters;
+        m("pending_local_changes", "Local changes waiting for the batch delay.", "gauge", format!("filesync_pending_local_changes {}", self.pending_local));
+        m("pending_remote_changes", "Remote changes accepted but not yet written.", "gauge", format!("filesync_pending_remote_changes {}", self.pending_remote));
+        m("watches", "Directories watched with inotify.", "gauge", format!("filesync_watches {}", self.watches));
+        m("files", "Files in the synced tree.", "gauge", format!("filesync_files {}", self.files));
+        m("conflicts_total", "Conflicts resolved with a conflict copy.", "counter", format!("filesync_conflicts_total {}", c.conflicts));
+        m("bytes_received_total", "File content bytes received from peers.", "counter", format!("filesync_bytes_received_total {}", c.bytes_received));
+        m("bytes_sent_total", "File content bytes sent to peers.", "counter", format!("filesync_bytes_sent_total {}", c.bytes_sent));
+        m("applied_total", "Remote changes written to disk.", "counter", format!("filesync_applied_total {}", c.applied));
+        m("local_changes_total", "Local changes announced to peers.", "counter", format!("filesync_local_changes_total {}", c.local_changes));
+        m("errors_total", "Errors logged.", "counter", format!("filesync_errors_total {}", c.errors));
+        let mut up = String::new();
+        let mut lag = String::new();
+        for (name, p) in self.peers.iter().filter(|(_, p)| !p.removed) {
+            let _ = writeln!(up, "filesync_peer_connected{{peer=\"{name}\"}} {}", u8::from(p.connected));
+            if let Some(l) = p.lag_ms {
+                let _ = writeln!(lag, "filesync_replication_lag_seconds{{peer=\"{name}\"}} {}", l as f64 / 1000.0);
+            }
+        }
+        m("peer_connected", "Whether the link to a peer is up.", "gauge", up.trim_end().to_owned());
+        m("replication_lag_seconds", "Time from a change's commit on the peer to its write here.", "gauge", lag.trim_end().to_owned());
+        s
+    }
+}

@@ -1,0 +1,178 @@
+//! The command line: `filesync agent | ca | ctl | demo`. Each subcommand's arguments are
+//! documented here and become its `--help`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::config::Settings;
+
+#[derive(Parser)]
+#[command(name = "filesync", version, about = "Keeps a folder identical on several nodes (the File Synchronization add-on, done right).")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the node agent: watch the sync folder and replicate it with every peer.
+    Agent(AgentArgs),
+    /// Create a CA and node certificates for standalone agents.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Talk to a running agent (status, reload, revert, ...), using its own config.
+    Ctl(CtlArgs),
+    /// Three local agents on 127.0.0.2-4 syncing three folders: drop a file in one, see it in all.
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    /// Agent config file (TOML). See `--print-example-config`.
+    #[arg(long, short, required_unless_present = "print_example_config")]
+    pub config: Option<PathBuf>,
+    /// Override the config's `delay` (seconds).
+    #[arg(long)]
+    pub delay: Option<u64>,
+    /// Print a complete, commented example config and exit.
+    #[arg(long)]
+    pub print_example_config: bool,
+}
+
+#[derive(Subcommand)]
+pub enum CaCommand {
+    /// Create `ca.pem` and `ca.key` in DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "filesync CA")]
+        name: String,
+    },
+    /// Issue `NAME.pem` and `NAME.key` in DIR, signed by DIR's CA, valid for the given addresses.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// IP address the node is reached at (repeatable).
+        #[arg(long = "ip")]
+        ips: Vec<IpAddr>,
+        /// DNS name the node is reached at (repeatable).
+        #[arg(long = "dns")]
+        dns: Vec<String>,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct CtlArgs {
+    /// The agent's config file (its address and certificate are used to connect).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// status | reload | rescan | revert | confirm-empty | pause | resume
+    pub command: String,
+}
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Where the demo's nodes live (default: /tmp/filesync-demo).
+    #[arg(long, default_value = "/tmp/filesync-demo")]
+    pub dir: PathBuf,
+    /// Batch delay in seconds for the demo agents.
+    #[arg(long, default_value_t = 1)]
+    pub delay: u64,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "filesync=warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("BUG: cannot start the tokio runtime");
+    match rt.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("filesync: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Agent(a) => {
+            if a.print_example_config {
+                print!("{}", crate::agent::config::EXAMPLE);
+                return Ok(());
+            }
+            let path = a.config.expect("BUG: clap requires --config");
+            let mut s = Settings::load(&path)?;
+            if let Some(d) = a.delay {
+                s.delay = std::time::Duration::from_secs(d);
+            }
+            let shutdown = shutdown_on_signals();
+            crate::agent::run(s, shutdown).await
+        }
+        Command::Ca(CaCommand::Init { dir, name }) => {
+            anyhow::ensure!(!dir.join("ca.key").exists(), "{} already holds a CA; refusing to overwrite it", dir.display());
+            let ca = crate::pki::new_ca(&name)?;
+            crate::pki::write_private(&dir.join("ca.pem"), &ca.cert_pem)?;
+            crate::pki::write_private(&dir.join("ca.key"), &ca.key_pem)?;
+            println!("created {} and {}", dir.join("ca.pem").display(), dir.join("ca.key").display());
+            Ok(())
+        }
+        Command::Ca(CaCommand::Issue { dir, name, ips, dns }) => {
+            let ca = crate::pki::load_ca(&dir)?;
+            let cert = crate::pki::issue(&ca, &name, &ips, &dns)?;
+            crate::pki::write_private(&dir.join(format!("{name}.pem")), &cert.cert_pem)?;
+            crate::pki::write_private(&dir.join(format!("{name}.key")), &cert.key_pem)?;
+            println!("created {}.pem and {}.key in {}", name, name, dir.display());
+            Ok(())
+        }
+        Command::Ctl(c) => {
+            let out = ctl(&c.config, &c.command).await?;
+            println!("{out}");
+            Ok(())
+        }
+        Command::Demo(d) => crate::demo::run(d, shutdown_on_signals()).await,
+    }
+}
+
+/// Sends one control command to the agent described by `config`, over its own mTLS.
+pub async fn ctl(config: &std::path::Path, command: &str) -> anyhow::Result<String> {
+    crate::agent::tls::install_crypto_provider();
+    let s = Settings::load(config)?;
+    let client = crate::agent::tls::http_client(&s.tls)?;
+    let (method, path) = match command {
+        "status" => ("GET", "/v1/status".to_owned()),
+        "reload" | "rescan" | "revert" | "confirm-empty" | "pause" | "resume" => ("POST", format!("/v1/admin/{command}")),
+        other => anyhow::bail!("unknown ctl command {other:?}; use status, reload, rescan, revert, confirm-empty, pause or resume"),
+    };
+    let url = format!("https://{}{}", s.listen, path);
+    let req = if method == "GET" { client.get(&url) } else { client.post(&url) };
+    let resp = req.send().await.with_context(|| format!("cannot reach the agent at {} (is it running?)", s.listen))?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    anyhow::ensure!(status.is_success(), "agent answered {status}: {text}");
+    Ok(text)
+}
+
+/// A token cancelled on SIGTERM or SIGINT.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("BUG: cannot install SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        t.cancel();
+    });
+    token
+}

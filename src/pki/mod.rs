@@ -1,0 +1,73 @@
+//! Certificates: a CA per environment and a certificate per node, both with rcgen (a
+//! maintained, pure-Rust certificate builder on the same `ring` provider as rustls).
+//! Used by `filesync ca` for standalone set-ups and by the control plane, which is the CA
+//! of every environment it manages.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use anyhow::Context;
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+
+pub struct CaFiles {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Creates a self-signed CA valid for 20 years.
+pub fn new_ca(common_name: &str) -> anyhow::Result<CaFiles> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(365 * 20);
+    let key = KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok(CaFiles { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
+/// Issues a node certificate (server and client auth) for `name`, valid for the given IP
+/// addresses and DNS names, signed by the CA.
+pub fn issue(ca: &CaFiles, name: &str, ips: &[IpAddr], dns: &[String]) -> anyhow::Result<CaFiles> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem).context("CA key is not a valid PEM key")?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).context("CA certificate is not valid PEM")?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    let mut sans = vec![SanType::DnsName(name.to_owned().try_into()?)];
+    for d in dns {
+        sans.push(SanType::DnsName(d.clone().try_into()?));
+    }
+    sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    params.subject_alt_names = sans;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(365 * 5);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(CaFiles { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
+/// Writes a file readable only by its owner (keys, and by habit certificates too).
+pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp-write");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+pub fn load_ca(dir: &Path) -> anyhow::Result<CaFiles> {
+    let cert_pem = std::fs::read_to_string(dir.join("ca.pem"))
+        .with_context(|| format!("no CA in {} (create one with `filesync ca init --dir {}`)", dir.display(), dir.display()))?;
+    let key_pem = std::fs::read_to_string(dir.join("ca.key")).with_context(|| format!("cannot read {}", dir.join("ca.key").display()))?;
+    Ok(CaFiles { cert_pem, key_pem })
+}

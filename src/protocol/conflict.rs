@@ -1,0 +1,116 @@
+//! The conflict rule: which of two concurrent versions keeps the name, and what the loser's
+//! conflict copy is called. Every node evaluates the same pure function on the same inputs,
+//! so every node picks the same winner and the same copy name.
+
+use time::OffsetDateTime;
+
+use super::{Entry, EntryKind, RelPath};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Winner {
+    Local,
+    Remote,
+}
+
+/// Decides between two concurrent versions of one path.
+///
+/// In order: an existing path beats a deletion (nothing an upload wrote is lost); a directory
+/// beats a file or link (a tree is never replaced by a file); the newer mtime wins; then the
+/// higher node id; then the higher content hash, so the order is total.
+pub fn winner(local: &Entry, remote: &Entry) -> Winner {
+    use std::cmp::Ordering::*;
+    let key = |e: &Entry| (!e.deleted, e.kind == EntryKind::Dir && !e.deleted, e.mtime_ns, e.modified_by, e.hash);
+    match key(local).cmp(&key(remote)) {
+        Greater | Equal => Winner::Local,
+        Less => Winner::Remote,
+    }
+}
+
+/// `photo.jpg` → `photo.sync-conflict-20261122-101502-node2.jpg`, from the losing version's
+/// mtime (UTC) and the name of the node that made it.
+pub fn conflict_copy_path(path: &RelPath, loser: &Entry) -> RelPath {
+    let ts = OffsetDateTime::from_unix_timestamp_nanos(loser.mtime_ns as i128)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let stamp = format!(
+        "{:04}{:02}{:02}-{:02}{:02}{:02}",
+        ts.year(),
+        u8::from(ts.month()),
+        ts.day(),
+        ts.hour(),
+        ts.minute(),
+        ts.second()
+    );
+    let node: String = loser
+        .modified_by_name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .take(40)
+        .collect();
+    let name = path.file_name();
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 && loser.kind == EntryKind::File => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    };
+    // Keep the result within NAME_MAX by shortening the stem.
+    let suffix = format!(".sync-conflict-{stamp}-{node}{ext}");
+    let room = super::path::MAX_COMPONENT.saturating_sub(suffix.len());
+    let mut cut = stem.len().min(room);
+    while !stem.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    path.with_file_name(&format!("{}{}", &stem[..cut], suffix))
+        .expect("BUG: conflict copy name built from a valid name is valid")
+}
+
+pub fn is_conflict_copy(name: &str) -> bool {
+    name.contains(".sync-conflict-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::VersionVector;
+
+    fn e(kind: EntryKind, deleted: bool, mtime_s: i64, by: u64, hash: u8) -> Entry {
+        Entry {
+            path: RelPath::parse("photo.jpg").unwrap(),
+            kind,
+            deleted,
+            size: 1,
+            mtime_ns: mtime_s * 1_000_000_000,
+            mode: 0o644,
+            hash: [hash; 32],
+            target: String::new(),
+            version: VersionVector::new(),
+            modified_by: by,
+            modified_by_name: format!("node{by}"),
+        }
+    }
+
+    /// Each pair: the first must win, whichever side it is on.
+    #[test]
+    fn winner_table_both_directions() {
+        use EntryKind::*;
+        let table = [
+            (e(File, false, 10, 1, 1), e(File, true, 20, 2, 0)),
+            (e(Dir, false, 10, 1, 0), e(File, false, 20, 2, 1)),
+            (e(File, false, 20, 1, 1), e(File, false, 10, 2, 2)),
+            (e(File, false, 10, 2, 1), e(File, false, 10, 1, 2)),
+            (e(File, false, 10, 1, 2), e(File, false, 10, 1, 1)),
+        ];
+        for (w, l) in table {
+            assert_eq!(winner(&w, &l), Winner::Local, "{w:?} should beat {l:?}");
+            assert_eq!(winner(&l, &w), Winner::Remote, "{w:?} should beat {l:?}");
+        }
+    }
+
+    #[test]
+    fn conflict_copy_name_keeps_extension_and_names_node() {
+        let mut l = e(EntryKind::File, false, 0, 2, 1);
+        l.mtime_ns = 1_795_256_102_000_000_000; // 2026-11-22 10:15:02 UTC
+        let p = conflict_copy_path(&RelPath::parse("up/photo.jpg").unwrap(), &l);
+        assert_eq!(p.as_str(), "up/photo.sync-conflict-20261122-101502-node2.jpg");
+        let long = RelPath::parse(&"a".repeat(255)).unwrap();
+        assert!(conflict_copy_path(&long, &l).as_str().len() <= 255);
+    }
+}
