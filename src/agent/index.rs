@@ -277,6 +277,15 @@ impl Index {
         Ok(())
     }
 
+    pub fn get_need(&self, path: &RelPath) -> anyhow::Result<Option<Need>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(NEEDS)?;
+        Ok(match t.get(path.as_str())? {
+            Some(v) => Some(decode(v.value())?),
+            None => None,
+        })
+    }
+
     pub fn needs(&self) -> anyhow::Result<Vec<Need>> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(NEEDS)?;

@@ -167,6 +167,16 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         lag: HashMap::new(),
     };
 
+    // Temp files left by a crash are garbage: the real names were never touched.
+    let mut stale = 0;
+    for e in walkdir::WalkDir::new(&agent.s.root).into_iter().flatten() {
+        if e.file_name().to_str().is_some_and(root::is_temp_name) && std::fs::remove_file(e.path()).is_ok() {
+            stale += 1;
+        }
+    }
+    if stale > 0 {
+        agent.log.normal(format!("removed {stale} temp file(s) left by an interrupted transfer"));
+    }
     // Start-up: a full scan against the persistent index (unchanged files are not re-hashed).
     let t0 = Instant::now();
     let before = agent.index.len()?;
@@ -504,6 +514,12 @@ impl Agent {
         if self.s.receive_only && self.local_mods.contains(&r.path) {
             return Ok(());
         }
+        // A version that supersedes a pending fetch replaces it (it is applied or re-queued below).
+        if let Some(n) = self.index.get_need(&r.path)? {
+            if matches!(r.version.compare(&n.entry.version), crate::protocol::VersionOrdering::Newer | crate::protocol::VersionOrdering::Equal) && !n.force {
+                self.index.remove_need(&r.path)?;
+            }
+        }
         let local = self.index.get(&r.path)?;
         let decision = decide(local.as_ref().map(|s| &s.entry), &r);
         let res = match decision {
@@ -548,7 +564,7 @@ impl Agent {
                     if conflict {
                         self.note_conflict(&r, conflict_copy.as_ref(), peer);
                     }
-                    let prep = self.prepare_slot(&r.path, local_live, conflict_copy.as_ref());
+                    let prep = self.prepare_slot(&r.path, r.kind, local_live, conflict_copy.as_ref());
                     match prep {
                         Err(err) => Err(err),
                         Ok(()) => {
@@ -608,7 +624,7 @@ impl Agent {
 
     /// Makes room for a new version at `path`: moves the losing local content to its
     /// conflict copy, or removes a local item of another kind that the new version replaces.
-    fn prepare_slot(&mut self, path: &RelPath, local: Option<&Stored>, conflict_copy: Option<&RelPath>) -> Result<(), RootError> {
+    fn prepare_slot(&mut self, path: &RelPath, kind: EntryKind, local: Option<&Stored>, conflict_copy: Option<&RelPath>) -> Result<(), RootError> {
         if let Some(copy) = conflict_copy {
             if self.root.stat(path)?.is_some() {
                 self.root.rename(path, copy)?;
@@ -616,18 +632,22 @@ impl Agent {
             }
             return Ok(());
         }
-        let disk = self.root.stat(path)?;
-        if let (Some(l), Some(d)) = (local, disk) {
-            let _ = l;
-            if d.kind == EntryKind::Dir {
-                // A directory is replaced only once it is empty (its children's deletions
-                // come in the same page or later).
-                if !self.root.remove(path)? {
-                    return Err(RootError::Io { path: path.clone(), source: std::io::Error::other("a non-empty directory is in the way") });
+        let _ = local;
+        match self.root.stat(path)? {
+            Some(d) if d.kind == kind => Ok(()),
+            // A directory is replaced only once it is empty (its children's deletions come
+            // in the same page or later; the item is retried until then).
+            Some(d) if d.kind == EntryKind::Dir => {
+                if self.root.remove(path)? {
+                    Ok(())
+                } else {
+                    Err(RootError::Io { path: path.clone(), source: std::io::Error::other("a non-empty directory is in the way") })
                 }
             }
+            // A file or link that a newer version replaces by another kind.
+            Some(_) if kind == EntryKind::Dir => self.root.remove(path).map(|_| ()),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Sets mode (and mtime for files and links) of an existing path; returns its inode.
@@ -652,7 +672,13 @@ impl Agent {
             }
             let Ok(permit) = self.fetch_sem.clone().try_acquire_owned() else { break };
             self.retry_at.remove(&path);
-            let Ok(Some(need)) = self.index.needs().map(|ns| ns.into_iter().find(|n| n.entry.path == path)) else { continue };
+            let Ok(Some(need)) = self.index.get_need(&path) else { continue };
+            // Already have this version or a newer one (it arrived another way): done.
+            let local = self.index.get(&path).ok().flatten();
+            if !need.force && decide(local.as_ref().map(|s| &s.entry), &need.entry) == Decision::Ignore {
+                let _ = self.index.remove_need(&path);
+                continue;
+            }
             // Small or empty content, directories, links and deletions need no transfer:
             // re-offer them to the applier as a one-entry page.
             if need.entry.deleted || need.entry.kind != EntryKind::File || need.entry.size == 0 {
@@ -749,7 +775,7 @@ impl Agent {
                 let local_live = local.as_ref().filter(|s| !s.entry.deleted).cloned();
                 let wire = f.wire_bytes;
                 let delta = f.delta;
-                let res = self.prepare_slot(&path, local_live.as_ref(), conflict_copy.as_ref()).and_then(|_| {
+                let res = self.prepare_slot(&path, r.kind, local_live.as_ref(), conflict_copy.as_ref()).and_then(|_| {
                     let tmp = f.tmp.clone();
                     self.root.commit_temp(f.file, &tmp, &path, r.mode, r.mtime_ns)
                 });

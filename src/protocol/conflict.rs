@@ -107,7 +107,7 @@ mod tests {
     #[test]
     fn conflict_copy_name_keeps_extension_and_names_node() {
         let mut l = e(EntryKind::File, false, 0, 2, 1);
-        l.mtime_ns = 1_795_256_102_000_000_000; // 2026-11-22 10:15:02 UTC
+        l.mtime_ns = 1_795_342_502_000_000_000; // 2026-11-22 10:15:02 UTC
         let p = conflict_copy_path(&RelPath::parse("up/photo.jpg").unwrap(), &l);
         assert_eq!(p.as_str(), "up/photo.sync-conflict-20261122-101502-node2.jpg");
         let long = RelPath::parse(&"a".repeat(255)).unwrap();

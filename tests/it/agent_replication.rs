@@ -1,0 +1,204 @@
+//! Every kind of change, made on any of three nodes, converges everywhere (DESIGN.md
+//! requirement 2): files, empty directories, nested trees, symlinks (including one that
+//! points out of the root, kept as a link), modes, mtimes, renames, moves, deletes of
+//! files and whole trees; and a node that was stopped catches up without resurrecting
+//! deletions.
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use crate::support::cluster::{Cluster, Options, write};
+use crate::support::poll::until;
+
+const T: Duration = Duration::from_secs(30);
+
+fn has(path: &str) -> impl Fn(&crate::support::tree::Tree) -> Result<(), String> + '_ {
+    move |t| if t.contains_key(path) { Ok(()) } else { Err(format!("{path} missing on node1")) }
+}
+
+fn lacks(path: &str) -> impl Fn(&crate::support::tree::Tree) -> Result<(), String> + '_ {
+    move |t| if t.contains_key(path) { Err(format!("{path} still on node1")) } else { Ok(()) }
+}
+
+#[test]
+fn every_kind_of_change_converges_on_three_nodes() {
+    let mut c = Cluster::new(3, Options::default());
+    c.start_all();
+
+    // Files, nested directories, an empty directory: made on node 1.
+    write(&c.nodes[0].path("a/b/c.txt"), b"hello");
+    std::fs::create_dir_all(c.nodes[0].path("empty/dir")).unwrap();
+    write(&c.nodes[0].path("<script>alert(1)</script>.png"), &[7u8; 5000]);
+    c.converge("files and directories from node1", T, |t| {
+        for p in ["a/b/c.txt", "empty/dir", "<script>alert(1)</script>.png"] {
+            has(p)(t)?;
+        }
+        Ok(())
+    });
+    let t = c.snapshot(2);
+    assert_eq!(t["empty/dir"].kind, 'd');
+
+    // Symlinks made on node 2: one inside the root, one pointing outside (kept as a link).
+    std::os::unix::fs::symlink("b/c.txt", c.nodes[1].path("a/link")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", c.nodes[1].path("outside")).unwrap();
+    let t = c.converge("symlinks from node2", T, |t| { has("a/link")(t)?; has("outside")(t) });
+    assert_eq!(t["outside"].target, "/etc/passwd");
+    assert_eq!(t["outside"].kind, 'l', "a link leaving the root is replicated as a link, not followed");
+
+    // Mode and mtime changes made on node 3.
+    std::fs::set_permissions(c.nodes[2].path("a/b/c.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let old = filetime::FileTime::from_unix_time(1_600_000_000, 0);
+    filetime::set_file_mtime(c.nodes[2].path("<script>alert(1)</script>.png"), old).unwrap();
+    c.converge("mode and mtime from node3", T, |t| {
+        if t["a/b/c.txt"].mode != 0o600 {
+            return Err("mode not replicated".into());
+        }
+        if t["<script>alert(1)</script>.png"].mtime_ns != 1_600_000_000_000_000_000 {
+            return Err("mtime not replicated".into());
+        }
+        Ok(())
+    });
+
+    // Content change in place on node 2.
+    write(&c.nodes[1].path("a/b/c.txt"), b"hello again, longer");
+    c.converge("edit from node2", T, |t| if t["a/b/c.txt"].size == 19 { Ok(()) } else { Err("old content".into()) });
+
+    // Rename a file and move a whole directory on node 1.
+    std::fs::rename(c.nodes[0].path("<script>alert(1)</script>.png"), c.nodes[0].path("renamed.png")).unwrap();
+    std::fs::rename(c.nodes[0].path("a"), c.nodes[0].path("moved/a")).ok();
+    std::fs::create_dir_all(c.nodes[0].path("moved")).unwrap();
+    std::fs::rename(c.nodes[0].path("a"), c.nodes[0].path("moved/a")).unwrap();
+    c.converge("rename and directory move from node1", T, |t| {
+        has("renamed.png")(t)?;
+        has("moved/a/b/c.txt")(t)?;
+        lacks("a")(t)?;
+        lacks("<script>alert(1)</script>.png")(t)
+    });
+
+    // Delete a file and a whole tree on node 3.
+    std::fs::remove_file(c.nodes[2].path("renamed.png")).unwrap();
+    std::fs::remove_dir_all(c.nodes[2].path("moved")).unwrap();
+    std::fs::remove_dir_all(c.nodes[2].path("empty")).unwrap();
+    c.converge("deletes from node3", T, |t| {
+        lacks("renamed.png")(t)?;
+        lacks("moved")(t)?;
+        lacks("empty")(t)
+    });
+
+    // Nothing was echoed: node 1's log shows the rename was applied without re-sending content.
+    for n in &c.nodes {
+        assert!(!n.log().contains("Error:"), "{} logged an error:\n{}", n.name, n.log());
+    }
+}
+
+#[test]
+fn rename_is_applied_as_rename_without_resending_content() {
+    let mut c = Cluster::new(2, Options::default());
+    c.start_all();
+    let big = vec![42u8; 3 * 1024 * 1024];
+    write(&c.nodes[0].path("dir/big.bin"), &big);
+    c.converge("big file", T, |t| if t.contains_key("dir/big.bin") { Ok(()) } else { Err("missing".into()) });
+    let received_before = received_bytes(&c, 1);
+    std::fs::rename(c.nodes[0].path("dir"), c.nodes[0].path("dir2")).unwrap();
+    c.converge("directory rename", T, |t| if t.contains_key("dir2/big.bin") && !t.contains_key("dir") { Ok(()) } else { Err("not yet".into()) });
+    let received_after = received_bytes(&c, 1);
+    assert!(received_after - received_before < 64 * 1024, "rename re-sent content: {} bytes", received_after - received_before);
+}
+
+fn received_bytes(c: &Cluster, i: usize) -> u64 {
+    let s = c.ctl(i, "status");
+    let v: serde_json::Value = serde_json::from_str(&s).unwrap();
+    v["counters"]["bytes_received"].as_u64().unwrap()
+}
+
+#[test]
+fn stopped_node_catches_up_and_deletions_stay_deleted() {
+    let mut c = Cluster::new(3, Options::default());
+    c.start_all();
+    for i in 0..20 {
+        write(&c.nodes[0].path(&format!("d/f{i}.txt")), format!("v1 {i}").as_bytes());
+    }
+    c.converge("initial files", T, |t| if t.len() == 21 { Ok(()) } else { Err(format!("{} entries", t.len())) });
+
+    c.stop(2);
+    for i in 0..10 {
+        std::fs::remove_file(c.nodes[0].path(&format!("d/f{i}.txt"))).unwrap();
+    }
+    write(&c.nodes[1].path("d/f15.txt"), b"v2 changed while node3 was down");
+    write(&c.nodes[1].path("new/while-down.txt"), b"new");
+    // Node 3 itself changed something while offline too: it must flow out.
+    write(&c.nodes[2].path("offline-edit.txt"), b"made offline");
+    until("node1 and node2 agree", T, || {
+        let d = crate::support::tree::diff("n1", &c.snapshot(0), "n2", &c.snapshot(1));
+        if d.is_empty() { Ok(()) } else { Err(d.join("\n")) }
+    });
+
+    c.start(2);
+    let t = c.converge("node3 caught up", T, |t| {
+        if t.contains_key("d/f0.txt") {
+            return Err("a deleted file came back".into());
+        }
+        if !t.contains_key("offline-edit.txt") {
+            return Err("node3's offline change did not flow out".into());
+        }
+        Ok(())
+    });
+    assert_eq!(std::fs::read(c.nodes[2].path("d/f15.txt")).unwrap(), b"v2 changed while node3 was down");
+    assert!(t.contains_key("new/while-down.txt"));
+    assert_eq!(t.keys().filter(|k| k.starts_with("d/")).count(), 10);
+}
+
+#[test]
+fn upload_in_progress_is_never_shipped_half_written() {
+    use std::io::Write;
+    let mut c = Cluster::new(2, Options::default());
+    c.start_all();
+    let path = c.nodes[0].path("upload.bin");
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(&[1u8; 100_000]).unwrap();
+    f.flush().unwrap();
+    // While the writer keeps the file open, the receiver must not get a partial copy.
+    let observe = std::time::Instant::now();
+    while observe.elapsed() < Duration::from_millis(1200) {
+        if let Ok(m) = std::fs::metadata(c.nodes[1].path("upload.bin")) {
+            panic!("partial upload visible on node2 ({} bytes)", m.len());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f.write_all(&[2u8; 100_000]).unwrap();
+    drop(f); // close: now it ships
+    c.converge("closed upload", T, |t| match t.get("upload.bin") {
+        Some(i) if i.size == 200_000 => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+}
+
+#[test]
+fn emptied_root_does_not_wipe_peers_until_confirmed() {
+    let mut c = Cluster::new(2, Options::default());
+    c.start_all();
+    for i in 0..5 {
+        write(&c.nodes[0].path(&format!("keep{i}.txt")), b"precious");
+    }
+    c.converge("files", T, |t| if t.len() == 5 { Ok(()) } else { Err(format!("{}", t.len())) });
+    // Simulate an unmounted volume: the agent restarts and finds its root empty.
+    c.stop(0);
+    for i in 0..5 {
+        std::fs::remove_file(c.nodes[0].path(&format!("keep{i}.txt"))).unwrap();
+    }
+    c.start(0);
+    // The start-up scan has run (start() waits for it) and found the root empty.
+    let log = c.nodes[0].log();
+    assert!(log.contains("holding all deletes"), "{log}");
+    until("status file to show the hold", T, || {
+        let s = c.nodes[0].status_file();
+        if s.contains("HOLDING 5 deletes") { Ok(()) } else { Err(s) }
+    });
+    assert_eq!(c.snapshot(1).len(), 5, "the peer lost files because of an empty root");
+    // The operator confirms: now the deletes are sent.
+    c.ctl(0, "confirm-empty");
+    until("deletes after confirmation", T, || {
+        let n = c.snapshot(1).len();
+        if n == 0 { Ok(()) } else { Err(format!("{n} files left on node2")) }
+    });
+}

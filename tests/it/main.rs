@@ -1,0 +1,11 @@
+//! The integration tests: one binary (link once), real `filesync agent` processes on
+//! distinct 127.0.x.y addresses, real sockets, real files. See `support` for the harness.
+
+mod support;
+
+mod agent_config;
+mod agent_conflicts;
+mod agent_crash;
+mod agent_hostile_input;
+mod agent_replication;
+mod tidy;

@@ -1,0 +1,5 @@
+//! Test harness: clusters of real agent processes, tree snapshots, polling with deadlines.
+
+pub mod cluster;
+pub mod poll;
+pub mod tree;
