@@ -7,5 +7,6 @@ mod agent_config;
 mod agent_conflicts;
 mod agent_crash;
 mod agent_hostile_input;
+mod agent_operations;
 mod agent_replication;
 mod tidy;

@@ -109,6 +109,21 @@ impl Cluster {
         std::fs::write(&n.config, cfg).unwrap();
     }
 
+    /// Configs for every node but `excluded`, each listing only the others but `excluded`.
+    pub fn peers_config_without(c: &Cluster, excluded: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for i in 0..c.nodes.len() {
+            if i == excluded {
+                continue;
+            }
+            c.write_config(i, &Options::default());
+            let text = std::fs::read_to_string(&c.nodes[i].config).unwrap();
+            let drop = format!("\n[[peers]]\nname = \"{}\"\naddress = \"{}\"\n", c.nodes[excluded].name, c.nodes[excluded].addr());
+            out.push(text.replace(&drop, ""));
+        }
+        out
+    }
+
     /// Starts a node's agent and waits until it has completed its start-up.
     pub fn start(&mut self, i: usize) {
         let n = &mut self.nodes[i];

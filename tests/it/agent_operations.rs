@@ -1,0 +1,109 @@
+//! Operating the agent: a receiver whose disk is full keeps the item queued, says so, and
+//! catches up once space is freed; a receive-only node never sends and can revert; a peer
+//! list reload adds a node without a restart.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::cluster::{Cluster, Options, write};
+use crate::support::poll::until;
+
+const T: Duration = Duration::from_secs(30);
+
+fn status(c: &Cluster, i: usize) -> serde_json::Value {
+    serde_json::from_str(&c.ctl(i, "status")).unwrap()
+}
+
+struct Mount(std::path::PathBuf);
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn disk_full_on_receiver_is_reported_retried_and_nothing_is_lost() {
+    let mut c = Cluster::new(2, Options { delay: 0, extra: "excludes = [\"filler.bin\"]".into() });
+    // Node 2's sync root is a 4 MiB tmpfs, mostly taken by a local file that is not synced.
+    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(c.root(1)).status().unwrap();
+    assert!(ok.success(), "this test needs root to mount a small tmpfs");
+    let _m = Mount(c.root(1).to_owned());
+    std::fs::write(c.nodes[1].path("filler.bin"), vec![0u8; 3 * 1024 * 1024 + 512 * 1024]).unwrap();
+    c.start_all();
+
+    let photo: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
+    write(&c.nodes[0].path("photo.bin"), &photo);
+    until("node2 to report disk full", T, || {
+        let s = c.nodes[1].status_file();
+        if s.contains("disk full") { Ok(()) } else { Err(s) }
+    });
+    assert!(!c.nodes[1].path("photo.bin").exists(), "a partial file is visible");
+    until("node1 to see node2's backlog", T, || {
+        let v = status(&c, 0);
+        let pending = v["peers"]["node2"]["peer_pending"].as_u64().unwrap_or(0);
+        if pending >= 1 { Ok(()) } else { Err(v["peers"].to_string()) }
+    });
+    // Free the space: the queued item is retried and lands.
+    std::fs::remove_file(c.nodes[1].path("filler.bin")).unwrap();
+    until("photo to arrive after space was freed", Duration::from_secs(90), || match std::fs::read(c.nodes[1].path("photo.bin")) {
+        Ok(d) if d == photo => Ok(()),
+        Ok(d) => Err(format!("{} bytes", d.len())),
+        Err(e) => Err(e.to_string()),
+    });
+}
+
+#[test]
+fn receive_only_node_never_sends_and_reverts() {
+    let mut c = Cluster::new(2, Options::default());
+    c.write_config(1, &Options { delay: 0, extra: "receive_only = true".into() });
+    c.start_all();
+    write(&c.nodes[0].path("app/index.php"), b"<?php echo 1;");
+    until("file on the receive-only node", T, || {
+        if c.nodes[1].path("app/index.php").exists() { Ok(()) } else { Err("missing".into()) }
+    });
+    // A worker changes code locally: it is not sent, and is listed as a local modification.
+    write(&c.nodes[1].path("app/index.php"), b"<?php hacked();");
+    write(&c.nodes[1].path("app/extra.php"), b"<?php extra();");
+    until("local modifications listed", T, || {
+        let s = c.nodes[1].status_file();
+        if s.contains("app/index.php") && s.contains("app/extra.php") { Ok(()) } else { Err(s) }
+    });
+    assert_eq!(std::fs::read(c.nodes[0].path("app/index.php")).unwrap(), b"<?php echo 1;", "receive-only node sent a change");
+    assert!(!c.nodes[0].path("app/extra.php").exists(), "receive-only node sent a new file");
+    c.ctl(1, "revert");
+    until("revert to the cluster's version", T, || {
+        let content = std::fs::read(c.nodes[1].path("app/index.php")).unwrap_or_default();
+        if content == b"<?php echo 1;" && !c.nodes[1].path("app/extra.php").exists() { Ok(()) } else { Err(String::from_utf8_lossy(&content).into_owned()) }
+    });
+}
+
+#[test]
+fn reload_adds_a_peer_without_restart_and_it_receives_everything() {
+    let mut c = Cluster::new(3, Options::default());
+    // Nodes 1 and 2 start knowing only each other.
+    let two = Cluster::peers_config_without(&c, 2);
+    for (i, cfg) in two.iter().enumerate() {
+        std::fs::write(&c.nodes[i].config, cfg).unwrap();
+    }
+    c.start(0);
+    c.start(1);
+    for i in 0..50 {
+        write(&c.nodes[0].path(&format!("data/f{i}.txt")), format!("file {i}").as_bytes());
+    }
+    until("two nodes agree", T, || {
+        let d = crate::support::tree::diff("n1", &c.snapshot(0), "n2", &c.snapshot(1));
+        if d.is_empty() && c.snapshot(1).len() == 51 { Ok(()) } else { Err(format!("{d:?}")) }
+    });
+    let pid = c.nodes[0].child.as_ref().unwrap().id();
+    // Scale out: node 3 starts with the full peer list; nodes 1 and 2 learn about it by reload.
+    c.write_config(0, &Options::default());
+    c.write_config(1, &Options::default());
+    c.start(2);
+    assert!(c.ctl(0, "reload").contains("added [\"node3\"]"));
+    Command::new("kill").arg("-HUP").arg(c.nodes[1].child.as_ref().unwrap().id().to_string()).status().unwrap();
+    c.converge("node3 holds the full tree", T, |t| if t.len() == 51 { Ok(()) } else { Err(format!("{}", t.len())) });
+    write(&c.nodes[2].path("from-node3.txt"), b"hi");
+    c.converge("node3's change reaches both", T, |t| if t.contains_key("from-node3.txt") { Ok(()) } else { Err("missing".into()) });
+    assert_eq!(c.nodes[0].child.as_ref().unwrap().id(), pid, "node1 was restarted");
+    assert!(c.nodes[1].log().contains("reloaded: peers added [\"node3\"]"), "{}", c.nodes[1].log());
+}
