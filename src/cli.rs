@@ -27,6 +27,15 @@ pub enum Command {
     Ca(CaCommand),
     /// Talk to a running agent (status, reload, revert, ...), using its own config.
     Ctl(CtlArgs),
+    /// Print what an agent's index knows about a path (versions, tombstones, pending fetch).
+    /// Works on a stopped agent's state dir.
+    Inspect {
+        /// The agent's state dir (holds index.redb).
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// The path relative to the sync root.
+        path: String,
+    },
     /// Three local agents on 127.0.0.2-4 syncing three folders: drop a file in one, see it in all.
     Demo(DemoArgs),
 }
@@ -137,6 +146,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Ctl(c) => {
             let out = ctl(&c.config, &c.command).await?;
             println!("{out}");
+            Ok(())
+        }
+        Command::Inspect { state_dir, path } => {
+            let index = crate::agent::index::Index::open(&state_dir)?;
+            let p = crate::protocol::RelPath::parse(&path)?;
+            let entry = index.get(&p)?;
+            let need = index.get_need(&p)?;
+            let v = serde_json::json!({
+                "node_id": format!("{:016x}", index.node_id),
+                "index_id": index.index_id,
+                "last_seq": index.last_seq(),
+                "peer_progress": index.all_progress()?.into_iter().map(|(p, g)| (p, serde_json::json!({"index_id": g.index_id, "seq": g.seq}))).collect::<std::collections::BTreeMap<_, _>>(),
+                "entry": entry.map(|s| serde_json::json!({"seq": s.seq, "ino": s.ino, "deleted": s.entry.deleted, "kind": format!("{:?}", s.entry.kind), "size": s.entry.size, "hash": hex::encode(s.entry.hash), "version": s.entry.version.counters().iter().map(|(n, c)| (format!("{n:016x}"), *c)).collect::<std::collections::BTreeMap<_, _>>(), "modified_by": s.entry.modified_by_name})),
+                "pending_fetch": need.map(|n| serde_json::json!({"source": n.source, "attempts": n.attempts, "last_error": n.last_error})),
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())
         }
         Command::Demo(d) => crate::demo::run(d, shutdown_on_signals()).await,

@@ -43,6 +43,10 @@ pub struct Need {
     /// Write the content whatever the local version (a receive-only node's revert).
     #[serde(default)]
     pub force: bool,
+    /// Set for a losing version's content that this node keeps as a conflict copy:
+    /// `entry.path` is the copy's name, this is the path the content is fetched by.
+    #[serde(default)]
+    pub copy_of: Option<RelPath>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -149,10 +153,19 @@ impl Index {
     /// Writes entries in one transaction, giving each a new sequence number, and wakes the
     /// long-polling peers. Returns the stored forms.
     pub fn commit(&self, items: Vec<(Entry, u64)>) -> anyhow::Result<Vec<Stored>> {
-        if items.is_empty() {
+        self.commit_with_progress(items, None)
+    }
+
+    /// `commit`, plus the progress through a peer's log in the same transaction (one fsync
+    /// per applied page, and never progress without the entries it covers).
+    pub fn commit_with_progress(&self, items: Vec<(Entry, u64)>, progress: Option<(&str, Progress)>) -> anyhow::Result<Vec<Stored>> {
+        if items.is_empty() && progress.is_none() {
             return Ok(Vec::new());
         }
         let txn = self.db.begin_write()?;
+        if let Some((peer, p)) = progress {
+            txn.open_table(PROGRESS)?.insert(peer, encode(&p).as_slice())?;
+        }
         let mut stored = Vec::with_capacity(items.len());
         let mut seq = self.last_seq();
         {
@@ -178,7 +191,9 @@ impl Index {
             txn.open_table(META)?.insert("last_seq", seq)?;
         }
         txn.commit()?;
-        self.seq_tx.send_replace(seq);
+        if !stored.is_empty() {
+            self.seq_tx.send_replace(seq);
+        }
         Ok(stored)
     }
 
@@ -254,13 +269,16 @@ impl Index {
         })
     }
 
-    /// Records progress through a peer's sequence, together with the needs that page created
-    /// and the needs it resolved, atomically: a restart never skips an accepted item.
-    pub fn record_progress(&self, peer: &str, p: Progress) -> anyhow::Result<()> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(PROGRESS)?.insert(peer, encode(&p).as_slice())?;
-        txn.commit()?;
-        Ok(())
+    /// Every peer's recorded progress (for `filesync inspect`).
+    pub fn all_progress(&self) -> anyhow::Result<Vec<(String, Progress)>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(PROGRESS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_owned(), decode(v.value())?));
+        }
+        Ok(out)
     }
 
     pub fn put_need(&self, need: &Need) -> anyhow::Result<()> {

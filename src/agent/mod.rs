@@ -217,7 +217,9 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
 
     loop {
         let now = Instant::now();
-        let mut wake = [agent.batcher.deadline(), agent.retry_at.values().min().copied(), next_rescan].into_iter().flatten().min().unwrap_or(now + Duration::from_secs(3600));
+        // Retries are due only when a fetch slot is free; a finished fetch wakes the loop.
+        let retry = if agent.fetch_sem.available_permits() > 0 { agent.retry_at.values().min().copied() } else { None };
+        let mut wake = [agent.batcher.deadline(), retry, next_rescan].into_iter().flatten().min().unwrap_or(now + Duration::from_secs(3600));
         if wake < now {
             wake = now;
         }
@@ -325,6 +327,9 @@ impl Agent {
         let t0 = Instant::now();
         let full = targets.contains(&Target::Root);
         let out = tokio::task::block_in_place(|| self.scanner().scan(&targets))?;
+        for (e, _) in &out.changes {
+            tracing::debug!(path = %e.path, version = ?e.version, deleted = e.deleted, why, "local change");
+        }
         for p in out.unstable {
             self.batcher.add(p, HintKind::Writing, Instant::now());
         }
@@ -473,8 +478,7 @@ impl Agent {
             self.apply_one(peer, r, &mut blobs, &mut rename_src, &mut commits)?;
         }
         let applied = commits.len();
-        self.index.commit(commits)?;
-        self.index.record_progress(peer, Progress { index_id: page.index_id, seq: page.last_seq })?;
+        self.index.commit_with_progress(commits, Some((peer, Progress { index_id: page.index_id, seq: page.last_seq })))?;
         if let Some(l) = lags.iter().max() {
             self.lag.insert(peer.to_owned(), *l);
         }
@@ -493,7 +497,7 @@ impl Agent {
     }
 
     fn defer(&mut self, r: Entry, peer: &str, why: String) -> anyhow::Result<()> {
-        let need = Need { entry: r, source: peer.to_owned(), attempts: 0, last_error: Some(why), force: false };
+        let need = Need { entry: r, source: peer.to_owned(), attempts: 0, last_error: Some(why), force: false, copy_of: None };
         self.index.put_need(&need)?;
         self.retry_at.insert(need.entry.path.clone(), Instant::now() + Duration::from_secs(2));
         Ok(())
@@ -508,6 +512,7 @@ impl Agent {
         commits: &mut Vec<(Entry, u64)>,
     ) -> anyhow::Result<()> {
         if self.batcher.is_writing(&r.path) {
+            tracing::debug!(path = %r.path, from = peer, "deferred: local write in progress");
             let p = r.path.clone();
             return self.defer(r, peer, format!("{p}: a local write is in progress; applying after it completes"));
         }
@@ -521,9 +526,25 @@ impl Agent {
             }
         }
         let local = self.index.get(&r.path)?;
-        let decision = decide(local.as_ref().map(|s| &s.entry), &r);
+        let decision = decide(local.as_ref().map(|s| &s.entry), &r, self.index.node_id);
+        tracing::debug!(path = %r.path, from = peer, remote = ?r.version, remote_deleted = r.deleted, local = ?local.as_ref().map(|s| (&s.entry.version, s.entry.deleted)), ?decision, "remote change");
         let res = match decision {
             Decision::Ignore => return Ok(()),
+            Decision::KeepLocal { version, loser_copy } => {
+                let l = local.expect("BUG: a conflict needs a local entry");
+                let mut e = l.entry.clone();
+                e.version = version;
+                commits.push((e, l.ino));
+                self.status.lock().expect("BUG: poisoned").counters.conflicts += 1;
+                match &loser_copy {
+                    Some(c) => self.log.warn(format!("Conflict: {} was changed here and on {} at the same time; kept this node's version, {}'s saved as {c}", r.path, r.modified_by_name, r.modified_by_name)),
+                    None => self.log.warn(format!("Conflict: {} was deleted on {} while it changed here; kept it", r.path, r.modified_by_name)),
+                }
+                match loser_copy {
+                    None => Ok(()),
+                    Some(copy) => self.keep_loser(peer, &r, copy, blobs),
+                }
+            }
             Decision::Merge { version, meta_from_remote } => {
                 let l = local.expect("BUG: merge needs a local entry");
                 let mut e = if meta_from_remote { r.clone() } else { l.entry.clone() };
@@ -556,7 +577,7 @@ impl Agent {
                     self.set_meta(&e).map(|ino| commits.push((e, ino)))
                 } else if r.kind == EntryKind::File && r.size > 0 && !blobs.contains_key(&r.hash) && !rename_src.get(&r.hash).is_some_and(|v| !v.is_empty()) {
                     // Content must be fetched: the decision is taken again when it arrives.
-                    let need = Need { entry: r, source: peer.to_owned(), attempts: 0, last_error: None, force: false };
+                    let need = Need { entry: r, source: peer.to_owned(), attempts: 0, last_error: None, force: false, copy_of: None };
                     self.index.put_need(&need)?;
                     self.retry_at.insert(need.entry.path.clone(), Instant::now());
                     return Ok(());
@@ -603,13 +624,42 @@ impl Agent {
                 other => {
                     let msg = other.to_string();
                     self.error(format!("cannot apply change from {peer}: {msg}; will retry"));
-                    let need = Need { entry: r, source: peer.to_owned(), attempts: 1, last_error: Some(msg), force: false };
+                    let need = Need { entry: r, source: peer.to_owned(), attempts: 1, last_error: Some(msg), force: false, copy_of: None };
                     self.index.put_need(&need)?;
                     self.retry_at.insert(need.entry.path.clone(), Instant::now() + Duration::from_secs(2));
                 }
             }
         }
         let _ = blobs;
+        Ok(())
+    }
+
+    /// Saves a losing remote version under its conflict-copy name, from the page's inline
+    /// content or by fetching it; the scanner then announces the copy as a new file.
+    fn keep_loser(&mut self, peer: &str, r: &Entry, copy: RelPath, blobs: &HashMap<[u8; 32], Vec<u8>>) -> Result<(), RootError> {
+        if self.root.stat(&copy)?.is_some() {
+            return Ok(());
+        }
+        match r.kind {
+            EntryKind::Symlink => {
+                self.root.symlink(&copy, &r.target, r.mtime_ns)?;
+            }
+            _ if r.size == 0 || blobs.contains_key(&r.hash) => {
+                let data = blobs.get(&r.hash).map(Vec::as_slice).unwrap_or(&[]);
+                self.root.write_atomic(&copy, data, r.mode, r.mtime_ns)?;
+            }
+            _ => {
+                let mut entry = r.clone();
+                entry.path = copy.clone();
+                let need = Need { entry, source: peer.to_owned(), attempts: 0, last_error: None, force: false, copy_of: Some(r.path.clone()) };
+                if let Err(e) = self.index.put_need(&need) {
+                    self.error(format!("cannot queue conflict copy {copy}: {e:#}"));
+                }
+                self.retry_at.insert(copy, Instant::now());
+                return Ok(());
+            }
+        }
+        self.batcher.add(copy, HintKind::Tree, Instant::now());
         Ok(())
     }
 
@@ -668,6 +718,8 @@ impl Agent {
         let due: Vec<RelPath> = self.retry_at.iter().filter(|(_, t)| **t <= now).map(|(p, _)| p.clone()).collect();
         for path in due {
             if self.fetching.contains(&path) {
+                // Looked at again when the fetch in flight reports back.
+                self.retry_at.remove(&path);
                 continue;
             }
             let Ok(permit) = self.fetch_sem.clone().try_acquire_owned() else { break };
@@ -675,13 +727,21 @@ impl Agent {
             let Ok(Some(need)) = self.index.get_need(&path) else { continue };
             // Already have this version or a newer one (it arrived another way): done.
             let local = self.index.get(&path).ok().flatten();
-            if !need.force && decide(local.as_ref().map(|s| &s.entry), &need.entry) == Decision::Ignore {
+            let done = match &need.copy_of {
+                Some(_) => self.root.stat(&path).ok().flatten().is_some() || need.attempts >= 20,
+                None => !need.force && matches!(decide(local.as_ref().map(|s| &s.entry), &need.entry, self.index.node_id), Decision::Ignore | Decision::KeepLocal { .. }),
+            };
+            if done {
+                tracing::debug!(path = %path, "need already satisfied");
+                if need.copy_of.is_some() && need.attempts >= 20 {
+                    self.error(format!("giving up on conflict copy {path}: no peer still has that version ({})", need.last_error.clone().unwrap_or_default()));
+                }
                 let _ = self.index.remove_need(&path);
                 continue;
             }
             // Small or empty content, directories, links and deletions need no transfer:
             // re-offer them to the applier as a one-entry page.
-            if need.entry.deleted || need.entry.kind != EntryKind::File || need.entry.size == 0 {
+            if need.copy_of.is_none() && (need.entry.deleted || need.entry.kind != EntryKind::File || need.entry.size == 0) {
                 drop(permit);
                 let _ = self.index.remove_need(&path);
                 let mut commits = Vec::new();
@@ -700,13 +760,18 @@ impl Agent {
             let base = self.index.get(&path).ok().flatten().filter(|s| {
                 !s.entry.deleted && s.entry.kind == EntryKind::File && s.entry.size >= transfer::DELTA_MIN && need.entry.size >= transfer::DELTA_MIN
             }).map(|s| s.entry.path);
+            let base = if need.copy_of.is_some() { None } else { base };
+            let mut wanted = need.entry.clone();
+            if let Some(orig) = &need.copy_of {
+                wanted.path = orig.clone();
+            }
             let client = self.client.clone();
             let root = self.root.clone();
             let tx = self.events.clone();
             tokio::spawn(async move {
                 let mut result = Err(anyhow::anyhow!("no peer is connected to fetch it from"));
                 for a in &addrs {
-                    result = transfer::fetch(&client, a, &root, &need.entry, base.clone()).await;
+                    result = transfer::fetch(&client, a, &root, &wanted, base.clone()).await;
                     if result.is_ok() {
                         break;
                     }
@@ -720,6 +785,16 @@ impl Agent {
     fn on_fetched(&mut self, mut need: Need, result: anyhow::Result<transfer::Fetched>) -> anyhow::Result<()> {
         let path = need.entry.path.clone();
         self.fetching.remove(&path);
+        // A newer version may have replaced this need while the fetch was in flight: then
+        // this result is stale and the newer need (already queued) decides.
+        let current = self.index.get_need(&path)?.is_some_and(|n| n.entry.version == need.entry.version && n.entry.hash == need.entry.hash);
+        if !current {
+            if let Ok(f) = &result {
+                let _ = std::fs::remove_file(&f.tmp);
+            }
+            self.retry_at.entry(path).or_insert_with(Instant::now);
+            return Ok(());
+        }
         let f = match result {
             Ok(f) => f,
             Err(e) => {
@@ -738,6 +813,27 @@ impl Agent {
         let discard = |f: transfer::Fetched| {
             let _ = std::fs::remove_file(&f.tmp);
         };
+        if need.copy_of.is_some() {
+            self.index.remove_need(&path)?;
+            if self.root.stat(&path).ok().flatten().is_some() {
+                discard(f);
+                return Ok(());
+            }
+            let tmp = f.tmp.clone();
+            match self.root.commit_temp(f.file, &tmp, &path, need.entry.mode, need.entry.mtime_ns) {
+                Ok(_) => {
+                    self.log.normal(format!("saved conflict copy {path} ({} bytes from {})", f.wire_bytes, need.source));
+                    self.batcher.add(path, HintKind::Tree, Instant::now());
+                }
+                Err(e) => {
+                    need.attempts += 1;
+                    need.last_error = Some(e.to_string());
+                    self.index.put_need(&need)?;
+                    self.retry_at.insert(path, Instant::now() + Duration::from_secs(5));
+                }
+            }
+            return Ok(());
+        }
         if self.batcher.is_writing(&path) {
             discard(f);
             need.last_error = Some(format!("{path}: a local write is in progress"));
@@ -755,14 +851,14 @@ impl Agent {
         let decision = if need.force {
             Decision::Apply { version: need.entry.version.clone(), conflict_copy: None, conflict: false }
         } else {
-            decide(local.as_ref().map(|s| &s.entry), &need.entry)
+            decide(local.as_ref().map(|s| &s.entry), &need.entry, self.index.node_id)
         };
         let r = need.entry.clone();
         match decision {
-            Decision::Ignore | Decision::Merge { .. } => {
+            Decision::Ignore | Decision::Merge { .. } | Decision::KeepLocal { .. } => {
                 discard(f);
                 self.index.remove_need(&path)?;
-                if let Decision::Merge { .. } = decision {
+                if let Decision::Merge { .. } | Decision::KeepLocal { .. } = decision {
                     let mut commits = Vec::new();
                     self.apply_one(&need.source, r, &mut HashMap::new(), &mut HashMap::new(), &mut commits)?;
                     self.index.commit(commits)?;
@@ -882,7 +978,7 @@ impl Agent {
                             EntryKind::Dir => self.root.mkdir(p, s.entry.mode).map(|_| ()).map_err(|e| e.to_string()),
                             EntryKind::Symlink => self.root.symlink(p, &s.entry.target, s.entry.mtime_ns).map(|_| ()).map_err(|e| e.to_string()),
                             EntryKind::File => {
-                                let need = Need { entry: s.entry.clone(), source: self.links.keys().next().cloned().unwrap_or_default(), attempts: 0, last_error: None, force: true };
+                                let need = Need { entry: s.entry.clone(), source: self.links.keys().next().cloned().unwrap_or_default(), attempts: 0, last_error: None, force: true, copy_of: None };
                                 let _ = self.index.put_need(&need);
                                 self.retry_at.insert(p.clone(), Instant::now());
                                 Ok(())

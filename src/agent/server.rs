@@ -74,6 +74,7 @@ async fn changes(State(app): State<AppState>, Extension(peer): Extension<PeerNam
             let app2 = app.clone();
             let page = tokio::task::spawn_blocking(move || build_page(&app2, since)).await.map_err(internal)?.map_err(internal)?;
             if !page.entries.is_empty() || tokio::time::Instant::now() >= deadline {
+                tracing::debug!(to = %peer.0, since, n = page.entries.len(), last_seq = page.last_seq, seqs = ?page.entries.iter().map(|(s, _)| *s).collect::<Vec<_>>(), "serving page");
                 let bytes: u64 = page.blobs.iter().map(|b| b.data.len() as u64).sum();
                 app.status.lock().expect("BUG: poisoned").counters.bytes_sent += bytes;
                 let body = postcard::to_allocvec(&page).map_err(internal)?;

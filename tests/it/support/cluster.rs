@@ -44,7 +44,6 @@ impl Node {
 }
 
 pub struct Cluster {
-    #[allow(dead_code)]
     pub dir: tempfile::TempDir,
     pub nodes: Vec<Node>,
     pub pki: PathBuf,
@@ -64,7 +63,7 @@ impl Default for Options {
 impl Cluster {
     /// Creates `n` nodes (not started), full mesh.
     pub fn new(n: usize, opts: Options) -> Cluster {
-        let dir = tempfile::Builder::new().prefix("filesync-it-").tempdir().unwrap();
+        let dir = tempfile::Builder::new().prefix("filesync-it-").disable_cleanup(std::env::var_os("FILESYNC_KEEP_TEST_DIRS").is_some()).tempdir().unwrap();
         let net = NEXT_NET.fetch_add(1, Ordering::SeqCst) + (std::process::id() % 200) * 40;
         let (a, b) = (30 + (net / 250) % 200, net % 250 + 1);
         let pki = dir.path().join("pki");
@@ -224,7 +223,9 @@ impl Drop for Cluster {
             self.kill9(i);
         }
         if std::thread::panicking() {
+            eprintln!("cluster files in {} (set FILESYNC_KEEP_TEST_DIRS=1 to keep them)", self.dir.path().display());
             for n in &self.nodes {
+                eprintln!("---- {} lsyncd.status ----\n{}", n.name, n.status_file());
                 eprintln!("---- {} lsyncd.log ----\n{}", n.name, n.log().lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
             }
         }
