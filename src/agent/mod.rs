@@ -214,6 +214,9 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     let mut status_tick = tokio::time::interval(Duration::from_secs(2));
     let rescan_every = agent.s.rescan_interval;
     let mut next_rescan = rescan_every.map(|d| Instant::now() + d);
+    // Without a complete set of inotify watches the tree is polled instead (never silence).
+    let poll_every = agent.s.delay.max(Duration::from_secs(10));
+    let mut polling = false;
 
     loop {
         let now = Instant::now();
@@ -257,6 +260,12 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
             _ = status_tick.tick() => agent.refresh_status(),
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
+        let degraded = _watcher.is_none() || wshared.warning.lock().expect("BUG: poisoned").is_some();
+        if degraded && !polling {
+            polling = true;
+            agent.warn(format!("file watching is incomplete; rescanning the tree every {} s until the agent is restarted with enough inotify watches", poll_every.as_secs()));
+            next_rescan = Some(Instant::now() + poll_every);
+        }
         if wshared.overflowed.swap(false, Ordering::SeqCst) {
             agent.warn("file-system events arrived faster than they could be queued; rescanning the whole tree".into());
             agent.batcher.add_root(Instant::now());
@@ -264,7 +273,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         if let Some(t) = next_rescan {
             if Instant::now() >= t {
                 agent.batcher.add_root(Instant::now());
-                next_rescan = rescan_every.map(|d| Instant::now() + d);
+                next_rescan = if polling { Some(Instant::now() + poll_every) } else { rescan_every.map(|d| Instant::now() + d) };
             }
         }
         if !agent.paused.load(Ordering::SeqCst) {

@@ -147,3 +147,15 @@ pub fn watch_count() -> usize {
     }
     n
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn watch_limit_error_names_the_sysctl_and_the_fix() {
+        let e = notify::Error::new(notify::ErrorKind::MaxFilesWatch);
+        let msg = super::describe_error(&e);
+        assert!(msg.contains("fs.inotify.max_user_watches") && msg.contains("sysctl -w") && msg.contains("rescans"), "{msg}");
+        let e = notify::Error::io(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert!(super::describe_error(&e).contains("max_user_watches"));
+    }
+}

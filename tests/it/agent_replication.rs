@@ -202,3 +202,57 @@ fn emptied_root_does_not_wipe_peers_until_confirmed() {
         if n == 0 { Ok(()) } else { Err(format!("{n} files left on node2")) }
     });
 }
+
+#[test]
+fn small_edit_in_a_large_file_travels_as_a_delta() {
+    let mut c = Cluster::new(2, Options::default());
+    c.start_all();
+    let mut data: Vec<u8> = (0..16 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    write(&c.nodes[0].path("video.bin"), &data);
+    c.converge("large file", T, |t| if t.contains_key("video.bin") { Ok(()) } else { Err("missing".into()) });
+    let before = received_bytes(&c, 1);
+    // Overwrite 4 KiB in the middle, in place (as an application would).
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(c.nodes[0].path("video.bin")).unwrap();
+        f.seek(SeekFrom::Start(8 * 1024 * 1024)).unwrap();
+        f.write_all(&[0xAB; 4096]).unwrap();
+        data[8 * 1024 * 1024..8 * 1024 * 1024 + 4096].fill(0xAB);
+    }
+    let want = blake3::hash(&data).to_hex().to_string();
+    c.converge("edit", T, |t| if t.get("video.bin").map(|i| i.hash.as_str()) == Some(want.as_str()) { Ok(()) } else { Err("old content".into()) });
+    let wire = received_bytes(&c, 1) - before;
+    assert!(wire < 256 * 1024, "a 4 KiB edit cost {wire} bytes on the wire");
+    let v: serde_json::Value = serde_json::from_str(&c.ctl(1, "status")).unwrap();
+    assert_eq!(v["counters"]["delta_transfers"], 1, "{v}");
+}
+
+#[test]
+fn metrics_and_status_are_served_to_certificate_holders() {
+    let mut c = Cluster::new(2, Options::default());
+    c.start_all();
+    write(&c.nodes[0].path("a.txt"), b"x");
+    c.converge("file", T, |t| if t.contains_key("a.txt") { Ok(()) } else { Err("missing".into()) });
+    // The status is refreshed every 2 s.
+    let v = until("status to count the file", T, || {
+        let v: serde_json::Value = serde_json::from_str(&c.ctl(0, "status")).unwrap();
+        if v["files"] == 1 && v["peers"]["node2"]["connected"] == true { Ok(v) } else { Err(v.to_string()) }
+    });
+    assert_eq!(v["node_name"], "node1");
+    filesync::agent::tls::install_crypto_provider();
+    let tls = filesync::agent::config::TlsConfig { ca: c.pki.join("ca.pem"), cert: c.nodes[1].home.join("tls/node.pem"), key: c.nodes[1].home.join("tls/node.key") };
+    let client = filesync::agent::tls::http_client(&tls).unwrap();
+    let addr = c.nodes[0].addr();
+    let text = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+        client.get(format!("https://{addr}/metrics")).send().await.unwrap().text().await.unwrap()
+    });
+    for m in ["filesync_pending_local_changes", "filesync_replication_lag_seconds", "filesync_conflicts_total", "filesync_bytes_sent_total", "filesync_watches", "filesync_peer_connected{peer=\"node2\"} 1"] {
+        assert!(text.contains(m), "metrics lack {m}:\n{text}");
+    }
+    // Both nodes report the same tree digest once in sync.
+    until("equal digests", T, || {
+        let a: serde_json::Value = serde_json::from_str(&c.ctl(0, "status")).unwrap();
+        let b: serde_json::Value = serde_json::from_str(&c.ctl(1, "status")).unwrap();
+        if a["tree_digest"] == b["tree_digest"] && a["tree_digest"] != "" { Ok(()) } else { Err(format!("{} vs {}", a["tree_digest"], b["tree_digest"])) }
+    });
+}
