@@ -70,11 +70,10 @@ impl LsyncdLog {
                 *guard = Some((f, 0));
             }
         }
-        if let Some((f, len)) = guard.as_mut() {
-            if f.write_all(line.as_bytes()).is_ok() {
+        if let Some((f, len)) = guard.as_mut()
+            && f.write_all(line.as_bytes()).is_ok() {
                 *len += line.len() as u64;
             }
-        }
     }
 }
 

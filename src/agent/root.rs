@@ -162,11 +162,10 @@ impl SyncRoot {
             file.sync_all()?;
             drop(file);
             self.check_parents(p).map_err(io::Error::other)?;
-            if let Ok(m) = fs::symlink_metadata(self.full(p)) {
-                if m.is_dir() {
+            if let Ok(m) = fs::symlink_metadata(self.full(p))
+                && m.is_dir() {
                     return Err(io::Error::other("a directory is in the way"));
                 }
-            }
             fs::rename(tmp, self.full(p))?;
             sync_dir(self.full(p).parent().expect("BUG: parent exists"));
             Ok(fs::symlink_metadata(self.full(p))?.ino())
@@ -212,12 +211,11 @@ impl SyncRoot {
         std::os::unix::fs::symlink(target, &tmp).map_err(|e| RootError::io(p, e))?;
         let t = filetime::FileTime::from_unix_time(mtime_ns.div_euclid(1_000_000_000), mtime_ns.rem_euclid(1_000_000_000) as u32);
         let _ = filetime::set_symlink_file_times(&tmp, t, t);
-        if let Ok(m) = fs::symlink_metadata(&full) {
-            if m.is_dir() {
+        if let Ok(m) = fs::symlink_metadata(&full)
+            && m.is_dir() {
                 let _ = fs::remove_file(&tmp);
                 return Err(RootError::Io { path: p.clone(), source: io::Error::other("a directory is in the way") });
             }
-        }
         fs::rename(&tmp, &full).map_err(|e| {
             let _ = fs::remove_file(&tmp);
             RootError::io(p, e)

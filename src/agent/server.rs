@@ -148,11 +148,11 @@ async fn file(State(app): State<AppState>, Extension(peer): Extension<PeerName>,
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     app.status.lock().expect("BUG: poisoned").counters.bytes_sent += len;
     let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(f), 256 * 1024);
-    Ok(Response::builder()
+    Response::builder()
         .header("content-type", "application/octet-stream")
         .header("content-length", len)
         .body(Body::from_stream(stream))
-        .map_err(internal)?)
+        .map_err(internal)
 }
 
 async fn delta(State(app): State<AppState>, Extension(peer): Extension<PeerName>, Query(q): Query<ContentQuery>, body: Bytes) -> HttpResult<Response> {

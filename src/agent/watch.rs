@@ -65,12 +65,11 @@ pub fn start(root: PathBuf, excludes: Excludes, tx: mpsc::Sender<Hint>, shared: 
                 for (i, kind) in classify(&ev).into_iter().enumerate() {
                     let Some(path) = ev.paths.get(i) else { break };
                     let Some(kind) = kind else { continue };
-                    if let Some(rel) = relative(&cb_root, path) {
-                        if !excludes.is_excluded(&rel) {
+                    if let Some(rel) = relative(&cb_root, path)
+                        && !excludes.is_excluded(&rel) {
                             let kind = refine(path, kind);
                             send(Hint::Path(rel, kind));
                         }
-                    }
                 }
             }
             Err(e) => {
@@ -104,13 +103,11 @@ fn classify(ev: &notify::Event) -> Vec<Option<HintKind>> {
 
 /// A created symlink never gets a close-after-write; it is complete at once.
 fn refine(path: &Path, kind: HintKind) -> HintKind {
-    if kind == HintKind::Writing {
-        if let Ok(m) = std::fs::symlink_metadata(path) {
-            if m.file_type().is_symlink() {
+    if kind == HintKind::Writing
+        && let Ok(m) = std::fs::symlink_metadata(path)
+            && m.file_type().is_symlink() {
                 return HintKind::Changed;
             }
-        }
-    }
     kind
 }
 

@@ -49,16 +49,12 @@ pub struct Cluster {
     pub pki: PathBuf,
 }
 
+#[derive(Default)]
 pub struct Options {
     pub delay: u64,
     pub extra: String,
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        Options { delay: 0, extra: String::new() }
-    }
-}
 
 impl Cluster {
     /// Creates `n` nodes (not started), full mesh.

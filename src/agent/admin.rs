@@ -1,0 +1,111 @@
+//! Operator commands sent to a running agent (`filesync ctl`, SIGHUP, the control plane):
+//! reload the peer list and delay, rescan, confirm an emptied root, pause and resume,
+//! revert a receive-only node's local modifications.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::config::Settings;
+use super::index::Need;
+use super::{AdminCmd, Agent};
+use crate::protocol::{EntryKind, RelPath};
+
+impl Agent {
+    pub(super) fn admin(&mut self, cmd: AdminCmd) -> String {
+        match cmd {
+            AdminCmd::Rescan => {
+                self.batcher.add_root(Instant::now());
+                "rescan queued".into()
+            }
+            AdminCmd::ConfirmEmpty => {
+                self.allow_empty_root = true;
+                self.batcher.add_root(Instant::now());
+                self.log.warn("operator confirmed the empty sync root: deletes will be sent to peers");
+                "confirmed: the empty root's deletes will be sent".into()
+            }
+            AdminCmd::Pause(p) => {
+                self.paused.store(p, Ordering::SeqCst);
+                self.status.lock().expect("BUG: poisoned").paused = p;
+                self.log.normal(if p { "sync paused" } else { "sync resumed" });
+                if p { "paused".into() } else { "resumed".into() }
+            }
+            AdminCmd::Reload => match self.s.config_path.clone().map(|p| Settings::load(&p)) {
+                None => "no config file to reload".into(),
+                Some(Err(e)) => {
+                    let msg = format!("reload failed, keeping the running configuration: {e:#}");
+                    self.error(msg.clone());
+                    msg
+                }
+                Some(Ok(new)) => {
+                    let old: HashMap<String, String> = self.links.values().map(|l| (l.name.clone(), l.address.clone())).collect();
+                    let wanted: HashMap<String, String> = new.peers.iter().map(|p| (p.name.clone(), p.address.to_string())).collect();
+                    let mut added = Vec::new();
+                    let mut removed = Vec::new();
+                    for (n, a) in &old {
+                        if wanted.get(n) != Some(a) {
+                            self.remove_peer(n);
+                            removed.push(n.clone());
+                        }
+                    }
+                    for (n, a) in &wanted {
+                        if old.get(n) != Some(a) {
+                            self.add_peer(n.clone(), a.clone());
+                            added.push(n.clone());
+                        }
+                    }
+                    self.batcher.set_delay(new.delay);
+                    self.s.delay = new.delay;
+                    self.s.peers = new.peers;
+                    self.status.lock().expect("BUG: poisoned").delay_s = new.delay.as_secs();
+                    let msg = format!("reloaded: peers added {added:?}, removed {removed:?}, delay {} s; pending changes kept", new.delay.as_secs());
+                    self.log.normal(&msg);
+                    msg
+                }
+            },
+            AdminCmd::Revert => {
+                if !self.s.receive_only {
+                    return "revert applies to receive-only nodes only".into();
+                }
+                let mods: Vec<RelPath> = self.local_mods.iter().cloned().collect();
+                let mut n = 0;
+                for p in mods.iter().rev() {
+                    let stored = self.index.get(p).ok().flatten().filter(|s| !s.entry.deleted);
+                    let r = match stored {
+                        None => {
+                            let full = self.root.full(p);
+                            match std::fs::symlink_metadata(&full) {
+                                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&full).map_err(|e| e.to_string()),
+                                Ok(_) => std::fs::remove_file(&full).map_err(|e| e.to_string()),
+                                Err(_) => Ok(()),
+                            }
+                        }
+                        Some(s) => match s.entry.kind {
+                            EntryKind::Dir => self.root.mkdir(p, s.entry.mode).map(|_| ()).map_err(|e| e.to_string()),
+                            EntryKind::Symlink => self.root.symlink(p, &s.entry.target, s.entry.mtime_ns).map(|_| ()).map_err(|e| e.to_string()),
+                            EntryKind::File => {
+                                let need = Need { entry: s.entry.clone(), source: self.links.keys().next().cloned().unwrap_or_default(), attempts: 0, last_error: None, force: true, copy_of: None };
+                                let _ = self.index.put_need(&need);
+                                self.retry_at.insert(p.clone(), Instant::now());
+                                Ok(())
+                            }
+                        },
+                    };
+                    match r {
+                        Ok(()) => n += 1,
+                        Err(e) => self.error(format!("revert {p}: {e}")),
+                    }
+                }
+                for p in &mods {
+                    if self.index.get(p).ok().flatten().is_none_or(|s| s.entry.kind != EntryKind::File || s.entry.deleted) {
+                        self.local_mods.remove(p);
+                    }
+                }
+                let msg = format!("reverting {n} local modification(s) to the cluster's version");
+                self.log.normal(&msg);
+                msg
+            }
+        }
+    }
+
+}
