@@ -281,15 +281,22 @@ impl Index {
         Ok(out)
     }
 
+    /// Needs are written without an fsync of their own: redb makes them durable with the
+    /// next durable commit, which for a page is the one that records the peer's progress,
+    /// so progress is never durable without the needs it covers.
     pub fn put_need(&self, need: &Need) -> anyhow::Result<()> {
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
         txn.open_table(NEEDS)?.insert(need.entry.path.as_str(), encode(need).as_slice())?;
         txn.commit()?;
         Ok(())
     }
 
+    /// Removing a need is not urgent either: a need that reappears after a crash is found
+    /// satisfied and dropped.
     pub fn remove_need(&self, path: &RelPath) -> anyhow::Result<()> {
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::None)?;
         txn.open_table(NEEDS)?.remove(path.as_str())?;
         txn.commit()?;
         Ok(())

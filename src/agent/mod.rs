@@ -72,7 +72,7 @@ pub enum AdminCmd {
     Pause(bool),
 }
 
-const MAX_PARALLEL_FETCHES: usize = 4;
+const MAX_PARALLEL_FETCHES: usize = 8;
 
 struct Agent {
     s: Settings,
@@ -213,7 +213,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     agent.log.normal(format!("startup complete: listening on {}", agent.s.listen));
 
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let mut status_tick = tokio::time::interval(Duration::from_secs(2));
+    let mut status_tick = tokio::time::interval(Duration::from_secs(5));
     let rescan_every = agent.s.rescan_interval;
     let mut next_rescan = rescan_every.map(|d| Instant::now() + d);
     // Without a complete set of inotify watches the tree is polled instead (never silence).

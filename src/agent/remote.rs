@@ -57,6 +57,7 @@ impl Agent {
                 }
         }
         let mut commits: Vec<(Entry, u64)> = Vec::new();
+        self.root.defer_dir_syncs();
         let n = live.len() + dead.len();
         let mut lags = Vec::new();
         let now_ns = scan::now_ns();
@@ -64,8 +65,13 @@ impl Agent {
             if !r.deleted && r.kind == EntryKind::File && r.modified_by == page.node_id && now_ns - r.mtime_ns < 60_000_000_000 && now_ns >= r.mtime_ns {
                 lags.push(((now_ns - r.mtime_ns) / 1_000_000) as u64);
             }
-            self.apply_one(peer, r, &mut blobs, &mut rename_src, &mut commits)?;
+            if let Err(e) = self.apply_one(peer, r, &mut blobs, &mut rename_src, &mut commits) {
+                self.root.sync_dirty_dirs();
+                return Err(e);
+            }
         }
+        // Directories are made durable before the page is recorded as applied.
+        self.root.sync_dirty_dirs();
         let applied = commits.len();
         self.index.commit_with_progress(commits, Some((peer, Progress { index_id: page.index_id, seq: page.last_seq })))?;
         if let Some(l) = lags.iter().max() {

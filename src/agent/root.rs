@@ -79,11 +79,41 @@ impl DiskMeta {
 #[derive(Clone)]
 pub struct SyncRoot {
     root: PathBuf,
+    /// While set, directories written into are collected here and fsynced once by
+    /// `sync_dirty_dirs` instead of after every rename (one fsync per directory per page).
+    deferred_dirs: std::sync::Arc<std::sync::Mutex<Option<std::collections::HashSet<PathBuf>>>>,
 }
 
 impl SyncRoot {
     pub fn new(root: PathBuf) -> SyncRoot {
-        SyncRoot { root }
+        SyncRoot { root, deferred_dirs: Default::default() }
+    }
+
+    /// Starts collecting directories to fsync instead of syncing each one at once.
+    pub fn defer_dir_syncs(&self) {
+        *self.deferred_dirs.lock().expect("BUG: poisoned") = Some(Default::default());
+    }
+
+    /// fsyncs every directory written into since `defer_dir_syncs`, and stops deferring.
+    pub fn sync_dirty_dirs(&self) {
+        let dirs = self.deferred_dirs.lock().expect("BUG: poisoned").take();
+        for d in dirs.into_iter().flatten() {
+            sync_dir(&d);
+        }
+    }
+
+    fn sync_parent(&self, p: &RelPath) {
+        let dir = self.full(p).parent().expect("BUG: parent exists").to_owned();
+        let mut guard = self.deferred_dirs.lock().expect("BUG: poisoned");
+        match guard.as_mut() {
+            Some(set) => {
+                set.insert(dir);
+            }
+            None => {
+                drop(guard);
+                sync_dir(&dir);
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -167,7 +197,7 @@ impl SyncRoot {
                     return Err(io::Error::other("a directory is in the way"));
                 }
             fs::rename(tmp, self.full(p))?;
-            sync_dir(self.full(p).parent().expect("BUG: parent exists"));
+            self.sync_parent(p);
             Ok(fs::symlink_metadata(self.full(p))?.ino())
         })();
         if res.is_err() {

@@ -1,4 +1,4 @@
-//! The agent's live state as users see it: `lsyncd.status` (rewritten every two seconds,
+//! The agent's live state as users see it: `lsyncd.status` (rewritten every five seconds,
 //! lsyncd's shape plus peers), the `/v1/status` JSON for the control plane, and the
 //! Prometheus text on `/metrics`. The event loop and the peer tasks update one `Status`
 //! behind a short-held mutex; renderers take a snapshot.

@@ -18,7 +18,7 @@ use crate::protocol::{Entry, RelPath};
 /// Files at most this large travel inline with index pages.
 pub const INLINE_MAX: u64 = 128 * 1024;
 /// Inline content per page is capped so one page stays small.
-pub const INLINE_BUDGET: u64 = 8 * 1024 * 1024;
+pub const INLINE_BUDGET: u64 = 32 * 1024 * 1024;
 /// Below this size a delta is not worth its round trip.
 pub const DELTA_MIN: u64 = 1024 * 1024;
 
@@ -101,7 +101,7 @@ async fn fetch_delta(client: &reqwest::Client, addr: &str, root: &SyncRoot, entr
         let mut f = root2.open_read(&base2)?;
         let mut data = Vec::new();
         std::io::Read::read_to_end(&mut f, &mut data)?;
-        let opts = fast_rsync::SignatureOptions { block_size: block_size(data.len() as u64), crypto_hash_size: 8 };
+        let opts = fast_rsync::SignatureOptions { block_size: block_size(data.len() as u64), crypto_hash_size: 4 };
         let sig = fast_rsync::Signature::calculate(&data, opts).into_serialized();
         Ok((data, sig))
     })

@@ -233,7 +233,7 @@ fn metrics_and_status_are_served_to_certificate_holders() {
     c.start_all();
     write(&c.nodes[0].path("a.txt"), b"x");
     c.converge("file", T, |t| if t.contains_key("a.txt") { Ok(()) } else { Err("missing".into()) });
-    // The status is refreshed every 2 s.
+    // The status is refreshed every 5 s.
     let v = until("status to count the file", T, || {
         let v: serde_json::Value = serde_json::from_str(&c.ctl(0, "status")).unwrap();
         if v["files"] == 1 && v["peers"]["node2"]["connected"] == true { Ok(v) } else { Err(v.to_string()) }
