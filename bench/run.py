@@ -478,7 +478,7 @@ def main():
         return samples
 
     if "latency" in only:
-        configs = [(3, 0), (5, 0), (3, 1)] + ([(3, 10), (5, 10)] if a.slow else [])
+        configs = [(3, 0), (5, 0), (3, 1), (10, 0)] + ([(3, 10), (5, 10)] if a.slow else [])
         for n, d in configs:
             key = f"latency: one 4 KiB file to all of {n} nodes, delay {d} s"
             per = 5 if d < 10 else 2

@@ -82,3 +82,25 @@ pub fn timestamp(t: OffsetDateTime) -> String {
     t.format(format_description!("[weekday repr:short] [month repr:short] [day] [hour]:[minute]:[second] [year]"))
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_rotates_by_size_and_keeps_three_generations() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LsyncdLog::open(dir.path(), 2000).unwrap();
+        for i in 0..400 {
+            log.normal(format!("line {i} with some padding to fill the file"));
+        }
+        let cur = std::fs::metadata(dir.path().join("lsyncd.log")).unwrap().len();
+        assert!(cur <= 2000, "current log is {cur} bytes");
+        for g in 1..=3 {
+            assert!(dir.path().join(format!("lsyncd.log.{g}")).exists(), "generation {g} missing");
+        }
+        assert!(!dir.path().join("lsyncd.log.4").exists(), "more than three generations kept");
+        let text = std::fs::read_to_string(dir.path().join("lsyncd.log")).unwrap();
+        assert!(text.lines().last().unwrap().ends_with("Normal: line 399 with some padding to fill the file"), "{text}");
+    }
+}
