@@ -1,63 +1,125 @@
 #!/usr/bin/env python3
-"""filesync vs the lsyncd + rsync reference, side by side on this machine, in one run.
+"""filesync against the lsyncd + rsync reference (ring and star) and Syncthing, side by side
+on this machine, in one run. Standard library only; run as root (see scripts/bench).
 
-Systems (all nodes on 127.0.2.x loopback addresses, each with its own directory tree):
-  filesync     one `filesync agent` per node, full mesh, mutual TLS
-  lsyncd-ring  the PaaS add-on's set-up: an rsync daemon per node (password auth, module
-               `syncmodule`) and an lsyncd per node with default.rsync, delete='running',
-               archive+compress+update, node i pushing to node i+1 (a ring)
-  lsyncd-star  the same daemons, but only the writer runs lsyncd, pushing to every node
+Systems (node i, counted from 1, is the folder tree WORK/<run>/n<i>/root and the loopback
+address 127.0.1.<i>; everything stays on 127.0.0.0/8):
+  filesync     one `filesync agent` per node on 127.0.1.i:7755, full mesh, mutual TLS
+  lsyncd-ring  the PaaS add-on's set-up: per node an `rsync --daemon` on 127.0.1.i:7755
+               (module `syncmodule`, auth users = admin, secrets file, read only = no,
+               use chroot = no, max connections = 128, munge symlinks = no) and an lsyncd with
+               default.rsync, delete='running', archive+compress+update, password_file,
+               temp_dir, excludes lsyncd/ lsyncd_tmp/ rsyncd-munged/; node i pushes to
+               node i+1, the last to the first
+  lsyncd-star  the same daemons; only the writer (node 1) runs lsyncd, one sync{} per node
+  syncthing    one syncthing per node, listening on tcp://127.0.1.i:(22000+i), full mesh,
+               discovery, relays, NAT, usage and crash reporting, browser and upgrades off,
+               fsWatcherDelayS = max(1, delay) (1 s is its minimum)
+  rsync-a      (initial sync only) one plain `rsync -a` from node 1 to node 2's daemon
 
-Two-node workloads (large file, initial sync, rename) compare with lsyncd-star: with two
-nodes the ring pushes both ways, and in this harness it shipped a half-written 64 MiB file
-and pushed it back over the writer's own file (truncating it), so its times are not a
-usable reference there; the star is one lsyncd + rsync pushing one way, i.e. rsync's cost.
+Repetitions alternate systems (rep 1 of every system, then rep 2, ..., with the order
+rotated each rep) so machine drift hits all of them.
 
-Workloads alternate systems rep by rep so machine drift hits both. Bytes on the wire are
-the growth of the loopback interface's receive counter (/proc/net/dev, `lo`) during the
-operation: all loopback traffic, which on an otherwise idle machine is the sync traffic
-(TLS and rsync protocol overhead included). Results: a table per workload (median, min,
-max, ratios filesync/reference), results.json and latency.svg in the output folder.
+Bytes on the wire: iptables byte counters in a chain FSBENCH hooked into INPUT on `lo`,
+one rule per direction (--dport and --sport) for the sync ports (7755 and 22001-22010).
+On loopback every packet passes INPUT once, so the sum is every byte the systems exchanged
+in both directions, IP and TCP headers, TLS and protocol overhead included. If iptables is
+unusable the harness falls back to the `lo` receive counter of /proc/net/dev (all loopback
+traffic) and says so in the results.
 """
 
 import argparse
-import atexit
 import hashlib
 import json
+import math
 import os
 import platform
+import random
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import time
+import traceback
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "filesync")
 WORK = "/tmp/filesync-bench"
-RSYNC_PORT = 8730
-AGENT_PORT = 7755
-PROCS = []
+PORT = 7755  # rsync daemon (as on the add-on's nodes) and filesync agent, on each node's IP
+ST_PORT0 = 22000  # syncthing listens on 22000 + i
+ST_GUI = 8384  # syncthing REST API on each node's IP (not counted on the wire)
+ST_KEY = "filesync-bench-api-key"
+PASSWORD = "defaultPassword"  # the add-on's password when the install field is left empty
+ALL_SYSTEMS = ["filesync", "lsyncd-ring", "lsyncd-star", "syncthing"]
+IGNORE_DIRS = {"lsyncd", "lsyncd_tmp", "rsyncd-munged"}
+
+PROCS = []  # every process group we started; killed on exit whatever happens
+LOG = None  # the run log in the output folder
 
 
-def cleanup():
+def say(msg):
+    line = time.strftime("%H:%M:%S ") + msg
+    print(line, flush=True)
+    if LOG:
+        LOG.write(line + "\n")
+        LOG.flush()
+
+
+def kill_all():
     for p in PROCS:
         try:
             os.killpg(p.pid, signal.SIGKILL)
+        except OSError:
+            pass
+    for p in PROCS:
+        try:
+            p.wait(timeout=5)
         except Exception:
             pass
     PROCS.clear()
 
 
-atexit.register(cleanup)
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+def on_signal(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
-def spawn(args, log):
-    p = subprocess.Popen(args, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+def spawn(args, log, env=None):
+    out = open(log, "ab")
+    p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                         start_new_session=True, env=env)
+    out.close()
     PROCS.append(p)
     return p
+
+
+def stop_procs(procs):
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except OSError:
+            pass
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except OSError:
+                pass
+            p.wait()
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # children left in the group (rsync workers)
+        except OSError:
+            pass
+        if p in PROCS:
+            PROCS.remove(p)
+
+
+class Timeout(Exception):
+    pass
 
 
 def wait_for(what, cond, timeout=120.0, interval=0.001):
@@ -66,121 +128,359 @@ def wait_for(what, cond, timeout=120.0, interval=0.001):
         if cond():
             return time.perf_counter() - t0
         if time.perf_counter() - t0 > timeout:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+            raise Timeout(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
 
 
-def lo_rx():
-    with open("/proc/net/dev") as f:
-        for line in f:
-            if line.strip().startswith("lo:"):
-                return int(line.split(":")[1].split()[0])
-    return 0
-
-
 def ip(i):
-    return f"127.0.2.{i + 1}"
+    """Node i's address, i counted from 0 (node 1 = 127.0.1.1)."""
+    return f"127.0.1.{i + 1}"
+
+
+def port_open(host, port):
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def write_file(path, data, mode=0o644):
+    with open(path, "w") as f:
+        f.write(data)
+    os.chmod(path, mode)
+
+
+# ---------------------------------------------------------------- bytes on the wire
+
+
+class Wire:
+    CHAIN = "FSBENCH"
+    PORTS = [str(PORT), f"{ST_PORT0 + 1}:{ST_PORT0 + 10}"]
+
+    def __init__(self):
+        self.method = "proc-net-dev"
+        if shutil.which("iptables"):
+            self._teardown()
+            cmds = [["-N", self.CHAIN]]
+            for p in self.PORTS:
+                cmds += [["-A", self.CHAIN, "-i", "lo", "-p", "tcp", "--dport", p],
+                         ["-A", self.CHAIN, "-i", "lo", "-p", "tcp", "--sport", p]]
+            cmds.append(["-I", "INPUT", "-i", "lo", "-j", self.CHAIN])
+            ok = all(subprocess.run(["iptables", "-w"] + c, capture_output=True).returncode == 0 for c in cmds)
+            if ok and self._iptables() is not None:
+                self.method = "iptables"
+            else:
+                self._teardown()
+        self.description = {
+            "iptables": "iptables byte counters on lo (INPUT), tcp ports 7755 and 22001-22010, both directions: "
+                        "every byte the sync systems exchanged, IP/TCP headers and TLS/protocol overhead included",
+            "proc-net-dev": "growth of the lo receive counter in /proc/net/dev: ALL loopback traffic during the "
+                            "operation (iptables unavailable); run on an otherwise idle machine",
+        }[self.method]
+
+    def _iptables(self):
+        r = subprocess.run(["iptables", "-w", "-L", self.CHAIN, "-v", "-n", "-x"], capture_output=True, text=True)
+        if r.returncode != 0:
+            return None
+        total = 0
+        for line in r.stdout.splitlines()[2:]:
+            f = line.split()
+            if len(f) >= 2 and f[1].isdigit():
+                total += int(f[1])
+        return total
+
+    def read(self):
+        if self.method == "iptables":
+            v = self._iptables()
+            if v is not None:
+                return v
+        with open("/proc/net/dev") as f:
+            for line in f:
+                if line.strip().startswith("lo:"):
+                    return int(line.split(":")[1].split()[0])
+        return 0
+
+    def _teardown(self):
+        subprocess.run(["iptables", "-w", "-D", "INPUT", "-i", "lo", "-j", self.CHAIN], capture_output=True)
+        subprocess.run(["iptables", "-w", "-F", self.CHAIN], capture_output=True)
+        subprocess.run(["iptables", "-w", "-X", self.CHAIN], capture_output=True)
+
+    def close(self):
+        if self.method == "iptables":
+            self._teardown()
+
+
+WIRE = None
+
+# ---------------------------------------------------------------- clusters
 
 
 class Cluster:
-    """N nodes of one system; node i's sync folder is self.roots[i]."""
+    """n nodes of one system; node i's sync folder is self.roots[i]; node 0 writes."""
 
     def __init__(self, system, n, delay, name):
-        self.system, self.n, self.delay = system, n, delay
+        self.system, self.n, self.delay, self.name = system, n, delay, name
         self.dir = os.path.join(WORK, name)
         shutil.rmtree(self.dir, ignore_errors=True)
-        self.roots = [os.path.join(self.dir, f"node{i + 1}", "webroot", "ROOT") for i in range(n)]
-        for r in self.roots:
-            os.makedirs(r)
-        self.procs = []
+        self.homes = [os.path.join(self.dir, f"n{i + 1}") for i in range(n)]
+        self.roots = [os.path.join(h, "root") for h in self.homes]
+        for h in self.homes:
+            for sub in ("root", "etc", "log", "state"):
+                os.makedirs(os.path.join(h, sub))
+        self.groups = [[] for _ in range(n)]  # per node: the process groups of its sync processes
+        self.prepared = False
 
-    def start(self, writer=0):
-        if self.system == "filesync":
-            self._start_filesync()
-        else:
-            self._start_lsyncd(star=self.system == "lsyncd-star", writer=writer)
+    def prepare(self):
+        """Everything before the sync processes start (keys, configs), kept out of timings."""
+        self.prepared = True
 
-    def _start_filesync(self):
-        pki = os.path.join(self.dir, "pki")
-        subprocess.run([BIN, "ca", "init", "--dir", pki], check=True, stdout=subprocess.DEVNULL)
-        for i in range(self.n):
-            subprocess.run([BIN, "ca", "issue", "--dir", pki, "--name", f"n{i + 1}", "--ip", ip(i)], check=True, stdout=subprocess.DEVNULL)
-        for i in range(self.n):
-            home = os.path.dirname(os.path.dirname(self.roots[i]))
-            cfg = [f'node_name = "n{i + 1}"', f'listen = "{ip(i)}:{AGENT_PORT}"', f'root = "{self.roots[i]}"', f"delay = {self.delay}", "[tls]",
-                   f'ca = "{pki}/ca.pem"', f'cert = "{pki}/n{i + 1}.pem"', f'key = "{pki}/n{i + 1}.key"']
-            for j in range(self.n):
-                if j != i:
-                    cfg += ["[[peers]]", f'name = "n{j + 1}"', f'address = "{ip(j)}:{AGENT_PORT}"']
-            path = os.path.join(home, "agent.toml")
-            open(path, "w").write("\n".join(cfg) + "\n")
-            self.procs.append(spawn([BIN, "agent", "--config", path], os.path.join(home, "agent.out")))
-        for i in range(self.n):
-            log = os.path.join(os.path.dirname(self.roots[i]), "lsyncd", "var", "log", "lsyncd.log")
-            wait_for("filesync start-up", lambda: os.path.exists(log) and "startup complete" in open(log).read(), interval=0.02)
+    def start(self):
+        raise NotImplementedError
 
-    def _start_lsyncd(self, star, writer):
-        for i in range(self.n):
-            home = os.path.dirname(os.path.dirname(self.roots[i]))
-            etc = os.path.join(home, "etc")
-            os.makedirs(etc, exist_ok=True)
-            secrets = os.path.join(etc, "rsyncd.secrets")
-            open(secrets, "w").write("admin:benchpass\n")
-            os.chmod(secrets, 0o600)
-            pw = os.path.join(etc, "rsyncd.pass")
-            open(pw, "w").write("benchpass\n")
-            os.chmod(pw, 0o600)
-            conf = os.path.join(etc, "rsyncd.conf")
-            open(conf, "w").write(
-                f"address = {ip(i)}\nport = {RSYNC_PORT}\npid file = {etc}/rsyncd.pid\nuse chroot = no\nmax connections = 128\n"
-                f"uid = root\ngid = root\n[syncmodule]\npath = {self.roots[i]}\nread only = no\nauth users = admin\nsecrets file = {secrets}\n")
-            # As on the add-on's nodes: rsync's temp dir lives in the module, excluded from sync.
-            os.makedirs(os.path.join(self.roots[i], "lsyncd_tmp"), exist_ok=True)
-            self.procs.append(spawn(["rsync", "--daemon", "--no-detach", f"--config={conf}"], os.path.join(home, "rsyncd.out")))
-        for i in range(self.n):
-            wait_for("rsync daemon", lambda: subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/{ip(i)}/{RSYNC_PORT}"], stderr=subprocess.DEVNULL).returncode == 0, interval=0.05)
-        for i in range(self.n):
-            if star and i != writer:
-                continue
-            targets = [j for j in range(self.n) if j != i] if star else [(i + 1) % self.n]
-            home = os.path.dirname(os.path.dirname(self.roots[i]))
-            etc = os.path.join(home, "etc")
-            lua = [f'settings {{ logfile = "{home}/lsyncd.log", statusFile = "{home}/lsyncd.status", nodaemon = true, insist = true }}']
-            for j in targets:
-                lua.append(
-                    f'sync {{ default.rsync, source = "{self.roots[i]}/", target = "rsync://admin@{ip(j)}:{RSYNC_PORT}/syncmodule/", '
-                    f"delay = {self.delay}, delete = 'running', exclude = {{ 'lsyncd', 'lsyncd_tmp' }}, "
-                    f'rsync = {{ archive = true, compress = true, update = true, password_file = "{etc}/rsyncd.pass", temp_dir = "/lsyncd_tmp/" }} }}')
-            path = os.path.join(etc, "lsyncd.conf")
-            open(path, "w").write("\n".join(lua) + "\n")
-            self.procs.append(spawn(["lsyncd", path], os.path.join(home, "lsyncd.out")))
-        # lsyncd runs a start-up rsync per target; wait until it reports being idle.
-        for i in range(self.n):
-            if star and i != writer:
-                continue
-            home = os.path.dirname(os.path.dirname(self.roots[i]))
-            status = os.path.join(home, "lsyncd.status")
-            wait_for("lsyncd start-up", lambda: os.path.exists(os.path.join(home, "lsyncd.log")) and "Normal: Startup of" in open(os.path.join(home, "lsyncd.log")).read() and "finished" in open(os.path.join(home, "lsyncd.log")).read(), timeout=600, interval=0.05)
-
-    def pids(self):
-        return [p.pid for p in self.procs]
+    def procs(self):
+        return [p for g in self.groups for p in g]
 
     def stop(self):
-        for p in self.procs:
+        stop_procs(self.procs())
+        self.groups = [[] for _ in range(self.n)]
+
+    def remove(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def logs_hint(self):
+        return self.dir
+
+
+class FilesyncCluster(Cluster):
+    def prepare(self):
+        pki = os.path.join(self.dir, "pki")
+        subprocess.run([BIN, "ca", "init", "--dir", pki], check=True, capture_output=True)
+        for i in range(self.n):
+            subprocess.run([BIN, "ca", "issue", "--dir", pki, "--name", f"n{i + 1}", "--ip", ip(i)], check=True, capture_output=True)
+        self.configs = []
+        for i, h in enumerate(self.homes):
+            cfg = [f'node_name = "n{i + 1}"', f'listen = "{ip(i)}:{PORT}"', f'root = "{self.roots[i]}"',
+                   f'state_dir = "{h}/state"', f'log_dir = "{h}/log"', f"delay = {int(self.delay)}", "",
+                   "[tls]", f'ca = "{pki}/ca.pem"', f'cert = "{pki}/n{i + 1}.pem"', f'key = "{pki}/n{i + 1}.key"']
+            for j in range(self.n):
+                if j != i:
+                    cfg += ["", "[[peers]]", f'name = "n{j + 1}"', f'address = "{ip(j)}:{PORT}"']
+            path = os.path.join(h, "etc", "agent.toml")
+            write_file(path, "\n".join(cfg) + "\n")
+            self.configs.append(path)
+        self.prepared = True
+
+    def start(self):
+        if not self.prepared:
+            self.prepare()
+        for i, h in enumerate(self.homes):
+            self.groups[i].append(spawn([BIN, "agent", "--config", self.configs[i]], os.path.join(h, "log", "agent.out")))
+        for i, h in enumerate(self.homes):
+            log = os.path.join(h, "log", "lsyncd.log")
+            p = self.groups[i][0]
+
+            def ready():
+                if p.poll() is not None:
+                    raise RuntimeError(f"filesync agent n{i + 1} exited with {p.returncode}; see {h}/log/agent.out and lsyncd.log")
+                try:
+                    with open(log) as f:
+                        return "Normal: startup complete" in f.read()
+                except OSError:
+                    return False
+
+            wait_for(f"filesync n{i + 1} start-up ({log})", ready, timeout=120, interval=0.01)
+
+
+class LsyncdCluster(Cluster):
+    """The add-on's set-up; star=True: only node 0 runs lsyncd, pushing to every other node."""
+
+    def __init__(self, system, n, delay, name, star=False, lsyncd=True):
+        super().__init__(system, n, delay, name)
+        self.star, self.with_lsyncd = star, lsyncd
+
+    def prepare(self):
+        for i, h in enumerate(self.homes):
+            etc = os.path.join(h, "etc")
+            write_file(os.path.join(etc, "rsyncd.secrets"), f"admin:{PASSWORD}\n", 0o600)
+            write_file(os.path.join(etc, "rsyncd.pass"), f"{PASSWORD}\n", 0o600)
+            write_file(os.path.join(etc, "rsyncd.conf"),
+                       f"address = {ip(i)}\nport = {PORT}\npid file = {etc}/rsyncd.pid\nlock file = {etc}/rsyncd.lock\n"
+                       f"log file = {h}/log/rsyncd.log\nuse chroot = no\nmax connections = 128\nuid = root\ngid = root\n\n"
+                       f"[syncmodule]\npath = {self.roots[i]}\nread only = no\nauth users = admin\n"
+                       f"secrets file = {etc}/rsyncd.secrets\nmunge symlinks = no\n")
+            # As on the add-on's nodes, rsync's temp dir lives inside the module and is excluded.
+            os.makedirs(os.path.join(self.roots[i], "lsyncd_tmp"), exist_ok=True)
+        self.pushers = [0] if self.star else list(range(self.n))
+        if not self.with_lsyncd:
+            self.pushers = []
+        for i in self.pushers:
+            h = self.homes[i]
+            targets = [j for j in range(self.n) if j != i] if self.star else [(i + 1) % self.n]
+            lua = ["settings {", f'  logfile = "{h}/log/lsyncd.log",', f'  statusFile = "{h}/log/lsyncd.status",',
+                   "  nodaemon = true,", "  insist = true,", "}"]
+            for j in targets:
+                lua += ["sync {", "  default.rsync,", f'  source = "{self.roots[i]}",',
+                        f'  target = "rsync://admin@{ip(j)}:{PORT}/syncmodule/",', f"  delay = {self.delay},",
+                        "  delete = 'running',", "  exclude = { 'lsyncd/', 'lsyncd_tmp/', 'rsyncd-munged/' },",
+                        "  rsync = {", "    archive = true,", "    compress = true,", "    update = true,",
+                        f'    password_file = "{h}/etc/rsyncd.pass",', '    temp_dir = "/lsyncd_tmp/",', "  },", "}"]
+            write_file(os.path.join(h, "etc", "lsyncd.conf"), "\n".join(lua) + "\n")
+        self.prepared = True
+
+    def start(self):
+        if not self.prepared:
+            self.prepare()
+        self.start_daemons()
+        self.start_lsyncd()
+
+    def start_daemons(self):
+        for i, h in enumerate(self.homes):
+            self.groups[i].append(spawn(["rsync", "--daemon", "--no-detach", f"--config={h}/etc/rsyncd.conf"],
+                                        os.path.join(h, "log", "rsyncd.out")))
+        for i in range(self.n):
+            wait_for(f"rsync daemon on {ip(i)}:{PORT}", lambda: port_open(ip(i), PORT), timeout=30, interval=0.02)
+
+    def start_lsyncd(self):
+        for i in self.pushers:
+            h = self.homes[i]
+            self.groups[i].append(spawn(["lsyncd", os.path.join(h, "etc", "lsyncd.conf")], os.path.join(h, "log", "lsyncd.out")))
+        # lsyncd first runs one full rsync per sync{}; wait until each says it finished.
+        for i in self.pushers:
+            log = os.path.join(self.homes[i], "log", "lsyncd.log")
+            want = self.n - 1 if self.star else 1
+
+            def ready():
+                try:
+                    with open(log) as f:
+                        return sum(1 for line in f if "Startup of" in line and "finished" in line) >= want
+                except OSError:
+                    return False
+
+            wait_for(f"lsyncd n{i + 1} start-up ({log})", ready, timeout=900, interval=0.02)
+
+
+class SyncthingCluster(Cluster):
+    def prepare(self):
+        keys = os.path.join(WORK, "syncthing-keys")
+        self.ids = []
+        for i, h in enumerate(self.homes):
+            kd = os.path.join(keys, f"n{i + 1}")
+            if not os.path.exists(os.path.join(kd, "cert.pem")):
+                shutil.rmtree(kd, ignore_errors=True)
+                subprocess.run(["syncthing", "generate", f"--home={kd}", "--no-default-folder"], check=True, capture_output=True)
+            if not os.path.exists(os.path.join(kd, "id")):
+                r = subprocess.run(["syncthing", "serve", "--device-id", f"--home={kd}"], check=True, capture_output=True, text=True)
+                write_file(os.path.join(kd, "id"), r.stdout.strip().splitlines()[-1])
+            self.ids.append(open(os.path.join(kd, "id")).read().strip())
+            for f in ("cert.pem", "key.pem"):
+                shutil.copy(os.path.join(kd, f), os.path.join(h, "etc", f))
+        wd = max(1, int(math.ceil(self.delay)))
+        for i, h in enumerate(self.homes):
+            devices = "".join(
+                f'    <device id="{self.ids[j]}" name="n{j + 1}" compression="metadata" introducer="false">\n'
+                f"        <address>tcp://{ip(j)}:{ST_PORT0 + j + 1}</address>\n        <paused>false</paused>\n"
+                f"        <autoAcceptFolders>false</autoAcceptFolders>\n    </device>\n"
+                for j in range(self.n))
+            members = "".join(f'        <device id="{self.ids[j]}"></device>\n' for j in range(self.n))
+            xml = f"""<configuration version="36">
+    <folder id="bench" label="bench" path="{self.roots[i]}" type="sendreceive" rescanIntervalS="3600" fsWatcherEnabled="true" fsWatcherDelayS="{wd}" ignorePerms="false" autoNormalize="true">
+        <filesystemType>basic</filesystemType>
+{members}        <minDiskFree unit="%">0</minDiskFree>
+        <markerName>.stfolder</markerName>
+    </folder>
+{devices}    <gui enabled="true" tls="false" debugging="false">
+        <address>{ip(i)}:{ST_GUI}</address>
+        <apikey>{ST_KEY}</apikey>
+    </gui>
+    <options>
+        <listenAddress>tcp://{ip(i)}:{ST_PORT0 + i + 1}</listenAddress>
+        <globalAnnounceEnabled>false</globalAnnounceEnabled>
+        <localAnnounceEnabled>false</localAnnounceEnabled>
+        <relaysEnabled>false</relaysEnabled>
+        <natEnabled>false</natEnabled>
+        <startBrowser>false</startBrowser>
+        <urAccepted>-1</urAccepted>
+        <urSeen>3</urSeen>
+        <autoUpgradeIntervalH>0</autoUpgradeIntervalH>
+        <crashReportingEnabled>false</crashReportingEnabled>
+        <setLowPriority>false</setLowPriority>
+        <minHomeDiskFree unit="%">0</minHomeDiskFree>
+        <reconnectionIntervalS>5</reconnectionIntervalS>
+    </options>
+</configuration>
+"""
+            write_file(os.path.join(h, "etc", "config.xml"), xml)
+        self.prepared = True
+
+    def api(self, i, path):
+        req = urllib.request.Request(f"http://{ip(i)}:{ST_GUI}{path}", headers={"X-API-Key": ST_KEY})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read())
+
+    def start(self):
+        if not self.prepared:
+            self.prepare()
+        env = dict(os.environ, STNOUPGRADE="1", STNORESTART="1", STNODEFAULTFOLDER="1", HOME=self.dir)
+        for i, h in enumerate(self.homes):
+            self.groups[i].append(spawn(["syncthing", "serve", f"--config={h}/etc", f"--data={h}/state", "--no-browser",
+                                         "--no-restart", "--no-upgrade", f"--logfile={h}/log/syncthing.log"],
+                                        os.path.join(h, "log", "syncthing.out"), env=env))
+
+        def ready():
             try:
-                os.killpg(p.pid, signal.SIGTERM)
+                for i in range(self.n):
+                    conns = self.api(i, "/rest/system/connections")["connections"]
+                    if sum(1 for c in conns.values() if c.get("connected")) < self.n - 1:
+                        return False
+                    st = self.api(i, "/rest/db/status?folder=bench")
+                    if st.get("state") != "idle" or st.get("needFiles", 1) != 0:
+                        return False
+                return True
             except Exception:
-                pass
-        for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except Exception:
-                os.killpg(p.pid, signal.SIGKILL)
-        self.procs = []
+                return False
+
+        wait_for("syncthing devices connected and folder idle", ready, timeout=300, interval=0.2)
+
+
+class RsyncOnce(LsyncdCluster):
+    """A plain `rsync -a` from node 0 to node 1's daemon: the one-shot baseline."""
+
+    def __init__(self, system, n, delay, name):
+        super().__init__(system, n, delay, name, lsyncd=False)
+
+    def start(self):
+        if not self.prepared:
+            self.prepare()
+        self.start_daemons()
+
+    def push(self):
+        for j in range(1, self.n):
+            subprocess.run(["rsync", "-a", f"--password-file={self.homes[0]}/etc/rsyncd.pass", self.roots[0] + "/",
+                            f"rsync://admin@{ip(j)}:{PORT}/syncmodule/"], check=True)
+
+
+def make_cluster(system, n, delay, name):
+    if system == "filesync":
+        return FilesyncCluster(system, n, delay, name)
+    if system == "lsyncd-ring":
+        return LsyncdCluster(system, n, delay, name, star=False)
+    if system == "lsyncd-star":
+        return LsyncdCluster(system, n, delay, name, star=True)
+    if system == "syncthing":
+        return SyncthingCluster(system, n, delay, name)
+    if system == "rsync-a":
+        return RsyncOnce(system, n, delay, name)
+    raise ValueError(system)
+
+
+# ---------------------------------------------------------------- trees and content
 
 
 def has_content(path, data):
     try:
+        if os.stat(path).st_size != len(data):
+            return False
         with open(path, "rb") as f:
             return f.read() == data
     except OSError:
@@ -188,11 +488,12 @@ def has_content(path, data):
 
 
 def tree_sig(root):
+    """relative path -> size of every regular file, without the systems' own dirs and dotfiles."""
     out = {}
     for d, dirs, files in os.walk(root):
-        dirs[:] = [x for x in dirs if x not in ("lsyncd", "lsyncd_tmp")]
+        dirs[:] = [x for x in dirs if x not in IGNORE_DIRS and not x.startswith(".")]
         for f in files:
-            if f.startswith(".filesync.") or f.startswith("."):
+            if f.startswith("."):
                 continue
             p = os.path.join(d, f)
             try:
@@ -202,353 +503,711 @@ def tree_sig(root):
     return out
 
 
-def all_equal(c, expect):
-    return all(tree_sig(r) == expect for r in c.roots[1:])
+def tree_hash(root):
+    h = {}
+    for rel in sorted(tree_sig(root)):
+        with open(os.path.join(root, rel), "rb") as f:
+            h[rel] = hashlib.sha1(f.read()).hexdigest()
+    return h
 
 
-def make_files(root, count, dirs, lo, hi, seed):
-    import random
+class Converge:
+    """Polls the receivers until each has every expected file with the expected size, checking
+    only what has not arrived yet (cheap while a big tree trickles in), then compares whole trees."""
+
+    def __init__(self, roots, expect):
+        self.expect = expect
+        self.pending = [(r, list(expect.items())) for r in roots]
+        self.full_ok = False
+
+    def __call__(self):
+        for r, items in self.pending:
+            while items:
+                rel, size = items[-1]
+                try:
+                    if os.stat(os.path.join(r, rel)).st_size != size:
+                        return False
+                except OSError:
+                    return False
+                items.pop()
+        return all(tree_sig(r) == self.expect for r, _ in self.pending)
+
+
+def check_identical(c, expect_root=None):
+    """After the timing: every node's tree has the writer's content. Returns a problem or None."""
+    want = tree_hash(expect_root or c.roots[0])
+    for i, r in enumerate(c.roots[1:], 2):
+        got = tree_hash(r)
+        if got != want:
+            diff = sorted(set(k for k in set(got) | set(want) if got.get(k) != want.get(k)))
+            return f"node {i} differs from node 1 in {len(diff)} files, e.g. {diff[:3]}"
+    return None
+
+
+def make_tree(root, count, dirs, lo, hi, seed):
     rnd = random.Random(seed)
     for k in range(count):
-        d = os.path.join(root, f"dir{k % dirs}")
+        d = os.path.join(root, f"dir{k % dirs:03d}")
         os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, f"file{k}.bin"), "wb") as f:
+        with open(os.path.join(d, f"file{k:06d}.bin"), "wb") as f:
             f.write(rnd.randbytes(rnd.randint(lo, hi)))
 
 
-# ---------------------------------------------------------------- workloads
+def template(name, count, dirs, lo, hi, seed):
+    """A tree generated once per run and copied (cp -a, same mtimes) into nodes."""
+    path = os.path.join(WORK, "templates", f"{name}-{count}-{dirs}-{lo}-{hi}-{seed}")
+    if not os.path.exists(os.path.join(path, ".done")):
+        shutil.rmtree(path, ignore_errors=True)
+        make_tree(path, count, dirs, lo, hi, seed)
+        open(os.path.join(path, ".done"), "w").close()
+    return path
 
 
-def w_latency(system, n, delay, reps, gap=0.3):
-    c = Cluster(system, n, delay, f"lat-{system}-{n}-{delay}")
-    c.start()
-    out = []
+def copy_tree(src, dst):
+    subprocess.run(["cp", "-a", "--", src + "/.", dst], check=True)
     try:
-        time.sleep(max(1.0, delay))
-        for k in range(reps):
-            data = os.urandom(4096)
-            name = f"probe{k}.bin"
-            t0 = time.perf_counter()
-            with open(os.path.join(c.roots[0], name), "wb") as f:
-                f.write(data)
-            wait_for("propagation", lambda: all(has_content(os.path.join(r, name), data) for r in c.roots[1:]), timeout=max(120, 6 * delay * n))
-            out.append(time.perf_counter() - t0)
-            time.sleep(gap + delay)
-    finally:
-        c.stop()
+        os.remove(os.path.join(dst, ".done"))
+    except OSError:
+        pass
+
+
+def settle(c, extra=0.0):
+    """Let follow-on traffic of the previous step die down (the ring's last hop back to node 1)."""
+    time.sleep(max(0.5, c.delay + 0.5) + extra)
+
+
+# ---------------------------------------------------------------- workloads (one repetition each)
+
+
+def w_latency(c, probes):
+    """Start c; write `probes` 4 KiB files on node 1 one after the other; time each until all nodes have it."""
+    c.start()
+    settle(c, 0.5)
+    out = []
+    timeout = max(60, 8 * c.delay * c.n + 30)
+    for k in range(probes):
+        data = os.urandom(4096)
+        name = f"probe-{k}.bin"
+        paths = [os.path.join(r, name) for r in c.roots[1:]]
+        t0 = time.perf_counter()
+        with open(os.path.join(c.roots[0], name), "wb") as f:
+            f.write(data)
+        left = list(paths)
+
+        def arrived():
+            while left:
+                if not has_content(left[-1], data):
+                    return False
+                left.pop()
+            return True
+
+        wait_for(f"probe {k} on all nodes", arrived, timeout=timeout, interval=0.001)
+        out.append(time.perf_counter() - t0)
+        settle(c)
     return out
 
 
-def w_p99(system, n, files):
-    c = Cluster(system, n, 0, f"p99-{system}")
+def w_p99(c, files, gap=0.05):
     c.start()
-    lat = []
-    try:
-        time.sleep(1)
-        sent = []
-        for k in range(files):
+    settle(c, 0.5)
+    lat, sent = [], []
+    next_write = time.perf_counter()
+    k = 0
+    while k < files or sent:
+        now = time.perf_counter()
+        if k < files and now >= next_write:
             data = os.urandom(4096)
-            name = f"p{k}.bin"
+            name = f"p-{k}.bin"
+            t0 = time.perf_counter()
             with open(os.path.join(c.roots[0], name), "wb") as f:
                 f.write(data)
-            sent.append((name, data, time.perf_counter()))
-            deadline = time.perf_counter() + 0.05
-            while time.perf_counter() < deadline:
-                for item in list(sent):
-                    if all(has_content(os.path.join(r, item[0]), item[1]) for r in c.roots[1:]):
-                        lat.append(time.perf_counter() - item[2])
-                        sent.remove(item)
-                time.sleep(0.001)
-        for item in sent:
-            wait_for("propagation", lambda: all(has_content(os.path.join(r, item[0]), item[1]) for r in c.roots[1:]))
-            lat.append(time.perf_counter() - item[2])
-    finally:
-        c.stop()
-    lat.sort()
+            sent.append([name, data, t0, list(c.roots[1:])])
+            next_write += gap
+            k += 1
+        for item in list(sent):
+            left = item[3]
+            while left and has_content(os.path.join(left[-1], item[0]), item[1]):
+                left.pop()
+            if not left:
+                lat.append(time.perf_counter() - item[2])
+                sent.remove(item)
+        if sent and now - sent[0][2] > 120:
+            raise Timeout(f"{sent[0][0]} not on all nodes after 120 s")
+        time.sleep(0.001)
     return lat
 
 
-def w_burst(system, n, files):
-    c = Cluster(system, n, 0, f"burst-{system}")
+def w_burst(c, files):
     c.start()
-    try:
-        time.sleep(1)
-        t0 = time.perf_counter()
-        make_files(c.roots[0], files, 50, 1024, 8192, 7)
-        expect = tree_sig(c.roots[0])
-        wait_for("burst", lambda: all_equal(c, expect), timeout=600, interval=0.05)
-        return time.perf_counter() - t0
-    finally:
-        c.stop()
+    settle(c, 0.5)
+    t0 = time.perf_counter()
+    make_tree(c.roots[0], files, 50, 1024, 8192, 7)
+    written = time.perf_counter() - t0
+    expect = tree_sig(c.roots[0])
+    wait_for("burst on all nodes", Converge(c.roots[1:], expect), timeout=900, interval=0.02)
+    t = time.perf_counter() - t0
+    problem = check_identical(c)
+    if problem:
+        raise RuntimeError(f"after convergence by size: {problem}")
+    return {"s": t, "write_s": written}
 
 
-def w_large(system, mib):
-    c = Cluster(system, 2, 0, f"large-{system}")
+def w_large(c, data):
+    size = len(data)
     c.start()
-    try:
-        time.sleep(1)
-        path = os.path.join(c.roots[0], "big.bin")
-        rx0, t0 = lo_rx(), time.perf_counter()
-        with open(path, "wb") as f:
-            for _ in range(mib):
-                f.write(os.urandom(1 << 20))
-        size = mib << 20
-        wait_for("large initial", lambda: os.path.exists(os.path.join(c.roots[1], "big.bin")) and os.path.getsize(os.path.join(c.roots[1], "big.bin")) == size, timeout=600, interval=0.01)
-        initial = (time.perf_counter() - t0, lo_rx() - rx0)
-        time.sleep(2)
-        patch = os.urandom(4096)
-        rx0, t0 = lo_rx(), time.perf_counter()
-        with open(path, "r+b") as f:
-            f.seek(size // 2)
-            f.write(patch)
-        target = os.path.join(c.roots[1], "big.bin")
+    settle(c, 0.5)
+    path = os.path.join(c.roots[0], "big.bin")
+    others = [os.path.join(r, "big.bin") for r in c.roots[1:]]
+    want = hashlib.sha256(data).hexdigest()
+    b0, t0 = WIRE.read(), time.perf_counter()
+    with open(path, "wb") as f:
+        for off in range(0, size, 1 << 20):
+            f.write(data[off:off + (1 << 20)])
+    conv = Converge(c.roots[1:], {"big.bin": size})
+    wait_for("large file on all nodes", conv, timeout=900, interval=0.005)
+    initial_s = time.perf_counter() - t0
+    settle(c, 2)
+    initial_b = WIRE.read() - b0
+    for p in [path] + others:
+        got = hashlib.sha256(open(p, "rb").read()).hexdigest()
+        if got != want:
+            raise RuntimeError(f"after the initial sync {p} has size {os.path.getsize(p)} and differs from what "
+                               f"node 1 wrote ({'the WRITER' if p == path else 'a receiver'}'s copy was damaged)")
+    patch = os.urandom(4096)
+    mid = size // 2
+    new = data[:mid] + patch + data[mid + 4096:]
+    want = hashlib.sha256(new).hexdigest()
+    b0, t0 = WIRE.read(), time.perf_counter()
+    with open(path, "r+b") as f:
+        f.seek(mid)
+        f.write(patch)
+    left = list(others)
 
-        def arrived():
-            # Both systems replace the file by rename, so the patched region showing means
-            # the whole new version is in place (checked by hash below, outside the timing).
+    def arrived():
+        # Every system replaces the file by rename, so seeing the patch means the whole new
+        # version is in place (verified by hash below, outside the timing).
+        while left:
             try:
-                with open(target, "rb") as f:
-                    f.seek(size // 2)
-                    return f.read(4096) == patch
+                with open(left[-1], "rb") as f:
+                    f.seek(mid)
+                    if f.read(4096) != patch:
+                        return False
             except OSError:
                 return False
+            left.pop()
+        return True
 
-        wait_for("large edit", arrived, timeout=600, interval=0.002)
-        edit = (time.perf_counter() - t0, lo_rx() - rx0)
-        want = hashlib.sha256(open(path, "rb").read()).hexdigest()
-        assert hashlib.sha256(open(target, "rb").read()).hexdigest() == want, "edited file differs after sync"
-        return {"initial_s": initial[0], "initial_bytes": initial[1], "edit_s": edit[0], "edit_bytes": edit[1]}
-    finally:
-        c.stop()
+    wait_for("4 KiB edit on all nodes", arrived, timeout=600, interval=0.002)
+    edit_s = time.perf_counter() - t0
+    settle(c, 2)
+    edit_b = WIRE.read() - b0
+    for p in [path] + others:
+        if hashlib.sha256(open(p, "rb").read()).hexdigest() != want:
+            raise RuntimeError(f"after the edit {p} differs from node 1's file")
+    return {"initial_s": initial_s, "initial_bytes": initial_b, "edit_s": edit_s, "edit_bytes": edit_b,
+            "edit_bytes_per_target": edit_b / (c.n - 1)}
 
 
-def w_initial(system, files, lo, hi):
-    c = Cluster(system, 2, 0, f"initial-{system}")
-    make_files(c.roots[0], files, 100, lo, hi, 11)
+def w_initial(c, tmpl):
+    copy_tree(tmpl, c.roots[0])
     expect = tree_sig(c.roots[0])
-    t0 = time.perf_counter()
-    if system == "rsync-a":
-        subprocess.run(["rsync", "-a", c.roots[0] + "/", c.roots[1] + "/"], check=True)
+    c.prepare()
+    b0, t0 = WIRE.read(), time.perf_counter()
+    if isinstance(c, RsyncOnce):
+        c.start()
+        t0 = time.perf_counter()  # the daemons are up before a one-shot rsync starts
+        b0 = WIRE.read()
+        c.push()
     else:
         c.start()
-    try:
-        wait_for("initial sync", lambda: all_equal(c, expect), timeout=900, interval=0.05)
-        return time.perf_counter() - t0
-    finally:
-        c.stop()
+    wait_for("initial sync on all nodes", Converge(c.roots[1:], expect), timeout=1800, interval=0.05)
+    t = time.perf_counter() - t0
+    b = WIRE.read() - b0
+    problem = check_identical(c)
+    if problem:
+        raise RuntimeError(problem)
+    return {"s": t, "bytes": b}
 
 
-def w_rename(system, files, each_kib):
-    c = Cluster(system, 2, 0, f"rename-{system}")
+def w_rename(c, files, each):
     c.start()
-    try:
-        src = os.path.join(c.roots[0], "album")
-        os.makedirs(src)
-        for k in range(files):
-            with open(os.path.join(src, f"photo{k}.jpg"), "wb") as f:
-                f.write(os.urandom(each_kib * 1024))
-        expect = tree_sig(c.roots[0])
-        wait_for("rename setup", lambda: all_equal(c, expect), timeout=600, interval=0.05)
-        time.sleep(2)
-        rx0, t0 = lo_rx(), time.perf_counter()
-        os.rename(src, os.path.join(c.roots[0], "album-2026"))
-        expect = tree_sig(c.roots[0])
-        wait_for("rename", lambda: all_equal(c, expect), timeout=600, interval=0.01)
-        return {"s": time.perf_counter() - t0, "bytes": lo_rx() - rx0, "moved_bytes": files * each_kib * 1024}
-    finally:
-        c.stop()
+    settle(c, 0.5)
+    src = os.path.join(c.roots[0], "album")
+    os.makedirs(src)
+    blob = os.urandom(files * each)
+    for k in range(files):
+        with open(os.path.join(src, f"photo{k:03d}.jpg"), "wb") as f:
+            f.write(blob[k * each:(k + 1) * each])
+    wait_for("rename set-up on all nodes", Converge(c.roots[1:], tree_sig(c.roots[0])), timeout=900, interval=0.02)
+    settle(c, 2)
+    b0, t0 = WIRE.read(), time.perf_counter()
+    os.rename(src, os.path.join(c.roots[0], "album-2026"))
+    expect = tree_sig(c.roots[0])
+    wait_for("rename on all nodes", lambda: all(tree_sig(r) == expect for r in c.roots[1:]), timeout=600, interval=0.005)
+    t = time.perf_counter() - t0
+    settle(c, 2)
+    b = WIRE.read() - b0
+    problem = check_identical(c)
+    if problem:
+        raise RuntimeError(problem)
+    return {"s": t, "bytes": b, "moved_bytes": files * each}
 
 
-def cpu_seconds(pid):
-    total = 0.0
-    pids = [pid] + [int(x) for x in subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()]
-    rss = 0
-    for p in set(pids):
+def group_usage(pgid):
+    """CPU seconds (utime+stime+cutime+cstime) and memory (RSS and PSS) of a process group."""
+    cpu, rss, pss = 0.0, 0, 0
+    tck = os.sysconf("SC_CLK_TCK")
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
         try:
-            f = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-            total += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-            for line in open(f"/proc/{p}/status"):
-                if line.startswith("VmRSS:"):
+            f = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+            if int(f[2]) != pgid:
+                continue
+            cpu += sum(int(x) for x in f[11:15]) / tck
+            for line in open(f"/proc/{d}/smaps_rollup"):
+                if line.startswith("Rss:"):
                     rss += int(line.split()[1]) * 1024
-        except OSError:
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1]) * 1024
+        except (OSError, IndexError, ValueError):
             pass
-    return total, rss
+    return cpu, rss, pss
 
 
-def w_idle(system, files, seconds):
-    c = Cluster(system, 2, 10, f"idle-{system}")
-    make_files(c.roots[0], files, 200, 64, 512, 3)
-    shutil.copytree(c.roots[0], c.roots[1], dirs_exist_ok=True)
+def node_usage(c):
+    out = []
+    for g in c.groups:
+        tot = [0.0, 0, 0]
+        for p in g:
+            u = group_usage(p.pid)
+            tot = [a + b for a, b in zip(tot, u)]
+        out.append(tot)
+    return out
+
+
+def w_idle(c, tmpl, seconds):
+    for r in c.roots:
+        copy_tree(tmpl, r)
     c.start()
-    try:
-        time.sleep(5)
-        before = [cpu_seconds(p) for p in c.pids()]
-        time.sleep(seconds)
-        after = [cpu_seconds(p) for p in c.pids()]
-        cpu = sum(a[0] - b[0] for a, b in zip(after, before))
-        rss = sum(a[1] for a in after)
-        return {"cpu_s_per_node": cpu / c.n, "rss_bytes_per_node": rss / c.n, "seconds": seconds, "files": files}
-    finally:
-        c.stop()
+    time.sleep(5)
+    before = node_usage(c)
+    time.sleep(seconds)
+    after = node_usage(c)
+    per_node = [{"cpu_s": a[0] - b[0], "rss_bytes": a[1], "pss_bytes": a[2]} for a, b in zip(after, before)]
+    nfiles = len(tree_sig(c.roots[0]))
+    return {"cpu_s_per_node": statistics.mean(x["cpu_s"] for x in per_node),
+            "cpu_s_max_node": max(x["cpu_s"] for x in per_node),
+            "rss_bytes_per_node": statistics.mean(x["rss_bytes"] for x in per_node),
+            "pss_bytes_per_node": statistics.mean(x["pss_bytes"] for x in per_node),
+            "rss_bytes_max_node": max(x["rss_bytes"] for x in per_node),
+            "per_node": per_node, "files": nfiles, "seconds": seconds}
 
 
 # ---------------------------------------------------------------- reporting
 
 
+def pct(v, q):
+    v = sorted(v)
+    if not v:
+        return float("nan")
+    k = (len(v) - 1) * q
+    lo, hi = math.floor(k), math.ceil(k)
+    return v[lo] + (v[hi] - v[lo]) * (k - lo)
+
+
 def summarize(values):
-    v = sorted(values)
-    return {"median": statistics.median(v), "min": v[0], "max": v[-1], "n": len(v)}
+    v = sorted(x for x in values if x is not None)
+    if not v:
+        return None
+    return {"median": statistics.median(v), "min": v[0], "max": v[-1], "p99": pct(v, 0.99), "n": len(v)}
 
 
 def fmt(x, unit):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
     if unit == "s":
-        return f"{x * 1000:.1f} ms" if x < 1 else f"{x:.2f} s"
+        if x < 1:
+            return f"{x * 1000:.1f} ms"
+        return f"{x:.2f} s"
     if unit == "B":
-        return f"{x / 1024:.1f} KiB" if x < 1 << 20 else f"{x / (1 << 20):.1f} MiB"
-    return f"{x:.3f}"
+        if x < 1 << 20:
+            return f"{x / 1024:.1f} KiB"
+        return f"{x / (1 << 20):.1f} MiB"
+    if unit == "cpu":
+        return f"{x:.3f} s"
+    return f"{x:.3g}"
 
 
-def table(title, rows, unit, ref=("lsyncd-ring", "lsyncd-star")):
-    print(f"\n## {title}\n")
-    print(f"| system | median | min | max | reps | filesync / system |")
-    print("|---|---|---|---|---|---|")
-    fs = rows.get("filesync")
-    for name, s in rows.items():
-        ratio = f"{fs['median'] / s['median']:.3f}" if fs and s["median"] > 0 and name != "filesync" else ""
-        print(f"| {name} | {fmt(s['median'], unit)} | {fmt(s['min'], unit)} | {fmt(s['max'], unit)} | {s['n']} | {ratio} |")
+class Report:
+    def __init__(self, out, meta):
+        self.out = out
+        self.data = dict(meta, workloads={})
+        self.md = []
+        self.series = []  # (label, samples in seconds) for the chart
+
+    def table(self, key, title, unit, samples, failures, stat="median", notes=()):
+        """samples: system -> list of values. Prints median/min/max (or p50/p99/max) and ratios."""
+        rows = {s: summarize(v) for s, v in samples.items()}
+        self.data["workloads"][key] = {"title": title, "unit": unit, "samples": samples, "summary": rows,
+                                       "failures": failures, "notes": list(notes)}
+        cols = ["p50", "p99", "max"] if stat == "p99" else ["median", "min", "max"]
+        lines = [f"\n## {title}\n", f"| system | {' | '.join(cols)} | n | filesync / lsyncd-ring | filesync / lsyncd-star |",
+                 "|---|" + "---|" * (len(cols) + 3)]
+        fs = rows.get("filesync")
+        for s, r in rows.items():
+            if r is None:
+                lines.append(f"| {s} | " + " | ".join("-" for _ in cols) + f" | 0 | | |")
+                continue
+            vals = [r["median"] if c in ("median", "p50") else r[c] for c in cols]
+            ratios = []
+            for ref in ("lsyncd-ring", "lsyncd-star"):
+                rr = rows.get(ref)
+                if s == "filesync" and fs and rr and rr[stat] > 0:
+                    ratios.append(f"{fs[stat] / rr[stat]:.3f}")
+                else:
+                    ratios.append("")
+            lines.append(f"| {s} | " + " | ".join(fmt(v, unit) for v in vals) + f" | {r['n']} | {ratios[0]} | {ratios[1]} |")
+        for s, errs in failures.items():
+            for e in errs:
+                lines.append(f"\n- **{s} failed**: {e}")
+        for n in notes:
+            lines.append(f"\n- {n}")
+        self.emit(lines)
+
+    def emit(self, lines):
+        text = "\n".join(lines)
+        print(text, flush=True)
+        if LOG:
+            LOG.write(text + "\n")
+        self.md.append(text)
+
+    def save(self):
+        os.makedirs(self.out, exist_ok=True)
+        with open(os.path.join(self.out, "results.json"), "w") as f:
+            json.dump(self.data, f, indent=1, default=str)
+        with open(os.path.join(self.out, "tables.md"), "w") as f:
+            f.write(f"# Benchmark {self.data['date']}\n\nBytes on the wire: {self.data['wire']}\n")
+            f.write("\n".join(self.md) + "\n")
+        if self.series:
+            svg(self.series, os.path.join(self.out, "latency.svg"))
 
 
-def svg(latencies, path):
-    """A strip plot of every latency sample (log scale), one row per series."""
-    rows = list(latencies.items())
-    w, h, left, rowh = 900, 60 + 40 * len(rows), 260, 40
-    lo, hi = 1e-3, max(max(v) for _, v in rows) * 1.5
-    import math
+COLORS = {"filesync": "#1f77b4", "lsyncd-ring": "#d62728", "lsyncd-star": "#ff7f0e", "syncthing": "#2ca02c"}
+
+
+def svg(series, path):
+    """Box plot (p25-p75 box, median bar, whiskers min-max) plus every sample as a dot, log time axis."""
+    series = [(label, sorted(v)) for label, v in series if v]
+    rowh, top, left, w = 26, 50, 330, 1000
+    h = top + rowh * len(series) + 40
+    lo = 10 ** math.floor(math.log10(max(1e-4, min(min(v) for _, v in series))))
+    hi = 10 ** math.ceil(math.log10(max(max(v) for _, v in series)))
 
     def x(v):
-        v = max(v, lo)
+        v = min(max(v, lo), hi)
         return left + (w - left - 20) * (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo))
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
-             '<text x="10" y="20" font-size="14">Propagation latency of one 4 KiB file (log scale; dots = samples, bar = median)</text>']
-    for t in [0.001, 0.01, 0.1, 1, 10, 100]:
-        if t <= hi:
-            parts.append(f'<line x1="{x(t):.1f}" y1="30" x2="{x(t):.1f}" y2="{h - 20}" stroke="#ddd"/><text x="{x(t) - 10:.1f}" y="{h - 5}">{fmt(t, "s")}</text>')
-    for i, (name, vals) in enumerate(rows):
-        y = 50 + i * rowh
-        color = "#1f77b4" if name.startswith("filesync") else "#d62728"
-        parts.append(f'<text x="10" y="{y + 4}">{name}</text>')
-        for v in vals:
-            parts.append(f'<circle cx="{x(v):.1f}" cy="{y}" r="3" fill="{color}" fill-opacity="0.5"/>')
-        m = statistics.median(vals)
-        parts.append(f'<line x1="{x(m):.1f}" y1="{y - 10}" x2="{x(m):.1f}" y2="{y + 10}" stroke="black" stroke-width="2"/>')
-    parts.append("</svg>")
-    open(path, "w").write("\n".join(parts))
+    p = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
+         f'<rect width="{w}" height="{h}" fill="white"/>',
+         '<text x="10" y="18" font-size="14">Propagation latency until every node has the file (log scale)</text>',
+         '<text x="10" y="34" fill="#555">box = 25th-75th percentile, thick bar = median, whiskers = min/max, dots = samples</text>']
+    t = lo
+    while t <= hi * 1.0001:
+        p.append(f'<line x1="{x(t):.1f}" y1="{top - 8}" x2="{x(t):.1f}" y2="{h - 30}" stroke="#ddd"/>'
+                 f'<text x="{x(t) - 14:.1f}" y="{h - 14}">{fmt(t, "s")}</text>')
+        t *= 10
+    for k, (label, v) in enumerate(series):
+        y = top + k * rowh
+        color = next((c for s, c in COLORS.items() if label.startswith(s + ",") or label.startswith(s + " ")), "#777")
+        if k and series[k - 1][0].split(",", 1)[-1] != label.split(",", 1)[-1]:
+            p.append(f'<line x1="5" y1="{y - rowh / 2:.1f}" x2="{w - 5}" y2="{y - rowh / 2:.1f}" stroke="#999" stroke-dasharray="3,3"/>')
+        p.append(f'<text x="10" y="{y + 4}">{label}</text>')
+        q1, med, q3 = pct(v, 0.25), pct(v, 0.5), pct(v, 0.75)
+        p.append(f'<line x1="{x(v[0]):.1f}" y1="{y}" x2="{x(v[-1]):.1f}" y2="{y}" stroke="{color}"/>')
+        p.append(f'<rect x="{x(q1):.1f}" y="{y - 7}" width="{max(1.0, x(q3) - x(q1)):.1f}" height="14" fill="{color}" fill-opacity="0.25" stroke="{color}"/>')
+        p.append(f'<line x1="{x(med):.1f}" y1="{y - 9}" x2="{x(med):.1f}" y2="{y + 9}" stroke="black" stroke-width="2.5"/>')
+        for s in v:
+            p.append(f'<circle cx="{x(s):.1f}" cy="{y}" r="2" fill="{color}" fill-opacity="0.6"/>')
+        p.append(f'<text x="{min(x(v[-1]) + 6, w - 60):.1f}" y="{y + 4}" fill="#333">{fmt(med, "s")}</text>')
+    p.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(p) + "\n")
+
+
+def version(cmd):
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+        return (r.stdout or r.stderr).strip().splitlines()[0]
+    except Exception as e:
+        return f"? ({e})"
+
+
+def machine(wire):
+    mem = [l for l in open("/proc/meminfo") if l.startswith("MemTotal")][0].split()[1]
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    commit = version(["git", "-C", ROOT, "log", "-1", "--format=%h %cd", "--date=iso"])
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "mem": f"{int(mem) // 1024} MiB",
+        "kernel": platform.release(),
+        "os": next((l.split("=", 1)[1].strip().strip('"') for l in open("/etc/os-release") if l.startswith("PRETTY_NAME")), "?"),
+        "python": platform.python_version(),
+        "lsyncd": version(["lsyncd", "--version"]),
+        "rsync": version(["rsync", "--version"]),
+        "syncthing": version(["syncthing", "--version"]) if shutil.which("syncthing") else "not installed",
+        "filesync": (version([BIN, "--version"]) + f" (repo at {commit})") if os.path.exists(BIN) else "not built",
+        "bytes on the wire": wire,
+    }
+
+
+# ---------------------------------------------------------------- the run
+
+
+class Runner:
+    def __init__(self, args, report):
+        self.a, self.r = args, report
+        self.systems = args.systems
+
+    def rep(self, system, workload, rep, n, delay, fn, cls_system=None):
+        """One repetition: a fresh cluster, fn(cluster), stop, remove (kept on failure)."""
+        c = make_cluster(cls_system or system, n, delay, f"{workload}-{system}-n{n}-d{delay}-r{rep}")
+        try:
+            v = fn(c)
+            c.stop()
+            c.remove()
+            return v, None
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            c.stop()
+            msg = f"{type(e).__name__}: {e} (rep {rep + 1}; logs kept in {c.dir})"
+            say(f"  !! {system} {workload}: {msg}")
+            if not isinstance(e, (Timeout, RuntimeError)):
+                traceback.print_exc()
+            return None, msg
+
+    def alternate(self, workload, systems, reps, n, delay, fn):
+        """reps repetitions of every system, alternating and rotating the order each rep."""
+        samples = {s: [] for s in systems}
+        failures = {}
+        for rep in range(reps):
+            order = systems[rep % len(systems):] + systems[:rep % len(systems)]
+            for s in order:
+                t0 = time.time()
+                v, err = self.rep(s, workload, rep, n, delay, fn)
+                if err:
+                    failures.setdefault(s, []).append(err)
+                else:
+                    samples[s].append(v)
+                say(f"  {workload} n={n} d={delay} rep {rep + 1}/{reps} {s}: "
+                    f"{short(v) if v is not None else 'FAILED'} ({time.time() - t0:.0f} s)")
+        return samples, failures
+
+
+def short(v):
+    if isinstance(v, list):
+        return ", ".join(fmt(x, "s") for x in v[:6]) + (" ..." if len(v) > 6 else "")
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={fmt(x, 'B' if 'bytes' in k else 's')}" for k, x in v.items()
+                         if isinstance(x, (int, float)) and k != "files" and k != "seconds")
+    return fmt(v, "s")
 
 
 def main():
+    global WIRE, LOG, WORK
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions and smaller sizes (a smoke run)")
-    ap.add_argument("--reps", type=int, default=None)
-    ap.add_argument("--only", default="", help="comma-separated: latency,p99,burst,large,initial,rename,idle")
-    ap.add_argument("--systems", default="filesync,lsyncd-ring,lsyncd-star")
-    ap.add_argument("--slow", action="store_true", help="also run delay 10 s (about 40 s per ring repetition on 5 nodes)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: fewer repetitions, smaller sizes")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions per system (default 5, --quick 2)")
+    ap.add_argument("--only", default="", help="comma-separated workloads: latency,p99,burst,large,initial,rename,idle,scale")
+    ap.add_argument("--systems", default=",".join(ALL_SYSTEMS), help="comma-separated, default: " + ",".join(ALL_SYSTEMS))
+    ap.add_argument("--slow", action="store_true", help="run delay 10 s even with --quick")
+    ap.add_argument("--skip-slow", action="store_true", help="skip delay 10 s (about 20-50 s per ring repetition)")
+    ap.add_argument("--idle-seconds", type=int, default=None, help="idle measurement window (default 60, --quick 20)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", time.strftime("%Y-%m-%d")))
+    ap.add_argument("--work", default=WORK, help="scratch folder for the nodes' trees (default %(default)s)")
     a = ap.parse_args()
+    WORK = a.work
     if os.geteuid() != 0:
-        sys.exit("bench/run.py: run as root (the rsync daemons run as root, as on the PaaS nodes)")
-    if not os.path.exists(BIN):
-        sys.exit(f"bench/run.py: {BIN} missing; run scripts/bench (it builds it)")
-    systems = a.systems.split(",")
-    only = set(a.only.split(",")) if a.only else {"latency", "p99", "burst", "large", "initial", "rename", "idle"}
-    reps = a.reps or (3 if a.quick else 7)
+        sys.exit("bench/run.py: run as root (rsync daemons as on the PaaS nodes; iptables byte counters)")
+    workloads = ["latency", "p99", "burst", "large", "initial", "rename", "idle", "scale"]
+    only = [w for w in a.only.split(",") if w] or workloads
+    for w in only:
+        if w not in workloads:
+            sys.exit(f"bench/run.py: unknown workload {w!r}; choose from {','.join(workloads)}")
+    systems = []
+    for s in [s for s in a.systems.split(",") if s]:
+        if s not in ALL_SYSTEMS:
+            sys.exit(f"bench/run.py: unknown system {s!r}; choose from {','.join(ALL_SYSTEMS)}")
+        if s == "filesync" and not os.path.exists(BIN):
+            print(f"bench/run.py: SKIPPING filesync: {BIN} does not exist (build it with cargo build --release)", flush=True)
+            continue
+        if s == "syncthing" and not shutil.which("syncthing"):
+            print("bench/run.py: SKIPPING syncthing: not installed (apt-get install syncthing)", flush=True)
+            continue
+        if s.startswith("lsyncd") and not (shutil.which("lsyncd") and shutil.which("rsync")):
+            print(f"bench/run.py: SKIPPING {s}: lsyncd or rsync not installed", flush=True)
+            continue
+        systems.append(s)
+    if not systems:
+        sys.exit("bench/run.py: no system to run")
+    a.systems = systems
     q = a.quick
+    reps = a.reps or (2 if q else 5)
+    slow = (a.slow or not q) and not a.skip_slow
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
     os.makedirs(a.out, exist_ok=True)
-    results = {"machine": machine(), "quick": q, "reps": reps, "workloads": {}}
-    lat_series = {}
-
-    def run_alternating(key, fn, unit, reps_here):
-        samples = {s: [] for s in systems}
-        for _ in range(reps_here):
-            for s in systems:
-                samples[s].append(fn(s))
-        rows = {s: summarize(v) for s, v in samples.items()}
-        results["workloads"][key] = {"unit": unit, "samples": samples, "summary": rows}
-        table(key, rows, unit)
-        return samples
-
-    if "latency" in only:
-        configs = [(3, 0), (5, 0), (3, 1), (10, 0)] + ([(3, 10), (5, 10)] if a.slow else [])
-        for n, d in configs:
-            key = f"latency: one 4 KiB file to all of {n} nodes, delay {d} s"
-            per = 5 if d < 10 else 2
-            samples = run_alternating(key, lambda s: statistics.median(w_latency(s, n, d, per)), "s", max(3, reps // 2) if d == 0 else 3)
-            for s, v in samples.items():
-                lat_series[f"{s}, {n} nodes, delay {d}"] = v
-    if "p99" in only:
-        files = 30 if q else 100
-        key = f"p99 latency over {files} files written 50 ms apart (3 nodes, delay 0)"
-        lat = {s: w_p99(s, 3, files) for s in systems}
-        rows = {s: {"median": v[int(len(v) * 0.99) - 1] if len(v) >= 100 else v[-1], "min": v[0], "max": v[-1], "n": len(v)} for s, v in lat.items()}
-        results["workloads"][key] = {"unit": "s", "summary": rows}
-        table(key + " (median column = p99)", rows, "s")
-    if "burst" in only:
-        files = 500 if q else 2000
-        run_alternating(f"burst: {files} files of 1-8 KiB in 50 directories, 3 nodes, delay 0", lambda s: w_burst(s, 3, files), "s", max(3, reps // 2))
-    if "large" in only:
-        mib = 64 if q else 256
-        key = f"large file: {mib} MiB initial, then a 4 KiB overwrite in the middle (2 nodes)"
-        samples = {s: [] for s in systems if s != "lsyncd-ring"}
-        for _ in range(2 if q else 3):
-            for s in samples:
-                samples[s].append(w_large(s, mib))
-        results["workloads"][key] = {"samples": samples}
-        for field, unit in [("initial_s", "s"), ("edit_s", "s"), ("edit_bytes", "B")]:
-            table(f"{key}: {field}", {s: summarize([x[field] for x in v]) for s, v in samples.items()}, unit)
-    if "initial" in only:
-        files, lo, hi = (2000, 10_000, 30_000) if q else (10_000, 10_000, 30_000)
-        sys_here = [s for s in systems if s != "lsyncd-ring"] + ["rsync-a"]
-        samples = {s: [] for s in sys_here}
-        for _ in range(2 if q else 3):
-            for s in sys_here:
-                samples[s].append(w_initial(s, files, lo, hi))
-        rows = {s: summarize(v) for s, v in samples.items()}
-        results["workloads"][f"initial sync: {files} files (~{files * 20 // 1024} MiB) present before start (2 nodes)"] = {"unit": "s", "samples": samples, "summary": rows}
-        table(f"initial sync: {files} files (~{files * 20 // 1024} MiB) present before start (2 nodes)", rows, "s")
-    if "rename" in only:
-        files, kib = (50, 256) if q else (200, 512)
-        key = f"rename a directory of {files} files, {files * kib // 1024} MiB (2 nodes)"
-        samples = {s: [] for s in systems if s != "lsyncd-ring"}
-        for _ in range(2 if q else 3):
-            for s in samples:
-                samples[s].append(w_rename(s, files, kib))
-        results["workloads"][key] = {"samples": samples}
-        table(key + ": time", {s: summarize([x["s"] for x in v]) for s, v in samples.items()}, "s")
-        table(key + ": bytes on the wire", {s: summarize([x["bytes"] for x in v]) for s, v in samples.items()}, "B")
-    if "idle" in only:
-        files, secs = (5000, 20) if q else (20_000, 60)
-        key = f"idle: {files} files watched, {secs} s"
-        samples = {s: w_idle(s, files, secs) for s in systems if s != "lsyncd-star"}  # every ring node runs lsyncd
-        results["workloads"][key] = {"samples": samples}
-        print(f"\n## {key}\n\n| system | CPU s per node | RSS per node |\n|---|---|---|")
-        for s, v in samples.items():
-            print(f"| {s} | {v['cpu_s_per_node']:.3f} | {v['rss_bytes_per_node'] / (1 << 20):.1f} MiB |")
-    json.dump(results, open(os.path.join(a.out, "results.json"), "w"), indent=1)
-    if lat_series:
-        svg(lat_series, os.path.join(a.out, "latency.svg"))
-    open(os.path.join(a.out, "machine.txt"), "w").write(json.dumps(results["machine"], indent=1) + "\n")
-    print(f"\nresults in {a.out}")
+    os.makedirs(WORK, exist_ok=True)
+    LOG = open(os.path.join(a.out, "run.log"), "a")
+    WIRE = Wire()
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "argv": sys.argv[1:], "quick": q, "reps": reps, "systems": systems,
+            "wire": WIRE.description, "wire_method": WIRE.method}
+    meta["machine"] = machine(WIRE.description)
+    with open(os.path.join(a.out, "machine.txt"), "w") as f:
+        f.write("".join(f"{k}: {v}\n" for k, v in meta["machine"].items()))
+    rep = Report(a.out, meta)
+    run = Runner(a, rep)
+    say(f"systems {systems}; workloads {only}; reps {reps}; quick={q}; bytes counted with {WIRE.method}")
+    try:
+        for w in only:
+            say(f"== {w}")
+            globals()[f"run_{w}"](run, rep, systems, reps, q, slow)
+            rep.save()
+    except KeyboardInterrupt:
+        say("interrupted; stopping every process the harness started")
+        raise
+    finally:
+        kill_all()
+        WIRE.close()
+        rep.save()
+        say(f"results in {a.out}")
 
 
-def machine():
-    def out(cmd):
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
-        except Exception:
-            return "?"
-    mem = [l for l in open("/proc/meminfo") if l.startswith("MemTotal")][0].split()[1]
-    return {"cpus": os.cpu_count(), "mem_kib": int(mem), "kernel": platform.release(), "filesync": out([BIN, "--version"]),
-            "rsync": out(["rsync", "--version"]), "lsyncd": out(["lsyncd", "--version"]), "date": time.strftime("%Y-%m-%d %H:%M")}
+def ref_systems(systems):
+    return [s for s in systems]
+
+
+def run_latency(run, rep, systems, reps, q, slow):
+    configs = [(3, 0), (5, 0), (3, 1), (5, 1)]
+    if slow:
+        configs += [(3, 10), (5, 10)]
+    for n, d in configs:
+        probes = 3 if d < 10 else 1
+        reps_here = reps if d < 10 else min(reps, 3)
+        samples, fails = run.alternate("latency", systems, reps_here, n, d, lambda c: w_latency(c, probes))
+        flat = {s: [x for v in vals for x in v] for s, vals in samples.items()}
+        notes = [f"{reps_here} clusters started per system, {probes} probe(s) each; n = probes measured"]
+        if "syncthing" in systems and d < 1:
+            notes.append("syncthing runs at its minimum watcher delay, 1 s")
+        rep.table(f"latency-n{n}-d{d}", f"latency: one new 4 KiB file on node 1 until all {n} nodes have it, delay {d} s",
+                  "s", flat, fails, notes=notes)
+        for s, v in flat.items():
+            rep.series.append((f"{s}, {n} nodes, delay {d} s", v))
+
+
+def run_p99(run, rep, systems, reps, q, slow):
+    files = 100
+    rounds = 1 if q else 2
+    samples, fails = run.alternate("p99", systems, rounds, 3, 0, lambda c: w_p99(c, files))
+    flat = {s: [x for v in vals for x in v] for s, vals in samples.items()}
+    rep.table("p99", f"p99: {files} files of 4 KiB written 50 ms apart on node 1, 3 nodes, delay 0 (per-file latency)",
+              "s", flat, fails, stat="p99", notes=[f"{rounds} round(s) of {files} files per system, pooled; ratios compare p99"])
+    for s, v in flat.items():
+        rep.series.append((f"{s}, 3 nodes, 100 files 50 ms apart", v))
+
+
+def run_burst(run, rep, systems, reps, q, slow):
+    files = 500 if q else 2000
+    samples, fails = run.alternate("burst", systems, reps, 3, 0, lambda c: w_burst(c, files))
+    rep.table("burst", f"burst: {files} files of 1-8 KiB in 50 directories written on node 1, until all 3 nodes are identical (delay 0)",
+              "s", {s: [x["s"] for x in v] for s, v in samples.items()}, fails,
+              notes=["time counts from the first write; writing the files alone took "
+                     + fmt(statistics.median([x["write_s"] for v in samples.values() for x in v] or [0]), "s")])
+
+
+def run_large(run, rep, systems, reps, q, slow):
+    mib = 64 if q else 256
+    data = os.urandom(mib << 20)
+    samples, fails = run.alternate("large", systems, reps, 3, 0, lambda c: w_large(c, data))
+    title = f"large file: {mib} MiB written on node 1, 3 nodes, delay 0"
+    for field, unit, what in [("initial_s", "s", "initial sync time"), ("initial_bytes", "B", "initial sync bytes on the wire (all links)"),
+                              ("edit_s", "s", "4 KiB overwrite in the middle: time until all nodes have it"),
+                              ("edit_bytes_per_target", "B", "4 KiB overwrite: bytes on the wire per receiving node")]:
+        rep.table(f"large-{field}", f"{title}: {what}", unit, {s: [x[field] for x in v] for s, v in samples.items()},
+                  fails if field == "initial_s" else {})
+
+
+def run_initial(run, rep, systems, reps, q, slow):
+    files = 2000 if q else 10_000
+    tmpl = template("initial", files, 100, 10_000, 30_000, 11)
+    mib = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmpl) for f in fs) >> 20
+    sys_here = systems + ["rsync-a"]
+    samples, fails = {}, {}
+    s1, f1 = run.alternate("initial", sys_here, reps, 3, 0, lambda c: w_initial(c, tmpl))
+    rep.table("initial", f"initial sync: {files} files ({mib} MiB) on node 1 before start, until all 3 nodes are identical",
+              "s", {s: [x["s"] for x in v] for s, v in s1.items()}, f1,
+              notes=["time includes each system's start-up (process start to convergence)",
+                     "rsync-a: one plain `rsync -a` per receiver from node 1 to that node's rsync daemon, one after the other (daemons already up)"])
+    rep.table("initial-bytes", f"initial sync: {files} files ({mib} MiB): bytes on the wire (all links)", "B",
+              {s: [x["bytes"] for x in v] for s, v in s1.items()}, {})
+    s2, f2 = run.alternate("initial2", ["rsync-a"] + [s for s in systems if s in ("filesync", "lsyncd-star")], reps, 2, 0,
+                           lambda c: w_initial(c, tmpl))
+    rep.table("initial-2nodes", f"initial sync, 2 nodes: {files} files ({mib} MiB), against a single plain `rsync -a` between two nodes",
+              "s", {s: [x["s"] for x in v] for s, v in s2.items()}, f2)
+
+
+def run_rename(run, rep, systems, reps, q, slow):
+    files, each = (50, 512 << 10) if q else (200, 512 << 10)
+    samples, fails = run.alternate("rename", systems, reps, 3, 0, lambda c: w_rename(c, files, each))
+    title = f"rename a directory of {files} files, {files * each >> 20} MiB, on node 1, 3 nodes, delay 0"
+    rep.table("rename-time", f"{title}: time until all nodes have the new names", "s", {s: [x["s"] for x in v] for s, v in samples.items()}, fails)
+    rep.table("rename-bytes", f"{title}: bytes on the wire (all links)", "B", {s: [x["bytes"] for x in v] for s, v in samples.items()}, {},
+              notes=[f"moved data: {fmt(files * each, 'B')} per node"])
+
+
+def run_idle(run, rep, systems, reps, q, slow):
+    files = 5000 if q else 20_000
+    secs = run.a.idle_seconds or (20 if q else 60)
+    tmpl = template("idle", files, 200, 64, 512, 3)
+    res, fails = {}, {}
+    rounds = 1
+    for s in systems:
+        v, err = run.rep(s, "idle", 0, 3, 10, lambda c: w_idle(c, tmpl, secs))
+        say(f"  idle {s}: {short(v) if v else 'FAILED'}")
+        if err:
+            fails[s] = [err]
+        else:
+            res[s] = v
+    lines = [f"\n## idle: {files} files present and watched on each of 3 nodes, {secs} s, delay 10 (the add-on's default)\n",
+             "| system | CPU s per node | CPU s busiest node | RSS per node | PSS per node | RSS / file | filesync / lsyncd-ring (CPU) | filesync / lsyncd-ring (RSS) |",
+             "|---|---|---|---|---|---|---|---|"]
+    fs, ring = res.get("filesync"), res.get("lsyncd-ring")
+    for s, v in res.items():
+        r_cpu = f"{fs['cpu_s_per_node'] / ring['cpu_s_per_node']:.2f}" if s == "filesync" and fs and ring and ring["cpu_s_per_node"] > 0 else ""
+        r_rss = f"{fs['rss_bytes_per_node'] / ring['rss_bytes_per_node']:.2f}" if s == "filesync" and fs and ring else ""
+        lines.append(f"| {s} | {v['cpu_s_per_node']:.3f} | {v['cpu_s_max_node']:.3f} | {fmt(v['rss_bytes_per_node'], 'B')} | "
+                     f"{fmt(v['pss_bytes_per_node'], 'B')} | {v['rss_bytes_per_node'] / v['files']:.0f} B | {r_cpu} | {r_rss} |")
+    for s, e in fails.items():
+        lines.append(f"\n- **{s} failed**: {e[0]}")
+    lines.append("\n- per node = the node's sync processes: filesync agent; rsync daemon + lsyncd (ring; star: lsyncd on node 1 only, "
+                 "so its average is over 1 lsyncd and 3 daemons); syncthing. CPU = utime+stime+cutime+cstime from /proc/<pid>/stat "
+                 "of every process in those process groups; RSS and PSS from /proc/<pid>/smaps_rollup at the end. "
+                 "RSS / file divides the whole RSS by the file count (an upper bound on the per-file cost).")
+    rep.data["workloads"]["idle"] = {"title": f"idle, {files} files, {secs} s", "samples": res, "failures": fails}
+    rep.emit(lines)
+
+
+def run_scale(run, rep, systems, reps, q, slow):
+    n = 10
+    samples, fails = run.alternate("scale", systems, reps, n, 0, lambda c: w_latency(c, 1))
+    flat = {s: [x for v in vals for x in v] for s, vals in samples.items()}
+    rep.table("scale", f"scale: one new 4 KiB file on node 1 until all {n} nodes have it, delay 0", "s", flat, fails)
+    for s, v in flat.items():
+        rep.series.append((f"{s}, 10 nodes, delay 0 s", v))
 
 
 if __name__ == "__main__":
