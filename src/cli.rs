@@ -36,7 +36,10 @@ pub enum Command {
         /// The path relative to the sync root.
         path: String,
     },
-    /// Three local agents on 127.0.0.2-4 syncing three folders: drop a file in one, see it in all.
+    /// The control plane: dashboard, JSON API and installer over PostgreSQL.
+    Serve(crate::control::ServeArgs),
+    /// First run: embedded PostgreSQL, the control plane, and three sshd nodes on 127.0.0.11-13
+    /// ready for a one-click install (`--agents-only`: just three local agents syncing).
     Demo(DemoArgs),
 }
 
@@ -94,6 +97,12 @@ pub struct DemoArgs {
     /// Batch delay in seconds for the demo agents.
     #[arg(long, default_value_t = 1)]
     pub delay: u64,
+    /// The old demo: three agents on 127.0.0.2-4 without control plane, SSH or database.
+    #[arg(long)]
+    pub agents_only: bool,
+    /// Dashboard address of the control-plane demo.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
 }
 
 pub fn main() -> ExitCode {
@@ -164,6 +173,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())
         }
+        Command::Serve(mut a) => {
+            a.admin_password = std::env::var("FILESYNC_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty());
+            let (pool, _pg) = crate::control::database(&a).await?;
+            let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
+            println!("filesync serve: listening on http://{}", listener.local_addr()?);
+            crate::control::serve(a, pool, listener, shutdown_on_signals()).await
+        }
+        Command::Demo(d) if d.agents_only => crate::demo::agents_only(d, shutdown_on_signals()).await,
         Command::Demo(d) => crate::demo::run(d, shutdown_on_signals()).await,
     }
 }

@@ -1,6 +1,8 @@
-//! `filesync demo`: the first-run experience. Creates a CA and three nodes under one
-//! folder (each with its own webroot), starts three agents on 127.0.0.2-4 as child
-//! processes, and tells the user where to drop a file. Ctrl-C stops them.
+//! `filesync demo`: the first-run experience. By default: an embedded PostgreSQL, the
+//! control plane on 127.0.0.1:8080, and an environment of three real sshd nodes on
+//! 127.0.0.11-13 (each with its own webroot) registered through the JSON API, so a newcomer
+//! logs in, clicks Install and watches files replicate. `--agents-only` keeps the older
+//! demo: a CA and three agents on 127.0.0.2-4 as child processes, no control plane.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -12,7 +14,7 @@ use crate::cli::DemoArgs;
 
 pub const DEMO_PORT: u16 = 7755;
 
-pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn agents_only(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let dir = &args.dir;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let pki = dir.join("pki");
@@ -84,4 +86,74 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         let _ = tokio::time::timeout(Duration::from_secs(5), c.wait()).await;
     }
     Ok(())
+}
+
+/// The control-plane demo.
+pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let dir = args.dir.clone();
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let pg = crate::sandbox::Postgres::start(&dir.join("postgres"), false)?;
+    pg.create_database("filesync")?;
+    let pool = crate::control::db::connect(&pg.url("filesync")).await?;
+    let public_key = crate::control::ensure_ssh_public_key(&pool).await?;
+    let mut nodes = Vec::new();
+    for i in 1..=3u8 {
+        let spec = crate::sandbox::SshNodeSpec {
+            name: format!("node{i}"),
+            ip: IpAddr::from([127, 0, 0, 10 + i]),
+            port: 2222,
+            dir: dir.join(format!("node{i}")),
+            authorized_key: public_key.clone(),
+        };
+        nodes.push(tokio::task::spawn_blocking(move || crate::sandbox::SshNode::start(spec)).await??);
+    }
+    let password = crate::control::http::auth::random_token(9);
+    let serve_args = crate::control::ServeArgs {
+        listen: args.listen,
+        database_url: Some(pg.url("filesync")),
+        data_dir: dir.clone(),
+        agent_binary: None,
+        parallel_installs: 4,
+        admin_password: Some(password.clone()),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {} (use --listen)", args.listen))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(crate::control::serve(serve_args, pool, listener, shutdown.clone()));
+    // Register the environment and nodes through the public API, as automation would.
+    let http = reqwest::Client::new();
+    let mut token = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while token.is_none() {
+        anyhow::ensure!(Instant::now() < deadline, "the control plane did not start");
+        if let Ok(r) = http.post(format!("{url}/api/v1/tokens")).json(&serde_json::json!({"username": "admin", "password": password, "name": "demo"})).send().await
+            && let Ok(v) = r.json::<serde_json::Value>().await
+        {
+            token = v["token"].as_str().map(str::to_owned);
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let token = token.expect("BUG: loop ends with a token");
+    let env: serde_json::Value = http.post(format!("{url}/api/v1/environments")).bearer_auth(&token).json(&serde_json::json!({"name": "demo", "webroot": "/var/www/webroot"})).send().await?.json().await?;
+    let env_id = env["result"].as_str().context("cannot create the demo environment")?.to_owned();
+    for n in &nodes {
+        let body = serde_json::json!({
+            "name": n.spec.name, "address": n.spec.ip.to_string(), "ssh_port": n.spec.port.to_string(),
+            "webroot": n.webroot().display().to_string(), "install_prefix": n.install_prefix().display().to_string(),
+        });
+        let r = http.post(format!("{url}/api/v1/environments/{env_id}/nodes")).bearer_auth(&token).json(&body).send().await?;
+        anyhow::ensure!(r.status().is_success(), "cannot add {}: {}", n.spec.name, r.text().await?);
+    }
+    println!("filesync demo: control plane at {url}/environments/{env_id}");
+    println!("  log in as admin / {password}");
+    println!("  environment \"demo\": 3 nodes (real sshd on 127.0.0.11-13:2222), webroots {}/nodeN/webroot", dir.display());
+    println!();
+    println!("Open the environment, keep path ROOT and click Install. Then drop a file on one node:");
+    println!("  echo hello > {}/node1/webroot/ROOT/hello.txt; sleep 12; cat {}/node3/webroot/ROOT/hello.txt", dir.display(), dir.display());
+    println!("and open a node's Logs page to watch lsyncd.log. Press Ctrl-C to stop everything.");
+    let r = server.await?;
+    drop(nodes);
+    drop(pg);
+    r
 }

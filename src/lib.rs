@@ -1,11 +1,14 @@
 //! filesync: keeps the files of several app-server nodes identical.
 //!
 //! `protocol` is the shared vocabulary (no IO); `agent` is the node agent; `pki` issues
-//! certificates; `cli` parses the command line; `demo` is the first-run experience.
+//! certificates; `control` is the control plane (`filesync serve`); `sandbox` runs local
+//! PostgreSQL and sshd nodes for `demo` and tests; `cli` parses the command line; `demo` is the first-run experience.
 #![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod cli;
+pub mod control;
 pub mod demo;
 pub mod pki;
 pub mod protocol;
+pub mod sandbox;

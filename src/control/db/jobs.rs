@@ -1,0 +1,98 @@
+//! The job queue. Jobs are claimed with `for update skip locked`, so several `filesync
+//! serve` processes share one queue; a running job whose heartbeat is older than
+//! `STALE_SECONDS` belonged to a worker that died and is claimed again.
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+pub const STALE_SECONDS: i32 = 60;
+
+#[derive(sqlx::FromRow, Debug, Clone, serde::Serialize)]
+pub struct JobRow {
+    pub job_id: Uuid,
+    pub node_id: Option<Uuid>,
+    pub node_name: String,
+    pub environment_id: Uuid,
+    pub kind: String,
+    pub state: String,
+    pub attempts: i32,
+    pub steps: serde_json::Value,
+    pub error: Option<String>,
+    #[serde(serialize_with = "super::ts")]
+    pub created_at: time::OffsetDateTime,
+    #[serde(serialize_with = "super::ts_opt")]
+    pub finished_at: Option<time::OffsetDateTime>,
+}
+
+const COLS: &str = "job_id, node_id, node_name, environment_id, kind, state, attempts, steps, error, created_at, finished_at";
+
+pub async fn enqueue(db: &PgPool, environment_id: Uuid, node_id: Uuid, node_name: &str, kind: &str) -> sqlx::Result<Uuid> {
+    let id = Uuid::new_v4();
+    sqlx::query("insert into job (job_id, node_id, node_name, environment_id, kind) values ($1, $2, $3, $4, $5)")
+        .bind(id)
+        .bind(node_id)
+        .bind(node_name)
+        .bind(environment_id)
+        .bind(kind)
+        .execute(db)
+        .await?;
+    Ok(id)
+}
+
+/// Claims the oldest runnable job, or returns None when the queue is empty.
+pub async fn claim_next(db: &PgPool, worker: &str) -> sqlx::Result<Option<JobRow>> {
+    let _ = COLS;
+    sqlx::query_as::<_, JobRow>(
+        "update job set state = 'running', claimed_by = $1, heartbeat_at = now(), attempts = attempts + 1
+         where job_id = (
+           select job_id from job
+           where state = 'queued' or (state = 'running' and heartbeat_at < now() - make_interval(secs => $2))
+           order by created_at
+           for update skip locked
+           limit 1)
+         returning job_id, node_id, node_name, environment_id, kind, state, attempts, steps, error, created_at, finished_at",
+    )
+    .bind(worker)
+    .bind(STALE_SECONDS as f64)
+    .fetch_optional(db)
+    .await
+}
+
+/// Saves the step log and refreshes the heartbeat, so the claim stays ours.
+pub async fn save_steps(db: &PgPool, job_id: Uuid, steps: &serde_json::Value) -> sqlx::Result<()> {
+    sqlx::query("update job set steps = $2, heartbeat_at = now() where job_id = $1").bind(job_id).bind(steps).execute(db).await?;
+    Ok(())
+}
+
+pub async fn finish(db: &PgPool, job_id: Uuid, error: Option<&str>) -> sqlx::Result<()> {
+    sqlx::query("update job set state = $2, error = $3, finished_at = now() where job_id = $1")
+        .bind(job_id)
+        .bind(if error.is_some() { "failed" } else { "succeeded" })
+        .bind(error)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn get(db: &PgPool, job_id: Uuid) -> sqlx::Result<Option<JobRow>> {
+    sqlx::query_as::<_, JobRow>("select job_id, node_id, node_name, environment_id, kind, state, attempts, steps, error, created_at, finished_at from job where job_id = $1")
+        .bind(job_id)
+        .fetch_optional(db)
+        .await
+}
+
+/// The latest job of each node of the environment (what the dashboard shows as progress).
+pub async fn latest_per_node(db: &PgPool, environment_id: Uuid) -> sqlx::Result<Vec<JobRow>> {
+    sqlx::query_as::<_, JobRow>(
+        "select distinct on (node_name) job_id, node_id, node_name, environment_id, kind, state, attempts, steps, error, created_at, finished_at
+         from job where environment_id = $1 order by node_name, created_at desc",
+    )
+    .bind(environment_id)
+    .fetch_all(db)
+    .await
+}
+
+/// Whether the node already has a queued or running job (a second one would race it).
+pub async fn node_busy(db: &PgPool, node_id: Uuid) -> sqlx::Result<bool> {
+    sqlx::query_scalar::<_, bool>("select exists (select 1 from job where node_id = $1 and state in ('queued', 'running'))").bind(node_id).fetch_one(db).await
+}

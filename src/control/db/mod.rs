@@ -1,0 +1,66 @@
+//! All SQL of the control plane lives in this module and its children; every query binds
+//! its parameters (no SQL is ever built from user input). Queries are runtime-checked
+//! (`query_as::<_, Row>`) so a build needs no database; the integration tests run every
+//! one of them against a real PostgreSQL.
+
+pub mod environments;
+pub mod jobs;
+pub mod users;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+pub use environments::{EnvironmentRow, InstallationRow, NodeRow};
+pub use jobs::JobRow;
+
+/// Connects and applies the migrations in `migrations/` (embedded at build time).
+pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
+    let pool = PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL ({e}); check DATABASE_URL"))?;
+    sqlx::migrate!().run(&pool).await?;
+    Ok(pool)
+}
+
+pub async fn get_secret(db: &PgPool, name: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar::<_, String>("select value from control_secret where name = $1").bind(name).fetch_optional(db).await
+}
+
+/// Stores `value` unless another process stored one first; returns the value that won.
+pub async fn put_secret_once(db: &PgPool, name: &str, value: &str) -> sqlx::Result<String> {
+    sqlx::query("insert into control_secret (name, value) values ($1, $2) on conflict (name) do nothing").bind(name).bind(value).execute(db).await?;
+    Ok(get_secret(db, name).await?.unwrap_or_default())
+}
+
+pub async fn add_event(db: &PgPool, environment_id: Option<uuid::Uuid>, message: &str) -> sqlx::Result<()> {
+    sqlx::query("insert into event (environment_id, message) values ($1, $2)").bind(environment_id).bind(message).execute(db).await?;
+    Ok(())
+}
+
+#[derive(sqlx::FromRow, Debug, Clone, serde::Serialize)]
+pub struct EventRow {
+    pub message: String,
+    #[serde(serialize_with = "ts")]
+    pub created_at: time::OffsetDateTime,
+}
+
+pub async fn recent_events(db: &PgPool, environment_id: uuid::Uuid) -> sqlx::Result<Vec<EventRow>> {
+    sqlx::query_as::<_, EventRow>("select message, created_at from event where environment_id = $1 order by event_id desc limit 20")
+        .bind(environment_id)
+        .fetch_all(db)
+        .await
+}
+
+/// Timestamps go out as RFC 3339 strings in the API.
+pub fn ts<S: serde::Serializer>(t: &time::OffsetDateTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default())
+}
+
+pub fn ts_opt<S: serde::Serializer>(t: &Option<time::OffsetDateTime>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => ts(t, s),
+        None => s.serialize_none(),
+    }
+}

@@ -1,0 +1,123 @@
+//! The JSON API under /api/v1: everything the dashboard does, for automation. Every route
+//! but `POST /tokens` (which takes a user name and password) needs a bearer API token.
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::actions::{self, Outcome};
+use super::auth::{self, ApiUser};
+use crate::control::AppState;
+use crate::control::db;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/tokens", post(create_token))
+        .route("/ssh-key", get(ssh_key))
+        .route("/environments", get(list).post(create))
+        .route("/environments/{id}", get(show))
+        .route("/environments/{id}/nodes", post(add_node))
+        .route("/environments/{id}/install", post(install))
+        .route("/environments/{id}/uninstall", post(uninstall))
+        .route("/nodes/{id}", delete(remove_node))
+        .route("/nodes/{id}/logs", get(logs))
+        .route("/jobs/{id}", get(job))
+}
+
+type ApiResult = Result<Response, super::Error>;
+
+fn err(status: StatusCode, msg: &str) -> Response {
+    (status, Json(json!({"error": msg}))).into_response()
+}
+
+fn fields(v: &Value) -> HashMap<String, String> {
+    v.as_object()
+        .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned).unwrap_or_else(|| if v.is_null() { String::new() } else { v.to_string() }))).collect())
+        .unwrap_or_default()
+}
+
+fn outcome<T: serde::Serialize>(o: Outcome<T>, ok: StatusCode) -> Response {
+    match o {
+        Outcome::Done(v) => (ok, Json(json!({"result": v}))).into_response(),
+        Outcome::Invalid(e) => (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"errors": e}))).into_response(),
+    }
+}
+
+async fn create_token(State(st): State<AppState>, Json(b): Json<Value>) -> ApiResult {
+    let f = fields(&b);
+    let user = f.get("username").cloned().unwrap_or_default();
+    let Some(uid) = auth::check_login(&st, &user, f.get("password").map(String::as_str).unwrap_or("")).await? else {
+        return Ok(err(StatusCode::UNAUTHORIZED, "wrong user name or password"));
+    };
+    let token = auth::random_token(32);
+    db::users::create_token(&st.pool, &auth::token_hash(&token), uid, f.get("name").map(String::as_str).unwrap_or("api")).await?;
+    Ok((StatusCode::CREATED, Json(json!({"token": token, "note": "shown once; store it now"}))).into_response())
+}
+
+async fn ssh_key(State(st): State<AppState>, _u: ApiUser) -> ApiResult {
+    Ok(Json(json!({"public_key": st.ssh_public_key})).into_response())
+}
+
+async fn list(State(st): State<AppState>, _u: ApiUser) -> ApiResult {
+    Ok(Json(db::environments::list(&st.pool).await?).into_response())
+}
+
+async fn create(State(st): State<AppState>, _u: ApiUser, Json(b): Json<Value>) -> ApiResult {
+    let f = fields(&b);
+    let o = actions::create_environment(&st, f.get("name").map(String::as_str).unwrap_or(""), f.get("webroot").map(String::as_str).unwrap_or("")).await?;
+    Ok(outcome(o, StatusCode::CREATED))
+}
+
+async fn show(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>) -> ApiResult {
+    let Some(env) = db::environments::get(&st.pool, id).await? else { return Ok(err(StatusCode::NOT_FOUND, "no such environment")) };
+    let layer = db::environments::cp_layer(&st.pool, id).await?;
+    Ok(Json(json!({
+        "environment": env,
+        "nodes": db::environments::nodes(&st.pool, layer).await?,
+        "installation": db::environments::installation(&st.pool, layer).await?,
+        "jobs": db::jobs::latest_per_node(&st.pool, id).await?,
+    }))
+    .into_response())
+}
+
+async fn add_node(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>, Json(b): Json<Value>) -> ApiResult {
+    let Some(env) = db::environments::get(&st.pool, id).await? else { return Ok(err(StatusCode::NOT_FOUND, "no such environment")) };
+    Ok(outcome(actions::add_node(&st, &env, &fields(&b)).await?, StatusCode::CREATED))
+}
+
+async fn remove_node(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>) -> ApiResult {
+    match actions::remove_node(&st, id).await? {
+        Some(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+        None => Ok(err(StatusCode::NOT_FOUND, "no such node")),
+    }
+}
+
+async fn install(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>, Json(b): Json<Value>) -> ApiResult {
+    if db::environments::get(&st.pool, id).await?.is_none() {
+        return Ok(err(StatusCode::NOT_FOUND, "no such environment"));
+    }
+    Ok(outcome(actions::submit_install(&st, id, &fields(&b)).await?, StatusCode::ACCEPTED))
+}
+
+async fn uninstall(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>) -> ApiResult {
+    Ok((StatusCode::ACCEPTED, Json(json!({"result": actions::submit_uninstall(&st, id).await?}))).into_response())
+}
+
+async fn job(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>) -> ApiResult {
+    match db::jobs::get(&st.pool, id).await? {
+        Some(j) => Ok(Json(j).into_response()),
+        None => Ok(err(StatusCode::NOT_FOUND, "no such job")),
+    }
+}
+
+async fn logs(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>) -> ApiResult {
+    let Some(node) = db::environments::node(&st.pool, id).await? else { return Ok(err(StatusCode::NOT_FOUND, "no such node")) };
+    let v = super::pages::node_log_view(&st, &node).await;
+    Ok(Json(json!({"log": v.log, "status": v.status, "agent_status": v.agent_status, "error": v.error})).into_response())
+}

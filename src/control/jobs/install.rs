@@ -1,0 +1,303 @@
+//! The steps of install / reconfigure / uninstall / verify on one node (DESIGN.md
+//! requirement 1): reachable → host key pinned → authenticated → OS and architecture →
+//! sync path present → inotify watches → agent uploaded → configured → running → healthy.
+//! Each step is idempotent and says `ok` when nothing had to change, so a re-run of a
+//! healthy installation changes nothing.
+//!
+//! Supervision: nodes without systemd (the PaaS nodes of the seeds, and the sandbox) get
+//! a detached watchdog shell loop (`run-agent.sh`) that restarts the agent when it exits;
+//! a `stopped` file tells it to stop.
+
+use std::time::{Duration, Instant};
+
+use super::{StepLog, StepResult};
+use crate::control::AppState;
+use crate::control::db::{self, EnvironmentRow, InstallationRow, JobRow, NodeRow};
+use crate::control::ssh::{self, Conn, Target};
+
+struct Ctx {
+    env: EnvironmentRow,
+    node: NodeRow,
+    peers: Vec<NodeRow>,
+    inst: Option<InstallationRow>,
+}
+
+async fn load(st: &AppState, job: &JobRow) -> Result<Ctx, String> {
+    let e = |e: sqlx::Error| format!("database: {e}");
+    let node_id = job.node_id.ok_or("the node was removed")?;
+    let node = db::environments::node(&st.pool, node_id).await.map_err(e)?.ok_or("the node was removed")?;
+    let env = db::environments::get(&st.pool, job.environment_id).await.map_err(e)?.ok_or("the environment was removed")?;
+    let peers = db::environments::nodes(&st.pool, node.layer_id).await.map_err(e)?.into_iter().filter(|n| n.node_id != node.node_id).collect();
+    let inst = db::environments::installation(&st.pool, node.layer_id).await.map_err(e)?;
+    Ok(Ctx { env, node, peers, inst })
+}
+
+fn q(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// reachable → host key → authenticated: the common start of every job.
+async fn login(st: &AppState, node: &NodeRow, log: &mut StepLog) -> Result<Conn, String> {
+    let t = Target { address: node.address.clone(), port: node.ssh_port as u16, user: node.ssh_user.clone(), pinned: node.host_key.clone() };
+    log.run("reachable", async { ssh::reachable(&t).await.map(|_| (false, format!("{}:{} answers", t.address, t.port))).map_err(|e| e.to_string()) }).await?;
+    let pool = st.pool.clone();
+    let node_id = node.node_id;
+    let mut pinned_line = String::new();
+    log.run("host key", async {
+        let (line, new) = ssh::check_host_key(&t).await.map_err(|e| e.to_string())?;
+        let fp = ssh::fingerprint(&line).await;
+        pinned_line = line.clone();
+        if new {
+            db::environments::pin_host_key(&pool, node_id, &line, &fp).await.map_err(|e| e.to_string())?;
+            Ok((true, format!("pinned on first contact: {fp}")))
+        } else {
+            Ok((false, format!("matches the pinned key {fp}")))
+        }
+    })
+    .await?;
+    let mut conn = None;
+    log.run("authenticated", async {
+        let c = ssh::connect(&t, &st.ssh_keyfile, &pinned_line).await.map_err(|e| e.to_string())?;
+        let who = c.sh_ok("id -un").await.map_err(|e| e.to_string())?;
+        conn = Some(c);
+        Ok((false, format!("logged in as {}", who.trim())))
+    })
+    .await?;
+    Ok(conn.expect("BUG: authenticated step returned Ok without a connection"))
+}
+
+fn paths(node: &NodeRow, inst: &InstallationRow) -> (String, String) {
+    let root = format!("{}/{}", node.webroot.trim_end_matches('/'), inst.sync_path);
+    (root, node.install_prefix.trim_end_matches('/').to_owned())
+}
+
+pub async fn install(st: &AppState, job: &JobRow, log: &mut StepLog) -> Result<(), String> {
+    let ctx = load(st, job).await?;
+    let inst = ctx.inst.clone().ok_or("the add-on is not installed on this environment (no settings)")?;
+    if inst.mode == "two_envs" {
+        return Err("two-environment mode needs the cross-environment link, which this version's agent does not have yet; install in one-environment mode".into());
+    }
+    let conn = login(st, &ctx.node, log).await?;
+    let r = install_steps(st, &ctx, &inst, &conn, log).await;
+    conn.close().await;
+    r
+}
+
+async fn install_steps(st: &AppState, ctx: &Ctx, inst: &InstallationRow, conn: &Conn, log: &mut StepLog) -> Result<(), String> {
+    let (root, prefix) = paths(&ctx.node, inst);
+    let node = &ctx.node;
+    let sh = |s: String| async move { conn.sh_ok(&s).await.map_err(|e| e.to_string()) };
+
+    log.run("OS and architecture", async {
+        let out = sh("uname -sm".into()).await?;
+        let want = format!("Linux {}", std::env::consts::ARCH);
+        if out.trim() == want { Ok((false, out.trim().to_owned())) } else { Err(format!("node runs {:?}; this control plane's agent needs {want}", out.trim())) }
+    })
+    .await?;
+
+    log.run("sync path present", async {
+        let o = conn.sh(&format!("test -d {}", q(&root))).await.map_err(|e| e.to_string())?;
+        if o.status == 0 {
+            Ok((false, format!("{root} is a directory")))
+        } else {
+            Err(format!("{root} does not exist on {}: create it (mkdir -p {root}) or choose another path in the add-on settings", node.name))
+        }
+    })
+    .await?;
+
+    log.run("inotify watches", async {
+        let out = sh(format!("find {} -type d 2>/dev/null | wc -l; cat /proc/sys/fs/inotify/max_user_watches", q(&root))).await?;
+        let mut it = out.split_whitespace().map(|s| s.parse::<u64>().unwrap_or(0));
+        let (dirs, max) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+        if dirs + 1000 > max {
+            Err(format!("{dirs} directories to watch but fs.inotify.max_user_watches = {max}; raise it on the node: sysctl -w fs.inotify.max_user_watches=524288 (and persist it in /etc/sysctl.d/)"))
+        } else {
+            Ok((false, format!("{dirs} directories, limit {max}")))
+        }
+    })
+    .await?;
+
+    let bin = format!("{prefix}/bin/filesync");
+    let binary_changed = log
+        .run("agent uploaded", async {
+            let have = conn.sh(&format!("sha256sum {} 2>/dev/null", q(&bin))).await.map_err(|e| e.to_string())?;
+            if have.stdout.split_whitespace().next() == Some(st.agent.sha256.as_str()) {
+                return Ok((false, format!("{bin} is current (sha256 {})", &st.agent.sha256[..16])));
+            }
+            conn.upload(&bin, &st.agent.bytes, 0o755).await.map_err(|e| format!("{e} (is the disk full or read-only?)"))?;
+            let check = sh(format!("sha256sum {}", q(&bin))).await?;
+            if check.split_whitespace().next() != Some(st.agent.sha256.as_str()) {
+                return Err(format!("uploaded {bin} but its checksum differs (disk full?): {}", check.trim()));
+            }
+            Ok((true, format!("uploaded {} bytes to {bin}, sha256 {} verified", st.agent.bytes.len(), &st.agent.sha256[..16])))
+        })
+        .await?;
+
+    let config = agent_config(ctx, inst, &root, &prefix);
+    let mut restart_needed = binary_changed;
+    let config_changed = log
+        .run("configured", async {
+            let old = conn.sh(&format!("cat {}/agent.toml 2>/dev/null", q(&prefix))).await.map_err(|e| e.to_string())?.stdout;
+            let have_ca = conn.sh(&format!("cat {}/tls/ca.pem 2>/dev/null; test -s {p}/tls/node.pem && test -s {p}/tls/node.key", q(&prefix), p = q(&prefix))).await.map_err(|e| e.to_string())?;
+            let mut changed = false;
+            if have_ca.status != 0 || have_ca.stdout.trim() != ctx.env.ca_cert_pem.trim() {
+                let ca = crate::pki::CaFiles { cert_pem: ctx.env.ca_cert_pem.clone(), key_pem: st.secrets.open(&ctx.env.ca_key_secret).map_err(|e| e.to_string())? };
+                let ip: Vec<std::net::IpAddr> = node.address.parse().into_iter().collect();
+                let dns: Vec<String> = if ip.is_empty() { vec![node.address.clone()] } else { vec![] };
+                let cert = crate::pki::issue(&ca, &node.name, &ip, &dns).map_err(|e| e.to_string())?;
+                let up = |p: String, d: String| async move { conn.upload(&p, d.as_bytes(), 0o600).await.map_err(|e| e.to_string()) };
+                up(format!("{prefix}/tls/ca.pem"), ctx.env.ca_cert_pem.clone()).await?;
+                up(format!("{prefix}/tls/node.pem"), cert.cert_pem).await?;
+                up(format!("{prefix}/tls/node.key"), cert.key_pem).await?;
+                changed = true;
+            }
+            let script = watchdog_script(&prefix);
+            let old_script = conn.sh(&format!("cat {}/run-agent.sh 2>/dev/null", q(&prefix))).await.map_err(|e| e.to_string())?.stdout;
+            if old_script != script {
+                conn.upload(&format!("{prefix}/run-agent.sh"), script.as_bytes(), 0o700).await.map_err(|e| e.to_string())?;
+                changed = true;
+            }
+            sh(format!("mkdir -p {w}/lsyncd/var/log {w}/lsyncd/var/state", w = q(node.webroot.trim_end_matches('/')))).await?;
+            if old != config {
+                conn.upload(&format!("{prefix}/agent.toml"), config.as_bytes(), 0o600).await.map_err(|e| e.to_string())?;
+                let root_moved = !old.contains(&format!("root = {:?}", root));
+                let note = if root_moved && !old.is_empty() { "; the sync path changed, the agent restarts" } else { "" };
+                return Ok((true, format!("wrote {prefix}/agent.toml ({} peers){note}", ctx.peers.len())));
+            }
+            Ok((changed, format!("{prefix}/agent.toml is current")))
+        })
+        .await?;
+    if config_changed {
+        restart_needed = true;
+    }
+
+    let alive = format!("kill -0 \"$(cat {p}/watchdog.pid 2>/dev/null)\" 2>/dev/null && kill -0 \"$(cat {p}/agent.pid 2>/dev/null)\" 2>/dev/null", p = q(&prefix));
+    log.run("running", async {
+        let running = conn.sh(&alive).await.map_err(|e| e.to_string())?.status == 0;
+        if !running {
+            sh(format!("rm -f {p}/stopped; setsid nohup sh {p}/run-agent.sh >/dev/null 2>&1 < /dev/null &", p = q(&prefix))).await?;
+            return Ok((true, "started the agent under its watchdog (no systemd)".into()));
+        }
+        if restart_needed {
+            // The watchdog restarts the agent with the new binary or config within a second.
+            sh(format!("kill -TERM \"$(cat {p}/agent.pid)\"", p = q(&prefix))).await?;
+            return Ok((true, "restarted the agent to apply the new binary or config".into()));
+        }
+        Ok((false, "agent and watchdog are running".into()))
+    })
+    .await?;
+
+    let healthy = log.run("healthy", health_check(st, ctx)).await;
+    if healthy.is_err() {
+        // No half-installed node left running: stop what we started.
+        let _ = conn.sh(&stop_script(&prefix)).await;
+    }
+    healthy.map(|_| ())
+}
+
+/// Polls the agent's `/healthz` over mutual TLS, then records its `/v1/status`.
+async fn health_check(st: &AppState, ctx: &Ctx) -> StepResult {
+    let client = agent_client(st, &ctx.env).map_err(|e| e.to_string())?;
+    let base = format!("https://{}:{}", ctx.node.address, ctx.node.agent_port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match client.get(format!("{base}/healthz")).send().await {
+            Ok(r) if r.status().is_success() => {
+                if let Ok(r) = client.get(format!("{base}/v1/status")).send().await
+                    && let Ok(v) = r.json::<serde_json::Value>().await
+                {
+                    let _ = db::environments::record_heartbeat(&st.pool, ctx.node.node_id, &v).await;
+                }
+                return Ok((false, format!("{base}/healthz answers over mutual TLS")));
+            }
+            Ok(r) => last = format!("answered {}", r.status()),
+            Err(e) => last = format!("{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!("the agent did not answer {base}/healthz within 30 s ({last}); see {}/lsyncd/var/log/lsyncd.log and {}/agent.err on the node", ctx.node.webroot, ctx.node.install_prefix))
+}
+
+/// An mTLS client holding the environment's control-plane certificate.
+pub fn agent_client(st: &AppState, env: &EnvironmentRow) -> anyhow::Result<reqwest::Client> {
+    let dir = st.runtime_dir.path().join(env.environment_id.to_string());
+    let tls = crate::agent::config::TlsConfig { ca: dir.join("ca.pem"), cert: dir.join("client.pem"), key: dir.join("client.key") };
+    if !tls.key.exists() {
+        crate::pki::write_private(&tls.ca, &env.ca_cert_pem)?;
+        crate::pki::write_private(&tls.cert, &env.client_cert_pem)?;
+        crate::pki::write_private(&tls.key, &st.secrets.open(&env.client_key_secret)?)?;
+    }
+    crate::agent::tls::http_client(&tls)
+}
+
+fn agent_config(ctx: &Ctx, inst: &InstallationRow, root: &str, prefix: &str) -> String {
+    let w = ctx.node.webroot.trim_end_matches('/');
+    let mut s = format!(
+        "# Written by the filesync control plane; edits are replaced on the next install.\nnode_name = {:?}\nlisten = \"{}:{}\"\nroot = {:?}\nstate_dir = \"{w}/lsyncd/var/state\"\nlog_dir = \"{w}/lsyncd/var/log\"\ndelay = {}\n\n[tls]\nca = \"{prefix}/tls/ca.pem\"\ncert = \"{prefix}/tls/node.pem\"\nkey = \"{prefix}/tls/node.key\"\n",
+        ctx.node.name, ctx.node.address, ctx.node.agent_port, root, inst.delay_seconds
+    );
+    for p in &ctx.peers {
+        s.push_str(&format!("\n[[peers]]\nname = {:?}\naddress = \"{}:{}\"\n", p.name, p.address, p.agent_port));
+    }
+    s
+}
+
+fn watchdog_script(prefix: &str) -> String {
+    format!(
+        "#!/bin/sh\n# filesync watchdog (no systemd on this node): restarts the agent when it exits.\n# Stop: touch {p}/stopped, then kill the pids in watchdog.pid and agent.pid.\nP={p}\necho $$ > \"$P/watchdog.pid\"\nwhile [ ! -e \"$P/stopped\" ]; do\n  \"$P/bin/filesync\" agent --config \"$P/agent.toml\" >>\"$P/agent.err\" 2>&1 &\n  echo $! > \"$P/agent.pid\"\n  wait $!\n  [ -e \"$P/stopped\" ] && break\n  sleep 1\ndone\n",
+        p = q(prefix)
+    )
+}
+
+fn stop_script(prefix: &str) -> String {
+    format!(
+        "P={p}; touch \"$P/stopped\" 2>/dev/null; for f in watchdog.pid agent.pid; do pid=$(cat \"$P/$f\" 2>/dev/null) && kill -TERM \"$pid\" 2>/dev/null; done; for i in $(seq 50); do pid=$(cat \"$P/agent.pid\" 2>/dev/null) && kill -0 \"$pid\" 2>/dev/null || exit 0; sleep 0.1; done; kill -KILL \"$(cat \"$P/agent.pid\")\" 2>/dev/null; exit 0",
+        p = q(prefix)
+    )
+}
+
+/// Stops the agent and its watchdog; removes binary, config, TLS material and state.
+/// The sync folder (user files) and lsyncd.log stay.
+pub async fn uninstall(st: &AppState, job: &JobRow, log: &mut StepLog) -> Result<(), String> {
+    let ctx = load(st, job).await?;
+    let conn = login(st, &ctx.node, log).await?;
+    let prefix = ctx.node.install_prefix.trim_end_matches('/').to_owned();
+    let w = ctx.node.webroot.trim_end_matches('/').to_owned();
+    let r = async {
+        log.run("stopped", async { conn.sh_ok(&stop_script(&prefix)).await.map(|_| (true, "agent and watchdog stopped".into())).map_err(|e| e.to_string()) }).await?;
+        log.run("removed", async {
+            conn.sh_ok(&format!("rm -rf {} {}", q(&prefix), q(&format!("{w}/lsyncd/var/state"))))
+                .await
+                .map(|_| (true, format!("removed {prefix} and {w}/lsyncd/var/state; user files and lsyncd.log kept")))
+                .map_err(|e| e.to_string())
+        })
+        .await?;
+        Ok(())
+    }
+    .await;
+    conn.close().await;
+    r
+}
+
+/// Re-checks a node: logs in and asks the agent for its status.
+pub async fn verify(st: &AppState, job: &JobRow, log: &mut StepLog) -> Result<(), String> {
+    let ctx = load(st, job).await?;
+    let conn = login(st, &ctx.node, log).await?;
+    conn.close().await;
+    log.run("healthy", health_check(st, &ctx)).await.map(|_| ())
+}
+
+/// Reads the node's lsyncd.log tail and lsyncd.status over SSH (works with the agent down).
+pub async fn read_logs(st: &AppState, node: &NodeRow, lines: usize) -> Result<(String, String), String> {
+    let pinned = node.host_key.clone().ok_or("this node was never contacted; install first so its host key is pinned")?;
+    let t = Target { address: node.address.clone(), port: node.ssh_port as u16, user: node.ssh_user.clone(), pinned: Some(pinned.clone()) };
+    ssh::reachable(&t).await.map_err(|e| e.to_string())?;
+    ssh::check_host_key(&t).await.map_err(|e| e.to_string())?;
+    let conn = ssh::connect(&t, &st.ssh_keyfile, &pinned).await.map_err(|e| e.to_string())?;
+    let dir = format!("{}/lsyncd/var/log", node.webroot.trim_end_matches('/'));
+    let log = conn.sh(&format!("tail -n {lines} {} 2>&1", q(&format!("{dir}/lsyncd.log")))).await.map_err(|e| e.to_string())?.stdout;
+    let status = conn.sh(&format!("cat {} 2>&1", q(&format!("{dir}/lsyncd.status")))).await.map_err(|e| e.to_string())?.stdout;
+    conn.close().await;
+    Ok((log, status))
+}
