@@ -9,4 +9,6 @@ mod agent_crash;
 mod agent_hostile_input;
 mod agent_operations;
 mod agent_replication;
+mod control_auth;
+mod control_install;
 mod tidy;
