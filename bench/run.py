@@ -865,7 +865,7 @@ class Report:
         cols = ["p50", "p99", "max"] if stat == "p99" else ["median", "min", "max"]
         refs = [r for r in ("lsyncd-ring", "lsyncd-star", "rsync-a") if r in rows]
         lines = [f"\n## {title}\n", f"| system | {' | '.join(cols)} | n | " + " | ".join(f"filesync / {r}" for r in refs) + " |",
-                 "|---|" + "---|" * (len(cols) + 2 + len(refs))]
+                 "|---|" + "---|" * (len(cols) + 1 + len(refs))]
         fs = rows.get("filesync")
         for s, r in rows.items():
             if r is None:
@@ -1038,6 +1038,8 @@ def main():
     ap.add_argument("--slow", action="store_true", help="run delay 10 s even with --quick")
     ap.add_argument("--skip-slow", action="store_true", help="skip delay 10 s (about 20-50 s per ring repetition)")
     ap.add_argument("--idle-seconds", type=int, default=None, help="idle measurement window (default 60, --quick 20)")
+    ap.add_argument("--idle-files", type=int, default=None, help="files per node for idle (default 20000, --quick 5000); "
+                    "run once more with 200000 to get the memory per file from the difference")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", time.strftime("%Y-%m-%d")))
     ap.add_argument("--wait", action="store_true", help="if another run is in progress, wait for it instead of exiting")
     ap.add_argument("--work", default=WORK, help="scratch folder for the nodes' trees (default %(default)s)")
@@ -1206,9 +1208,9 @@ def run_rename(run, rep, systems, reps, q, slow):
 
 
 def run_idle(run, rep, systems, reps, q, slow):
-    files = 5000 if q else 20_000
+    files = run.a.idle_files or (5000 if q else 20_000)
     secs = run.a.idle_seconds or (20 if q else 60)
-    tmpl = template("idle", files, 200, 64, 512, 3)
+    tmpl = template("idle", files, max(200, files // 100), 64, 512, 3)
     res, fails = {}, {}
     rounds = 1
     for s in systems:
