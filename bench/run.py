@@ -29,6 +29,7 @@ traffic) and says so in the results.
 """
 
 import argparse
+import fcntl
 import hashlib
 import json
 import math
@@ -164,8 +165,10 @@ class Wire:
             self._teardown()
             cmds = [["-N", self.CHAIN]]
             for p in self.PORTS:
-                cmds += [["-A", self.CHAIN, "-i", "lo", "-p", "tcp", "--dport", p],
-                         ["-A", self.CHAIN, "-i", "lo", "-p", "tcp", "--sport", p]]
+                # RETURN: a packet is counted by the first rule it matches only. Syncthing dials
+                # from its own listening port, so its packets match a --dport and a --sport rule.
+                cmds += [["-A", self.CHAIN, "-i", "lo", "-p", "tcp", "--dport", p, "-j", "RETURN"],
+                         ["-A", self.CHAIN, "-i", "lo", "-p", "tcp", "--sport", p, "-j", "RETURN"]]
             cmds.append(["-I", "INPUT", "-i", "lo", "-j", self.CHAIN])
             ok = all(subprocess.run(["iptables", "-w"] + c, capture_output=True).returncode == 0 for c in cmds)
             if ok and self._iptables() is not None:
@@ -790,7 +793,15 @@ def w_idle(c, tmpl, seconds):
     for r in c.roots:
         copy_tree(tmpl, r)
     c.start()
-    time.sleep(5)
+    # Idle means after the start-up work (initial scans, index exchange): wait until the
+    # sync processes of all nodes together use under 1% of a CPU for 5 s in a row (at most 10 min).
+    t0, quiet, prev = time.perf_counter(), 0, sum(u[0] for u in node_usage(c))
+    while quiet < 5 and time.perf_counter() - t0 < 600:
+        time.sleep(1)
+        cur = sum(u[0] for u in node_usage(c))
+        quiet = quiet + 1 if cur - prev < 0.01 else 0
+        prev = cur
+    settle_s = time.perf_counter() - t0
     before = node_usage(c)
     time.sleep(seconds)
     after = node_usage(c)
@@ -801,7 +812,7 @@ def w_idle(c, tmpl, seconds):
             "rss_bytes_per_node": statistics.mean(x["rss_bytes"] for x in per_node),
             "pss_bytes_per_node": statistics.mean(x["pss_bytes"] for x in per_node),
             "rss_bytes_max_node": max(x["rss_bytes"] for x in per_node),
-            "per_node": per_node, "files": nfiles, "seconds": seconds}
+            "per_node": per_node, "files": nfiles, "seconds": seconds, "settle_s": settle_s}
 
 
 # ---------------------------------------------------------------- reporting
@@ -852,22 +863,23 @@ class Report:
         self.data["workloads"][key] = {"title": title, "unit": unit, "samples": samples, "summary": rows,
                                        "failures": failures, "notes": list(notes)}
         cols = ["p50", "p99", "max"] if stat == "p99" else ["median", "min", "max"]
-        lines = [f"\n## {title}\n", f"| system | {' | '.join(cols)} | n | filesync / lsyncd-ring | filesync / lsyncd-star |",
-                 "|---|" + "---|" * (len(cols) + 3)]
+        refs = [r for r in ("lsyncd-ring", "lsyncd-star", "rsync-a") if r in rows]
+        lines = [f"\n## {title}\n", f"| system | {' | '.join(cols)} | n | " + " | ".join(f"filesync / {r}" for r in refs) + " |",
+                 "|---|" + "---|" * (len(cols) + 1 + len(refs))]
         fs = rows.get("filesync")
         for s, r in rows.items():
             if r is None:
-                lines.append(f"| {s} | " + " | ".join("-" for _ in cols) + f" | 0 | | |")
+                lines.append(f"| {s} | " + " | ".join("-" for _ in cols) + " | 0 |" + " |" * len(refs))
                 continue
             vals = [r["median"] if c in ("median", "p50") else r[c] for c in cols]
             ratios = []
-            for ref in ("lsyncd-ring", "lsyncd-star"):
+            for ref in refs:
                 rr = rows.get(ref)
                 if s == "filesync" and fs and rr and rr[stat] > 0:
                     ratios.append(f"{fs[stat] / rr[stat]:.3f}")
                 else:
                     ratios.append("")
-            lines.append(f"| {s} | " + " | ".join(fmt(v, unit) for v in vals) + f" | {r['n']} | {ratios[0]} | {ratios[1]} |")
+            lines.append(f"| {s} | " + " | ".join(fmt(v, unit) for v in vals) + f" | {r['n']} | " + " | ".join(ratios) + " |")
         for s, errs in failures.items():
             for e in errs:
                 lines.append(f"\n- **{s} failed**: {e}")
@@ -1026,12 +1038,16 @@ def main():
     ap.add_argument("--slow", action="store_true", help="run delay 10 s even with --quick")
     ap.add_argument("--skip-slow", action="store_true", help="skip delay 10 s (about 20-50 s per ring repetition)")
     ap.add_argument("--idle-seconds", type=int, default=None, help="idle measurement window (default 60, --quick 20)")
+    ap.add_argument("--idle-files", type=int, default=None, help="files per node for idle (default 20000, --quick 5000); "
+                    "run once more with 200000 to get the memory per file from the difference")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", time.strftime("%Y-%m-%d")))
+    ap.add_argument("--wait", action="store_true", help="if another run is in progress, wait for it instead of exiting")
     ap.add_argument("--work", default=WORK, help="scratch folder for the nodes' trees (default %(default)s)")
     a = ap.parse_args()
     WORK = a.work
     if os.geteuid() != 0:
         sys.exit("bench/run.py: run as root (rsync daemons as on the PaaS nodes; iptables byte counters)")
+    lock_run(a.wait)
     workloads = ["latency", "p99", "burst", "large", "initial", "rename", "idle", "scale"]
     only = [w for w in a.only.split(",") if w] or workloads
     for w in only:
@@ -1073,7 +1089,7 @@ def main():
     run = Runner(a, rep)
     say(f"systems {systems}; workloads {only}; reps {reps}; quick={q}; bytes counted with {WIRE.method}")
     try:
-        for w in only:
+        for w in [w for w in workloads if w in only]:
             say(f"== {w}")
             globals()[f"run_{w}"](run, rep, systems, reps, q, slow)
             rep.save()
@@ -1087,8 +1103,30 @@ def main():
         say(f"results in {a.out}")
 
 
-def ref_systems(systems):
-    return [s for s in systems]
+LOCK = "/tmp/filesync-bench.lock"
+_lock_fd = None
+
+
+def lock_run(wait):
+    """One run at a time on a machine: two runs would share the node addresses, ports and the
+    iptables chain, and each would measure (and break) the other."""
+    global _lock_fd
+    _lock_fd = open(LOCK, "a+")
+    try:
+        fcntl.flock(_lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        _lock_fd.seek(0)
+        other = _lock_fd.read().strip() or "?"
+        if not wait:
+            print(f"bench/run.py: another benchmark run holds {LOCK} ({other}); it uses the same addresses, ports "
+                  f"and byte counters, so this run would disturb it. Wait for it or pass --wait.", file=sys.stderr)
+            sys.exit(75)
+        print(f"bench/run.py: waiting for the other run to finish ({other})", flush=True)
+        fcntl.flock(_lock_fd, fcntl.LOCK_EX)
+    _lock_fd.seek(0)
+    _lock_fd.truncate()
+    _lock_fd.write(f"pid {os.getpid()}: bench/run.py {' '.join(sys.argv[1:])}\n")
+    _lock_fd.flush()
 
 
 def run_latency(run, rep, systems, reps, q, slow):
@@ -1170,9 +1208,9 @@ def run_rename(run, rep, systems, reps, q, slow):
 
 
 def run_idle(run, rep, systems, reps, q, slow):
-    files = 5000 if q else 20_000
+    files = run.a.idle_files or (5000 if q else 20_000)
     secs = run.a.idle_seconds or (20 if q else 60)
-    tmpl = template("idle", files, 200, 64, 512, 3)
+    tmpl = template("idle", files, max(200, files // 100), 64, 512, 3)
     res, fails = {}, {}
     rounds = 1
     for s in systems:
@@ -1193,6 +1231,8 @@ def run_idle(run, rep, systems, reps, q, slow):
                      f"{fmt(v['pss_bytes_per_node'], 'B')} | {v['rss_bytes_per_node'] / v['files']:.0f} B | {r_cpu} | {r_rss} |")
     for s, e in fails.items():
         lines.append(f"\n- **{s} failed**: {e[0]}")
+    lines.append("\n- measured after start-up work settled (all nodes' sync processes under 1% CPU for 5 s); settle time after start: "
+                 + ", ".join(f"{s} {v['settle_s']:.0f} s" for s, v in res.items()))
     lines.append("\n- per node = the node's sync processes: filesync agent; rsync daemon + lsyncd (ring; star: lsyncd on node 1 only, "
                  "so its average is over 1 lsyncd and 3 daemons); syncthing. CPU = utime+stime+cutime+cstime from /proc/<pid>/stat "
                  "of every process in those process groups; RSS and PSS from /proc/<pid>/smaps_rollup at the end. "
