@@ -2,7 +2,9 @@
 //! the first one, then sent together; `0` sends at once; once `max_batch` changes are
 //! queued the batch flushes early instead of growing without bound. A file still being
 //! written (write events, no close yet) is held until it is closed or has been quiet for
-//! `write_quiet`, so an upload in progress is never shipped half-written.
+//! `write_quiet`, so an upload in progress is never shipped half-written. The first half
+//! of a rename holds the whole batch for up to [`RENAME_HOLD`] until its second half
+//! arrives, so a move is shipped as one batch (and applied by peers as a rename).
 //!
 //! Time is passed in, so the rules are tested without sleeping.
 
@@ -12,6 +14,10 @@ use std::time::{Duration, Instant};
 use super::scan::Target;
 use super::watch::HintKind;
 use crate::protocol::RelPath;
+
+/// How long the first half of a rename waits for the second (inotify delivers both at once;
+/// a move out of the root never gets a second half).
+pub const RENAME_HOLD: Duration = Duration::from_millis(50);
 
 #[derive(Debug)]
 struct Pending {
@@ -27,11 +33,13 @@ pub struct Batcher {
     max_batch: usize,
     pending: HashMap<RelPath, Pending>,
     root_since: Option<Instant>,
+    /// Set by the first half of a rename, cleared by the second half.
+    rename_hold: Option<Instant>,
 }
 
 impl Batcher {
     pub fn new(delay: Duration, write_quiet: Duration, max_batch: usize) -> Batcher {
-        Batcher { delay, write_quiet, max_batch, pending: HashMap::new(), root_since: None }
+        Batcher { delay, write_quiet, max_batch, pending: HashMap::new(), root_since: None, rename_hold: None }
     }
 
     pub fn set_delay(&mut self, delay: Duration) {
@@ -48,6 +56,12 @@ impl Batcher {
             HintKind::Tree => {
                 p.recursive = true;
                 p.writing = false;
+            }
+            HintKind::MovedFrom => self.rename_hold = Some(now + RENAME_HOLD),
+            HintKind::MovedTo => {
+                p.recursive = true;
+                p.writing = false;
+                self.rename_hold = None;
             }
         }
     }
@@ -83,7 +97,11 @@ impl Batcher {
     pub fn deadline(&self) -> Option<Instant> {
         let paths = self.pending.values().map(|p| self.ready_at(p));
         let root = self.root_since.map(|t| t + self.delay);
-        paths.chain(root).min()
+        let due = paths.chain(root).min()?;
+        Some(match self.rename_hold {
+            Some(h) => due.max(h),
+            None => due,
+        })
     }
 
     /// Takes the batch if one is due at `now`: every path that is ready (not being written,
@@ -94,6 +112,7 @@ impl Batcher {
         if !due {
             return Vec::new();
         }
+        self.rename_hold = None;
         let quiet = self.write_quiet;
         let mut out = Vec::new();
         if self.root_since.take().is_some() {
@@ -152,6 +171,22 @@ mod tests {
         assert!(b.take_due(t0 + Duration::from_secs(9)).is_empty());
         assert_eq!(b.deadline(), Some(t0 + Duration::from_secs(10)));
         assert_eq!(b.take_due(t0 + Duration::from_secs(10)).len(), 2, "the later change rides along");
+    }
+
+    #[test]
+    fn rename_halves_travel_in_one_batch() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(Duration::ZERO, Duration::from_secs(2), 1000);
+        b.add(p("dir"), HintKind::MovedFrom, t0);
+        assert!(b.take_due(t0).is_empty(), "the first half waits for the second");
+        b.add(p("dir2"), HintKind::MovedTo, t0 + Duration::from_millis(1));
+        let got = b.take_due(t0 + Duration::from_millis(1));
+        assert_eq!(got.len(), 2, "{got:?}");
+        // A move out of the root has no second half: it goes after the hold.
+        b.add(p("gone"), HintKind::MovedFrom, t0);
+        assert!(b.take_due(t0 + RENAME_HOLD - Duration::from_millis(1)).is_empty());
+        assert_eq!(b.deadline(), Some(t0 + RENAME_HOLD));
+        assert_eq!(b.take_due(t0 + RENAME_HOLD).len(), 1);
     }
 
     #[test]

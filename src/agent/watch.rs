@@ -27,6 +27,12 @@ pub enum HintKind {
     Changed,
     /// A directory appeared (created or moved in): scan it recursively.
     Tree,
+    /// The first half of a rename: the name is gone, its new name is expected at once.
+    /// The batch waits briefly for it so both halves travel together (and the receivers
+    /// can apply a rename instead of a delete plus a new file).
+    MovedFrom,
+    /// The second half of a rename: scanned recursively, and releases the wait.
+    MovedTo,
 }
 
 #[derive(Debug)]
@@ -92,8 +98,9 @@ fn classify(ev: &notify::Event) -> Vec<Option<HintKind>> {
         EventKind::Create(CreateKind::Folder) => vec![Some(Tree)],
         EventKind::Create(_) => vec![Some(Writing)],
         EventKind::Modify(ModifyKind::Data(_)) => vec![Some(Writing)],
-        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => vec![Some(Changed), Some(Tree)],
-        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => vec![Some(Tree)],
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => vec![Some(Changed), Some(MovedTo)],
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => vec![Some(MovedTo)],
+        EventKind::Modify(ModifyKind::Name(RenameMode::From)) => vec![Some(MovedFrom)],
         EventKind::Modify(ModifyKind::Name(_)) => vec![Some(Changed)],
         EventKind::Modify(_) => vec![Some(Changed)],
         EventKind::Remove(_) => vec![Some(Changed)],
