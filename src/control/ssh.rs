@@ -160,7 +160,9 @@ impl Conn {
 
     /// Writes `data` to `path` on the node through a temp file and a rename, with `mode`.
     pub async fn upload(&self, path: &str, data: &[u8], mode: u32) -> Result<(), SshError> {
-        let script = format!("umask 077 && mkdir -p \"$(dirname \"$1\")\" && cat > \"$1.tmp\" && chmod {mode:o} \"$1.tmp\" && mv -f \"$1.tmp\" \"$1\"");
+        // Written beside the target and renamed into place; a failed write (disk full, read-only,
+        // broken connection) removes its temp file, so nothing half-written is left behind.
+        let script = format!("umask 077 && mkdir -p \"$(dirname \"$1\")\" && {{ cat > \"$1.tmp\" && chmod {mode:o} \"$1.tmp\" && mv -f \"$1.tmp\" \"$1\"; }} || {{ rc=$?; cat >/dev/null; rm -f \"$1.tmp\"; exit $rc; }}");
         let mut child = self
             .session
             .command("sh")

@@ -67,9 +67,12 @@ async fn control_install_on_three_nodes_replicates_then_reconfigure_uninstall_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_install_failures_say_what_to_fix() {
     let cp = ControlPlane::start().await;
-    let mut nodes = cp.nodes(4);
-    // node1: sync path missing; node2: auth refused; node3: unreachable; node4 fine at first.
+    let mut nodes = cp.nodes(6);
+    // node1: sync path missing; node2: auth refused; node3: unreachable; node4 fine at first;
+    // node5: its install prefix is a 2 MiB disk; node6: its install prefix is read-only.
     std::fs::remove_dir_all(nodes[0].webroot().join("ROOT")).unwrap();
+    let _full = Mount::tmpfs(&nodes[4].install_prefix(), "size=2m");
+    let _ro = Mount::tmpfs(&nodes[5].install_prefix(), "ro");
     nodes[1].set_authorized_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEw3bFhMxbvnLxqDMOXq1d1vVUxMvR1CrL3aHCXbOIJj stranger").unwrap();
     nodes[2].stop_sshd();
     let env = cp.environment("broken", &nodes).await;
@@ -80,7 +83,13 @@ async fn control_install_failures_say_what_to_fix() {
     assert!(by("node2").contains("refused our SSH key") && by("node2").contains("authorized_keys"), "{}", describe(&jobs));
     assert!(by("node3").contains("cannot reach"), "{}", describe(&jobs));
     assert_eq!(by("node4"), "", "{}", describe(&jobs));
+    assert!(by("node5").contains("not enough disk space") && by("node5").contains("MiB free"), "{}", describe(&jobs));
+    assert!(by("node6").contains("read-only file system"), "{}", describe(&jobs));
     assert!(!nodes[0].install_prefix().join("agent.pid").exists(), "a failed node was left with an agent");
+    for n in &nodes[4..] {
+        let left: Vec<_> = walk(&n.install_prefix()).into_iter().filter(|p| p.is_file()).collect();
+        assert!(left.is_empty(), "{} was left with {left:?}", n.spec.name);
+    }
 
     // Host key changed: refused, with both fingerprints.
     nodes[3].regenerate_host_key().unwrap();
@@ -92,4 +101,26 @@ async fn control_install_failures_say_what_to_fix() {
 
 fn by_name(jobs: &[serde_json::Value], n: &str) -> String {
     jobs.iter().find(|j| j["node_name"] == n).unwrap()["error"].as_str().unwrap_or("").to_owned()
+}
+
+/// A tmpfs mounted over a directory for the length of a test (the tests run as root).
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    fn tmpfs(dir: &std::path::Path, opts: &str) -> Mount {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", opts, "tmpfs"]).arg(dir).status().unwrap();
+        assert!(ok.success(), "this test needs root to mount a tmpfs on {}", dir.display());
+        Mount(dir.to_owned())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    walkdir::WalkDir::new(dir).into_iter().flatten().map(|e| e.into_path()).collect()
 }

@@ -124,6 +124,27 @@ async fn install_steps(st: &AppState, ctx: &Ctx, inst: &InstallationRow, conn: &
             if have.stdout.split_whitespace().next() == Some(st.agent.sha256.as_str()) {
                 return Ok((false, format!("{bin} is current (sha256 {})", &st.agent.sha256[..16])));
             }
+            let need_kib = st.agent.bytes.len() as u64 / 1024 + 1024;
+            let probe = conn
+                .sh(&format!("mkdir -p {p}/bin && touch {p}/bin/.write-test && rm -f {p}/bin/.write-test && df -Pk {p}/bin | tail -n 1", p = q(&prefix)))
+                .await
+                .map_err(|e| e.to_string())?;
+            if probe.status != 0 {
+                let err = probe.stderr.trim();
+                if err.contains("Read-only file system") {
+                    return Err(format!("{prefix} is on a read-only file system on {}: remount it read-write or set another install prefix for this node", node.name));
+                }
+                return Err(format!("cannot write to {prefix} on {}: {err}", node.name));
+            }
+            let free_kib = probe.stdout.split_whitespace().nth(3).and_then(|s| s.parse::<u64>().ok()).unwrap_or(u64::MAX);
+            if free_kib < need_kib {
+                return Err(format!(
+                    "not enough disk space on {}: {} MiB free in {prefix}, the agent needs {} MiB; free some space there or set another install prefix for this node",
+                    node.name,
+                    free_kib / 1024,
+                    need_kib.div_ceil(1024)
+                ));
+            }
             conn.upload(&bin, &st.agent.bytes, 0o755).await.map_err(|e| format!("{e} (is the disk full or read-only?)"))?;
             let check = sh(format!("sha256sum {}", q(&bin))).await?;
             if check.split_whitespace().next() != Some(st.agent.sha256.as_str()) {
