@@ -103,6 +103,13 @@ pub struct DemoArgs {
     /// Dashboard address of the control-plane demo.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
+    /// How many sshd nodes the control-plane demo starts (on 127.0.0.11 and up).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=200))]
+    pub nodes: u8,
+    /// Also write the demo's URL, environment id and login as JSON to this file (for scripts
+    /// such as the benchmark; the file is mode 0600 because it holds the password).
+    #[arg(long)]
+    pub info_file: Option<PathBuf>,
 }
 
 pub fn main() -> ExitCode {

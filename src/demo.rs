@@ -99,7 +99,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     let pool = crate::control::db::connect(&pg.url("filesync")).await?;
     let public_key = crate::control::ensure_ssh_public_key(&pool).await?;
     let mut nodes = Vec::new();
-    for i in 1..=3u8 {
+    for i in 1..=args.nodes {
         let spec = crate::sandbox::SshNodeSpec {
             name: format!("node{i}"),
             ip: IpAddr::from([127, 0, 0, 10 + i]),
@@ -117,6 +117,8 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         agent_binary: None,
         parallel_installs: 4,
         admin_password: Some(password.clone()),
+        heartbeat_seconds: 5,
+        job_stale_seconds: 60,
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {} (use --listen)", args.listen))?;
     let url = format!("http://{}", listener.local_addr()?);
@@ -146,9 +148,13 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         let r = http.post(format!("{url}/api/v1/environments/{env_id}/nodes")).bearer_auth(&token).json(&body).send().await?;
         anyhow::ensure!(r.status().is_success(), "cannot add {}: {}", n.spec.name, r.text().await?);
     }
+    if let Some(f) = &args.info_file {
+        let info = serde_json::json!({"url": url, "environment_id": env_id, "username": "admin", "password": password, "nodes": nodes.iter().map(|n| serde_json::json!({"name": n.spec.name, "address": n.spec.ip.to_string(), "webroot": n.webroot()})).collect::<Vec<_>>()});
+        crate::pki::write_private(f, &serde_json::to_string_pretty(&info)?)?;
+    }
     println!("filesync demo: control plane at {url}/environments/{env_id}");
     println!("  log in as admin / {password}");
-    println!("  environment \"demo\": 3 nodes (real sshd on 127.0.0.11-13:2222), webroots {}/nodeN/webroot", dir.display());
+    println!("  environment \"demo\": {} nodes (real sshd on 127.0.0.11-{}:2222), webroots {}/nodeN/webroot", args.nodes, 10 + args.nodes as u32, dir.display());
     println!();
     println!("Open the environment, keep path ROOT and click Install. Then drop a file on one node:");
     println!("  echo hello > {}/node1/webroot/ROOT/hello.txt; sleep 12; cat {}/node3/webroot/ROOT/hello.txt", dir.display(), dir.display());

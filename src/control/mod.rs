@@ -10,6 +10,7 @@ pub mod db;
 pub mod http;
 pub mod jobs;
 pub mod manifest;
+pub mod monitor;
 pub mod secrets;
 pub mod ssh;
 
@@ -43,6 +44,13 @@ pub struct ServeArgs {
     /// How many nodes are installed at once by this process.
     #[arg(long, default_value_t = 4)]
     pub parallel_installs: usize,
+    /// How often the agents' status is polled for the dashboard (heartbeats).
+    #[arg(long, default_value_t = 10, env = "FILESYNC_HEARTBEAT_SECONDS")]
+    pub heartbeat_seconds: u64,
+    /// A running job whose worker has not reported for this long is taken over by another
+    /// `filesync serve` process (its worker is presumed dead).
+    #[arg(long, default_value_t = 60, env = "FILESYNC_JOB_STALE_SECONDS")]
+    pub job_stale_seconds: u32,
     /// The first admin's password, from FILESYNC_ADMIN_PASSWORD (never argv).
     #[arg(skip)]
     pub admin_password: Option<String>,
@@ -87,11 +95,13 @@ pub async fn serve(args: ServeArgs, pool: PgPool, listener: TcpListener, shutdow
         worker: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
         wake_jobs: Arc::new(tokio::sync::Notify::new()),
     };
-    let runner = tokio::spawn(jobs::runner(state.clone(), args.parallel_installs.max(1), shutdown.clone()));
+    let runner = tokio::spawn(jobs::runner(state.clone(), args.parallel_installs.max(1), args.job_stale_seconds.max(5), shutdown.clone()));
+    let monitor = tokio::spawn(monitor::run(state.clone(), std::time::Duration::from_secs(args.heartbeat_seconds.max(1)), shutdown.clone()));
     let app = http::router(state);
     let s = shutdown.clone();
     axum::serve(listener, app).with_graceful_shutdown(async move { s.cancelled().await }).await?;
     runner.abort();
+    monitor.abort();
     Ok(())
 }
 

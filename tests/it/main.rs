@@ -11,4 +11,5 @@ mod agent_operations;
 mod agent_replication;
 mod control_auth;
 mod control_install;
+mod control_workers;
 mod tidy;

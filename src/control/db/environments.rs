@@ -182,6 +182,29 @@ pub async fn set_agent_state(db: &PgPool, node_id: Uuid, state: &str) -> sqlx::R
     Ok(())
 }
 
+/// Sets the agent state only if it is still `from` (so a heartbeat never overwrites what a
+/// job decided); true when it changed.
+pub async fn transition_agent_state(db: &PgPool, node_id: Uuid, from: &str, to: &str) -> sqlx::Result<bool> {
+    let r = sqlx::query("update node set agent_state = $3 where node_id = $1 and agent_state = $2").bind(node_id).bind(from).bind(to).execute(db).await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// Nodes whose agent should be answering (installed and not failed), with their environment.
+pub async fn monitored_nodes(db: &PgPool) -> sqlx::Result<Vec<(NodeRow, Uuid)>> {
+    let rows = sqlx::query_as::<_, NodeRow>(
+        "select node_id, layer_id, name, address, ssh_port, ssh_user, webroot, install_prefix, agent_port, host_key, host_key_fingerprint, agent_state, last_heartbeat_at, last_status from node where agent_state in ('running', 'unreachable')",
+    )
+    .fetch_all(db)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for n in rows {
+        if let Some(env) = node_environment(db, n.node_id).await? {
+            out.push((n, env));
+        }
+    }
+    Ok(out)
+}
+
 pub async fn record_heartbeat(db: &PgPool, node_id: Uuid, status: &serde_json::Value) -> sqlx::Result<()> {
     sqlx::query("update node set last_heartbeat_at = now(), last_status = $2 where node_id = $1").bind(node_id).bind(status).execute(db).await?;
     Ok(())

@@ -1,11 +1,10 @@
 //! The job queue. Jobs are claimed with `for update skip locked`, so several `filesync
 //! serve` processes share one queue; a running job whose heartbeat is older than
-//! `STALE_SECONDS` belonged to a worker that died and is claimed again.
+//! the stale limit (`filesync serve --job-stale-seconds`) belonged to a worker that died and
+//! is claimed again. A worker writes to a job only while the claim is still its own.
 
 use sqlx::PgPool;
 use uuid::Uuid;
-
-pub const STALE_SECONDS: i32 = 60;
 
 #[derive(sqlx::FromRow, Debug, Clone, serde::Serialize)]
 pub struct JobRow {
@@ -40,7 +39,7 @@ pub async fn enqueue(db: &PgPool, environment_id: Uuid, node_id: Uuid, node_name
 }
 
 /// Claims the oldest runnable job, or returns None when the queue is empty.
-pub async fn claim_next(db: &PgPool, worker: &str) -> sqlx::Result<Option<JobRow>> {
+pub async fn claim_next(db: &PgPool, worker: &str, stale_seconds: u32) -> sqlx::Result<Option<JobRow>> {
     let _ = COLS;
     sqlx::query_as::<_, JobRow>(
         "update job set state = 'running', claimed_by = $1, heartbeat_at = now(), attempts = attempts + 1
@@ -53,22 +52,29 @@ pub async fn claim_next(db: &PgPool, worker: &str) -> sqlx::Result<Option<JobRow
          returning job_id, node_id, node_name, environment_id, kind, state, attempts, steps, error, created_at, finished_at",
     )
     .bind(worker)
-    .bind(STALE_SECONDS as f64)
+    .bind(stale_seconds as f64)
     .fetch_optional(db)
     .await
 }
 
 /// Saves the step log and refreshes the heartbeat, so the claim stays ours.
-pub async fn save_steps(db: &PgPool, job_id: Uuid, steps: &serde_json::Value) -> sqlx::Result<()> {
-    sqlx::query("update job set steps = $2, heartbeat_at = now() where job_id = $1").bind(job_id).bind(steps).execute(db).await?;
+pub async fn save_steps(db: &PgPool, job_id: Uuid, worker: &str, steps: &serde_json::Value) -> sqlx::Result<()> {
+    sqlx::query("update job set steps = $2, heartbeat_at = now() where job_id = $1 and claimed_by = $3").bind(job_id).bind(steps).bind(worker).execute(db).await?;
     Ok(())
 }
 
-pub async fn finish(db: &PgPool, job_id: Uuid, error: Option<&str>) -> sqlx::Result<()> {
-    sqlx::query("update job set state = $2, error = $3, finished_at = now() where job_id = $1")
+/// Keeps a long step's claim fresh; false once another worker has taken the job over.
+pub async fn touch(db: &PgPool, job_id: Uuid, worker: &str) -> sqlx::Result<bool> {
+    let r = sqlx::query("update job set heartbeat_at = now() where job_id = $1 and claimed_by = $2 and state = 'running'").bind(job_id).bind(worker).execute(db).await?;
+    Ok(r.rows_affected() == 1)
+}
+
+pub async fn finish(db: &PgPool, job_id: Uuid, worker: &str, error: Option<&str>) -> sqlx::Result<()> {
+    sqlx::query("update job set state = $2, error = $3, finished_at = now() where job_id = $1 and claimed_by = $4")
         .bind(job_id)
         .bind(if error.is_some() { "failed" } else { "succeeded" })
         .bind(error)
+        .bind(worker)
         .execute(db)
         .await?;
     Ok(())

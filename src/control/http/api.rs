@@ -82,6 +82,7 @@ async fn show(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>) -> 
         "nodes": db::environments::nodes(&st.pool, layer).await?,
         "installation": db::environments::installation(&st.pool, layer).await?,
         "jobs": db::jobs::latest_per_node(&st.pool, id).await?,
+        "events": db::recent_events(&st.pool, id).await?,
     }))
     .into_response())
 }

@@ -66,6 +66,8 @@ pub struct NodeView {
     pub webroot: String,
     pub agent_state: String,
     pub heartbeat: String,
+    /// The largest replication lag the agent measured from its peers' last changes.
+    pub lag: String,
     pub digest: String,
     pub host_key: String,
 }
@@ -189,6 +191,12 @@ async fn show_page(st: &AppState, user: CurrentUser, id: Uuid, values: HashMap<S
             webroot: n.webroot.clone(),
             agent_state: n.agent_state.clone(),
             heartbeat: ago(n.last_heartbeat_at),
+            lag: n
+                .last_status
+                .as_ref()
+                .and_then(|s| s.get("peers")?.as_object()?.values().filter_map(|p| p.get("lag_ms")?.as_u64()).max())
+                .map(|ms| format!("{ms} ms"))
+                .unwrap_or_default(),
             digest: n.last_status.as_ref().and_then(|s| s.get("tree_digest")?.as_str().map(|d| d.chars().take(12).collect())).unwrap_or_default(),
             host_key: n.host_key_fingerprint.clone().unwrap_or_else(|| "not pinned yet".into()),
         })

@@ -42,6 +42,7 @@ pub struct StepLog {
     pub job_id: uuid::Uuid,
     pub steps: Vec<Step>,
     pool: sqlx::PgPool,
+    worker: String,
 }
 
 /// A step's outcome: Ok((changed, output)) or Err(what failed and what to do).
@@ -50,7 +51,7 @@ pub type StepResult = Result<(bool, String), String>;
 impl StepLog {
     async fn save(&self) {
         let v = serde_json::to_value(&self.steps).unwrap_or_default();
-        if let Err(e) = db::jobs::save_steps(&self.pool, self.job_id, &v).await {
+        if let Err(e) = db::jobs::save_steps(&self.pool, self.job_id, &self.worker, &v).await {
             tracing::warn!(job.id = %self.job_id, error = %e, "cannot save step log");
         }
     }
@@ -79,18 +80,30 @@ impl StepLog {
 }
 
 /// Claims and runs jobs until `shutdown`, at most `parallel` at a time.
-pub async fn runner(state: AppState, parallel: usize, shutdown: CancellationToken) {
+pub async fn runner(state: AppState, parallel: usize, stale_seconds: u32, shutdown: CancellationToken) {
     let sem = Arc::new(tokio::sync::Semaphore::new(parallel));
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => return,
             p = sem.clone().acquire_owned() => p.expect("BUG: semaphore closed"),
         };
-        match db::jobs::claim_next(&state.pool, &state.worker).await {
+        match db::jobs::claim_next(&state.pool, &state.worker, stale_seconds).await {
             Ok(Some(job)) => {
                 let st = state.clone();
                 tokio::spawn(async move {
+                    // The claim is refreshed well within the stale limit while the job runs.
+                    let (pool, worker, id) = (st.pool.clone(), st.worker.clone(), job.job_id);
+                    let keepalive = tokio::spawn(async move {
+                        let every = Duration::from_secs((stale_seconds / 3).max(1) as u64);
+                        loop {
+                            tokio::time::sleep(every).await;
+                            if !db::jobs::touch(&pool, id, &worker).await.unwrap_or(true) {
+                                return;
+                            }
+                        }
+                    });
                     run_job(&st, job).await;
+                    keepalive.abort();
                     drop(permit);
                 });
             }
@@ -113,7 +126,7 @@ pub async fn runner(state: AppState, parallel: usize, shutdown: CancellationToke
 
 #[tracing::instrument(skip_all, fields(job.id = %job.job_id, node.name = %job.node_name, job.kind = %job.kind))]
 async fn run_job(st: &AppState, job: JobRow) {
-    let mut log = StepLog { job_id: job.job_id, steps: Vec::new(), pool: st.pool.clone() };
+    let mut log = StepLog { job_id: job.job_id, steps: Vec::new(), pool: st.pool.clone(), worker: st.worker.clone() };
     let result = match job.kind.as_str() {
         "install" | "reconfigure" => install::install(st, &job, &mut log).await,
         "uninstall" => install::uninstall(st, &job, &mut log).await,
@@ -123,7 +136,7 @@ async fn run_job(st: &AppState, job: JobRow) {
     if let Err(e) = &result {
         tracing::error!(error = %e, "job failed");
     }
-    let _ = db::jobs::finish(&st.pool, job.job_id, result.as_ref().err().map(String::as_str)).await;
+    let _ = db::jobs::finish(&st.pool, job.job_id, &st.worker, result.as_ref().err().map(String::as_str)).await;
     if let Some(node_id) = job.node_id {
         let state = match (&result, job.kind.as_str()) {
             (Ok(()), "uninstall") => "not installed",

@@ -30,17 +30,31 @@ pub struct ControlPlane {
     pub dir: tempfile::TempDir,
     child: Child,
     net: (u32, u32),
+    db: String,
 }
 
 impl ControlPlane {
     pub async fn start() -> ControlPlane {
+        ControlPlane::start_with(None, &[]).await
+    }
+
+    /// A `filesync serve` on the database of `shared` (a fresh database when None), with
+    /// extra environment variables (e.g. FILESYNC_HEARTBEAT_SECONDS).
+    pub async fn start_with(shared: Option<&ControlPlane>, vars: &[(&str, &str)]) -> ControlPlane {
         filesync::agent::tls::install_crypto_provider();
         let pg = postgres();
-        let db = format!("it_{}", uuid::Uuid::new_v4().simple());
-        pg.create_database(&db).unwrap();
+        let db = match shared {
+            Some(cp) => cp.db.clone(),
+            None => {
+                let db = format!("it_{}", uuid::Uuid::new_v4().simple());
+                pg.create_database(&db).unwrap();
+                db
+            }
+        };
         let dir = tempfile::Builder::new().prefix("filesync-it-cp-").tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_filesync"))
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .envs(vars.iter().copied())
             .env("DATABASE_URL", pg.url(&db))
             .env("FILESYNC_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env("FILESYNC_SECRET_KEY", "test secret key")
@@ -58,7 +72,13 @@ impl ControlPlane {
         let token = r["token"].as_str().unwrap().to_owned();
         let k: Value = http.get(format!("{url}/api/v1/ssh-key")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
         let n = NEXT_NET.fetch_add(1, Ordering::SeqCst);
-        ControlPlane { url, token, http, public_key: k["public_key"].as_str().unwrap().to_owned(), dir, child, net: (240 + std::process::id() % 10, n % 250 + 1) }
+        ControlPlane { url, token, http, public_key: k["public_key"].as_str().unwrap().to_owned(), dir, child, net: (240 + std::process::id() % 10, n % 250 + 1), db }
+    }
+
+    /// Kills this `filesync serve` process with SIGKILL (a crashed worker).
+    pub fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn node_ip(&self, i: u32) -> String {
