@@ -4,9 +4,10 @@
 //! Each step is idempotent and says `ok` when nothing had to change, so a re-run of a
 //! healthy installation changes nothing.
 //!
-//! Supervision: nodes without systemd (the PaaS nodes of the seeds, and the sandbox) get
-//! a detached watchdog shell loop (`run-agent.sh`) that restarts the agent when it exits;
-//! a `stopped` file tells it to stop.
+//! Supervision: a node that runs systemd gets the unit `filesync-agent.service` (enabled,
+//! `Restart=always`); nodes without systemd (the PaaS containers of the seeds, and the
+//! sandbox) get a detached watchdog shell loop (`run-agent.sh`) that restarts the agent
+//! when it exits; a `stopped` file tells it to stop.
 
 use std::time::{Duration, Instant};
 
@@ -192,6 +193,36 @@ async fn install_steps(st: &AppState, ctx: &Ctx, inst: &InstallationRow, conn: &
         restart_needed = true;
     }
 
+    let systemd = conn.sh(HAS_SYSTEMD).await.map_err(|e| e.to_string())?.status == 0;
+    if systemd {
+        log.run("running", async {
+            let unit = systemd_unit(&prefix);
+            let old = conn.sh(&format!("cat {UNIT_PATH} 2>/dev/null")).await.map_err(|e| e.to_string())?.stdout;
+            let mut changed = false;
+            if old != unit {
+                conn.upload(UNIT_PATH, unit.as_bytes(), 0o644).await.map_err(|e| e.to_string())?;
+                sh("systemctl daemon-reload".into()).await?;
+                changed = true;
+            }
+            let active = conn.sh(&format!("systemctl is-active --quiet {UNIT}")).await.map_err(|e| e.to_string())?.status == 0;
+            if !active {
+                sh(format!("systemctl enable --now {UNIT}")).await?;
+                return Ok((true, format!("started {UNIT} under systemd (enabled at boot)")));
+            }
+            if restart_needed || changed {
+                sh(format!("systemctl restart {UNIT}")).await?;
+                return Ok((true, format!("restarted {UNIT} to apply the new binary or config")));
+            }
+            Ok((false, format!("{UNIT} is active")))
+        })
+        .await?;
+        let healthy = log.run("healthy", health_check(st, ctx)).await;
+        if healthy.is_err() {
+            let _ = conn.sh(&stop_script(&prefix)).await;
+        }
+        return healthy.map(|_| ());
+    }
+
     let alive = format!("kill -0 \"$(cat {p}/watchdog.pid 2>/dev/null)\" 2>/dev/null && kill -0 \"$(cat {p}/agent.pid 2>/dev/null)\" 2>/dev/null", p = q(&prefix));
     log.run("running", async {
         let running = conn.sh(&alive).await.map_err(|e| e.to_string())?.status == 0;
@@ -271,9 +302,22 @@ fn watchdog_script(prefix: &str) -> String {
     )
 }
 
+/// True (exit 0) when the node runs systemd as its init.
+const HAS_SYSTEMD: &str = "test -d /run/systemd/system && command -v systemctl >/dev/null";
+const UNIT: &str = "filesync-agent.service";
+const UNIT_PATH: &str = "/etc/systemd/system/filesync-agent.service";
+
+fn systemd_unit(prefix: &str) -> String {
+    format!(
+        "# Written by the filesync control plane; edits are replaced on the next install.\n[Unit]\nDescription=filesync agent (File Synchronization add-on)\nWants=network-online.target\nAfter=network-online.target\n\n[Service]\nExecStart={prefix}/bin/filesync agent --config {prefix}/agent.toml\nExecReload=/bin/kill -HUP $MAINPID\nRestart=always\nRestartSec=1\nTimeoutStopSec=15\n\n[Install]\nWantedBy=multi-user.target\n"
+    )
+}
+
+/// Stops the agent whichever way it runs: the systemd unit (disabled and removed) and/or
+/// the watchdog loop.
 fn stop_script(prefix: &str) -> String {
     format!(
-        "P={p}; touch \"$P/stopped\" 2>/dev/null; for f in watchdog.pid agent.pid; do pid=$(cat \"$P/$f\" 2>/dev/null) && kill -TERM \"$pid\" 2>/dev/null; done; for i in $(seq 50); do pid=$(cat \"$P/agent.pid\" 2>/dev/null) && kill -0 \"$pid\" 2>/dev/null || exit 0; sleep 0.1; done; kill -KILL \"$(cat \"$P/agent.pid\")\" 2>/dev/null; exit 0",
+        "if [ -f {UNIT_PATH} ] && command -v systemctl >/dev/null; then systemctl disable --now {UNIT} 2>/dev/null; rm -f {UNIT_PATH}; systemctl daemon-reload 2>/dev/null; fi; P={p}; touch \"$P/stopped\" 2>/dev/null; for f in watchdog.pid agent.pid; do pid=$(cat \"$P/$f\" 2>/dev/null) && kill -TERM \"$pid\" 2>/dev/null; done; for i in $(seq 50); do pid=$(cat \"$P/agent.pid\" 2>/dev/null) && kill -0 \"$pid\" 2>/dev/null || exit 0; sleep 0.1; done; kill -KILL \"$(cat \"$P/agent.pid\")\" 2>/dev/null; exit 0",
         p = q(prefix)
     )
 }
