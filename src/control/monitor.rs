@@ -34,12 +34,12 @@ pub async fn run(st: AppState, every: Duration, shutdown: CancellationToken) {
 
 async fn round(st: &AppState) -> anyhow::Result<()> {
     let mut conn = st.pool.acquire().await?;
-    let mine: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(LOCK_KEY).fetch_one(&mut *conn).await?;
+    let mine = db::try_advisory_lock(&mut conn, LOCK_KEY).await?;
     if !mine {
         return Ok(());
     }
     let result = poll_all(st).await;
-    sqlx::query("select pg_advisory_unlock($1)").bind(LOCK_KEY).execute(&mut *conn).await?;
+    db::advisory_unlock(&mut conn, LOCK_KEY).await?;
     result
 }
 

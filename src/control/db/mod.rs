@@ -64,3 +64,13 @@ pub fn ts_opt<S: serde::Serializer>(t: &Option<time::OffsetDateTime>, s: S) -> R
         None => s.serialize_none(),
     }
 }
+
+/// Takes a session-level advisory lock on this connection if nobody holds it.
+pub async fn try_advisory_lock(conn: &mut sqlx::PgConnection, key: i64) -> sqlx::Result<bool> {
+    sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(key).fetch_one(conn).await
+}
+
+pub async fn advisory_unlock(conn: &mut sqlx::PgConnection, key: i64) -> sqlx::Result<()> {
+    sqlx::query("select pg_advisory_unlock($1)").bind(key).execute(conn).await?;
+    Ok(())
+}
