@@ -133,7 +133,7 @@ def main():
         api.wait_jobs(ten)
         cookie = session_cookie(url, info["password"])
         pages = {
-            "environments list": (url + "/environments", "Cookie: " + cookie),
+            "environments list": (url + "/", "Cookie: " + cookie),
             "environment page (10 nodes)": (url + f"/environments/{ten}", "Cookie: " + cookie),
             "progress fragment": (url + f"/environments/{ten}/jobs", "Cookie: " + cookie),
             "API environment JSON": (url + f"/api/v1/environments/{ten}", "Authorization: Bearer " + token),
@@ -157,7 +157,7 @@ def main():
     }
     json.dump(result, open(os.path.join(args.out, "control.json"), "w"), indent=2)
     lines = [
-        "Install (POST install -> every job succeeded; release build; parallel_installs 4)",
+        "Install (POST install -> every job succeeded; release build; parallel_installs 8)",
         f"  1 node : median {med1:.2f} s  (min {min(t1):.2f}, max {max(t1):.2f}, n={len(t1)})",
         f"  10 nodes: median {med10:.2f} s  (min {min(t10):.2f}, max {max(t10):.2f}, n={len(t10)})",
         f"  ratio 10 / 1: {med10 / med1:.2f} (goal: well under 10)",

@@ -115,7 +115,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         database_url: Some(pg.url("filesync")),
         data_dir: dir.clone(),
         agent_binary: None,
-        parallel_installs: 4,
+        parallel_installs: 8,
         admin_password: Some(password.clone()),
         heartbeat_seconds: 5,
         job_stale_seconds: 60,

@@ -8,6 +8,9 @@ use serde::Deserialize;
 
 pub const SOURCE: &str = include_str!("../../manifest/file-sync.toml");
 
+/// What a platform event can trigger (see `[events]` in the manifest).
+pub const EVENT_ACTIONS: &[&str] = &["scale_out", "scale_in", "pause", "resume"];
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
     pub id: String,
@@ -70,6 +73,9 @@ pub type FieldErrors = BTreeMap<String, String>;
 impl Manifest {
     pub fn load() -> anyhow::Result<Manifest> {
         let m: Manifest = toml::from_str(SOURCE).map_err(|e| anyhow::anyhow!("manifest/file-sync.toml is invalid: {e}"))?;
+        for (event, action) in &m.events {
+            anyhow::ensure!(EVENT_ACTIONS.contains(&action.as_str()), "manifest/file-sync.toml: event {event:?} names unknown action {action:?} (known: {EVENT_ACTIONS:?})");
+        }
         Ok(m)
     }
 

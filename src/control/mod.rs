@@ -41,8 +41,9 @@ pub struct ServeArgs {
     /// The executable installed on nodes as the agent (default: this very binary).
     #[arg(long, env = "FILESYNC_AGENT_BINARY")]
     pub agent_binary: Option<PathBuf>,
-    /// How many nodes are installed at once by this process.
-    #[arg(long, default_value_t = 4)]
+    /// How many nodes are installed at once by this process (installs mostly wait on SSH
+    /// and on the agents' start-up, so this can exceed the CPU count).
+    #[arg(long, default_value_t = 8)]
     pub parallel_installs: usize,
     /// How often the agents' status is polled for the dashboard (heartbeats).
     #[arg(long, default_value_t = 10, env = "FILESYNC_HEARTBEAT_SECONDS")]

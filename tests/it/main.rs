@@ -11,5 +11,6 @@ mod agent_operations;
 mod agent_replication;
 mod control_auth;
 mod control_install;
+mod control_topology;
 mod control_workers;
 mod tidy;

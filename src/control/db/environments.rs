@@ -120,24 +120,42 @@ pub struct NewNode<'a> {
     pub agent_port: i32,
 }
 
-/// Adds a node to the layer; None when the name is taken in that layer.
-pub async fn add_node(db: &PgPool, layer_id: Uuid, n: NewNode<'_>) -> sqlx::Result<Option<Uuid>> {
-    let id = Uuid::new_v4();
-    let r = sqlx::query(
-        "insert into node (node_id, layer_id, name, address, ssh_port, ssh_user, webroot, install_prefix, agent_port) values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict (layer_id, name) do nothing",
-    )
-    .bind(id)
-    .bind(layer_id)
-    .bind(n.name)
-    .bind(n.address)
-    .bind(n.ssh_port)
-    .bind(n.ssh_user)
-    .bind(n.webroot)
-    .bind(n.install_prefix)
-    .bind(n.agent_port)
-    .execute(db)
-    .await?;
-    Ok((r.rows_affected() == 1).then_some(id))
+/// Adds several nodes in one transaction: all or none. `Err(name)` when a name is taken.
+pub async fn add_nodes(db: &PgPool, layer_id: Uuid, nodes: &[NewNode<'_>]) -> sqlx::Result<Result<Vec<Uuid>, String>> {
+    let mut tx = db.begin().await?;
+    let mut ids = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        let id = Uuid::new_v4();
+        let r = sqlx::query(
+            "insert into node (node_id, layer_id, name, address, ssh_port, ssh_user, webroot, install_prefix, agent_port) values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict (layer_id, name) do nothing",
+        )
+        .bind(id)
+        .bind(layer_id)
+        .bind(n.name)
+        .bind(n.address)
+        .bind(n.ssh_port)
+        .bind(n.ssh_user)
+        .bind(n.webroot)
+        .bind(n.install_prefix)
+        .bind(n.agent_port)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() != 1 {
+            return Ok(Err(n.name.to_owned()));
+        }
+        ids.push(id);
+    }
+    tx.commit().await?;
+    Ok(Ok(ids))
+}
+
+pub async fn set_layer_paused(db: &PgPool, layer_id: Uuid, paused: bool) -> sqlx::Result<()> {
+    sqlx::query("update layer set paused = $2 where layer_id = $1").bind(layer_id).bind(paused).execute(db).await?;
+    Ok(())
+}
+
+pub async fn layer_paused(db: &PgPool, layer_id: Uuid) -> sqlx::Result<bool> {
+    sqlx::query_scalar("select paused from layer where layer_id = $1").bind(layer_id).fetch_one(db).await
 }
 
 const NODE_SELECT: &str = "select node_id, layer_id, name, address, ssh_port, ssh_user, webroot, install_prefix, agent_port, host_key, host_key_fingerprint, agent_state, last_heartbeat_at, last_status from node";

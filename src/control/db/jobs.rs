@@ -45,7 +45,9 @@ pub async fn claim_next(db: &PgPool, worker: &str, stale_seconds: u32) -> sqlx::
         "update job set state = 'running', claimed_by = $1, heartbeat_at = now(), attempts = attempts + 1
          where job_id = (
            select job_id from job
-           where state = 'queued' or (state = 'running' and heartbeat_at < now() - make_interval(secs => $2))
+           where (state = 'queued' or (state = 'running' and heartbeat_at < now() - make_interval(secs => $2)))
+             and not exists (select 1 from job other where other.node_id = job.node_id and other.job_id <> job.job_id
+                             and other.state = 'running' and other.heartbeat_at >= now() - make_interval(secs => $2))
            order by created_at
            for update skip locked
            limit 1)
@@ -96,6 +98,12 @@ pub async fn latest_per_node(db: &PgPool, environment_id: Uuid) -> sqlx::Result<
     .bind(environment_id)
     .fetch_all(db)
     .await
+}
+
+/// Whether the node already has a job waiting to start (it will read the latest settings
+/// when it runs, so a second one would add nothing).
+pub async fn node_has_queued(db: &PgPool, node_id: Uuid, kind: &str) -> sqlx::Result<bool> {
+    sqlx::query_scalar::<_, bool>("select exists (select 1 from job where node_id = $1 and kind = $2 and state = 'queued')").bind(node_id).bind(kind).fetch_one(db).await
 }
 
 /// Whether the node already has a queued or running job (a second one would race it).

@@ -56,9 +56,9 @@ pub async fn create_environment(st: &AppState, name: &str, webroot: &str) -> Res
     }
 }
 
-/// Adds a node from form or JSON fields: name, address, ssh_port, ssh_user, webroot,
+/// A node's fields from a form or JSON: name, address, ssh_port, ssh_user, webroot,
 /// install_prefix, agent_port (all but name and address have defaults).
-pub async fn add_node(st: &AppState, env: &db::EnvironmentRow, f: &HashMap<String, String>) -> Result<Outcome<Uuid>, Error> {
+fn validate_node(env: &db::EnvironmentRow, f: &HashMap<String, String>) -> Result<(String, String, i32, String, String, String, i32), FieldErrors> {
     let get = |k: &str| f.get(k).map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
     let mut errors = FieldErrors::new();
     let name = get("name").unwrap_or_default();
@@ -90,37 +90,120 @@ pub async fn add_node(st: &AppState, env: &db::EnvironmentRow, f: &HashMap<Strin
             errors.insert(k.into(), "must be an absolute path without .. or quotes".into());
         }
     }
+    if errors.is_empty() { Ok((name, address, ssh_port, ssh_user, webroot, prefix, agent_port)) } else { Err(errors) }
+}
+
+/// Adds one node (the dashboard's form); see [`add_nodes`].
+pub async fn add_node(st: &AppState, env: &db::EnvironmentRow, f: &HashMap<String, String>) -> Result<Outcome<Uuid>, Error> {
+    Ok(match add_nodes(st, env, std::slice::from_ref(f)).await? {
+        Outcome::Done(ids) => Outcome::Done(ids[0]),
+        Outcome::Invalid(e) => Outcome::Invalid(e.into_iter().map(|(k, v)| (k.split_once('.').map(|(_, k)| k.to_owned()).unwrap_or(k), v)).collect()),
+    })
+}
+
+/// Scale out (DESIGN.md requirement 3): adds nodes to the environment's layer, all or none
+/// (errors are keyed `<index>.<field>`). With the add-on installed, the new nodes get the
+/// agent and every existing agent reloads its peer list without restarting.
+pub async fn add_nodes(st: &AppState, env: &db::EnvironmentRow, list: &[HashMap<String, String>]) -> Result<Outcome<Vec<Uuid>>, Error> {
+    if list.is_empty() {
+        return invalid("nodes", "no nodes given");
+    }
+    let mut valid = Vec::new();
+    let mut errors = FieldErrors::new();
+    for (i, f) in list.iter().enumerate() {
+        match validate_node(env, f) {
+            Ok(v) => valid.push(v),
+            Err(e) => errors.extend(e.into_iter().map(|(k, v)| (format!("{i}.{k}"), v))),
+        }
+    }
     if !errors.is_empty() {
         return Ok(Outcome::Invalid(errors));
     }
     let layer = db::environments::cp_layer(&st.pool, env.environment_id).await?;
-    let new = NewNode { name: &name, address: &address, ssh_port, ssh_user: &ssh_user, webroot: &webroot, install_prefix: &prefix, agent_port };
-    let Some(id) = db::environments::add_node(&st.pool, layer, new).await? else {
-        return invalid("name", format!("a node named {name} exists in this environment"));
+    let news: Vec<NewNode> = valid
+        .iter()
+        .map(|(name, address, ssh_port, ssh_user, webroot, prefix, agent_port)| NewNode { name, address, ssh_port: *ssh_port, ssh_user, webroot, install_prefix: prefix, agent_port: *agent_port })
+        .collect();
+    let ids = match db::environments::add_nodes(&st.pool, layer, &news).await? {
+        Ok(ids) => ids,
+        Err(dup) => return invalid("name", format!("a node named {dup} exists in this environment")),
     };
-    db::add_event(&st.pool, Some(env.environment_id), &format!("node {name} ({address}) added")).await?;
-    // Topology scaling (DESIGN.md requirement 3): with the add-on installed, the new node
-    // gets the agent and every other node learns about it.
+    let names: Vec<String> = valid.iter().map(|v| format!("{} ({})", v.0, v.1)).collect();
+    let what = if names.len() == 1 { format!("node {} added", names[0]) } else { format!("scale out: {} nodes added: {}", names.len(), names.join(", ")) };
+    db::add_event(&st.pool, Some(env.environment_id), &what).await?;
     if db::environments::installation(&st.pool, layer).await?.is_some() {
-        enqueue_all(st, env.environment_id, layer, "install").await?;
+        let jobs = enqueue_all(st, env.environment_id, layer, "install").await?;
+        db::add_event(&st.pool, Some(env.environment_id), &format!("{} install jobs queued: the new nodes get the agent, the others reload their peers", jobs.len())).await?;
     }
-    Ok(Outcome::Done(id))
+    Ok(Outcome::Done(ids))
 }
 
+/// Scale in: the node leaves the peer lists at once (its peers reload without it); the
+/// node itself is uninstalled if reachable and forgotten either way (`gone` when it could
+/// not be reached). Without the add-on it is simply deleted.
 pub async fn remove_node(st: &AppState, node_id: Uuid) -> Result<Option<Uuid>, Error> {
     let Some(node) = db::environments::node(&st.pool, node_id).await? else { return Ok(None) };
     let env = db::environments::node_environment(&st.pool, node_id).await?.ok_or_else(|| super::not_found("environment"))?;
-    db::environments::remove_node(&st.pool, node_id).await?;
-    db::add_event(&st.pool, Some(env), &format!("node {} removed", node.name)).await?;
-    if db::environments::installation(&st.pool, node.layer_id).await?.is_some() {
-        enqueue_all(st, env, node.layer_id, "reconfigure").await?;
+    if node.agent_state == REMOVING {
+        return Ok(Some(env));
     }
+    if db::environments::installation(&st.pool, node.layer_id).await?.is_none() || node.agent_state == "not installed" || node.agent_state == GONE {
+        db::environments::remove_node(&st.pool, node_id).await?;
+        db::add_event(&st.pool, Some(env), &format!("node {} removed", node.name)).await?;
+        return Ok(Some(env));
+    }
+    db::environments::set_agent_state(&st.pool, node_id, REMOVING).await?;
+    db::add_event(&st.pool, Some(env), &format!("scale in: node {} is leaving; its peers drop it now, then it is uninstalled", node.name)).await?;
+    db::jobs::enqueue(&st.pool, env, node_id, &node.name, "uninstall").await?;
+    enqueue_all(st, env, node.layer_id, "reconfigure").await?;
     Ok(Some(env))
+}
+
+/// The agent state of a node that is being removed: not a peer any more, not monitored.
+pub const REMOVING: &str = "removing";
+/// A removed node that could not be reached to uninstall it: never contacted again.
+pub const GONE: &str = "gone";
+
+/// Whether the node is leaving or has left the layer (no peer, no job, no heartbeat).
+pub fn leaving(n: &db::NodeRow) -> bool {
+    n.agent_state == REMOVING || n.agent_state == GONE
+}
+
+/// Pause or resume sync on every node of the layer (around a redeploy): asks each agent
+/// over mutual TLS. Returns one line per node that could not be reached.
+pub async fn set_paused(st: &AppState, env_id: Uuid, paused: bool) -> Result<Vec<String>, Error> {
+    let env = db::environments::get(&st.pool, env_id).await?.ok_or_else(|| super::not_found("environment"))?;
+    let layer = db::environments::cp_layer(&st.pool, env_id).await?;
+    let client = crate::control::jobs::install::agent_client(st, &env)?;
+    let cmd = if paused { "pause" } else { "resume" };
+    let nodes: Vec<_> = db::environments::nodes(&st.pool, layer).await?.into_iter().filter(|n| n.agent_state == "running" || n.agent_state == "unreachable").collect();
+    let calls = nodes.iter().map(|n| {
+        let client = client.clone();
+        async move {
+            let url = format!("https://{}:{}/v1/admin/{cmd}", n.address, n.agent_port);
+            match client.post(&url).timeout(std::time::Duration::from_secs(5)).send().await {
+                Ok(r) if r.status().is_success() => None,
+                Ok(r) => Some(format!("{}: the agent answered {}", n.name, r.status())),
+                Err(e) => Some(format!("{}: no answer from {}:{} ({e})", n.name, n.address, n.agent_port)),
+            }
+        }
+    });
+    let failures: Vec<String> = futures::future::join_all(calls).await.into_iter().flatten().collect();
+    db::environments::set_layer_paused(&st.pool, layer, paused).await?;
+    let mut msg = format!("sync {} on {} node(s)", if paused { "paused" } else { "resumed" }, nodes.len() - failures.len());
+    if !failures.is_empty() {
+        msg.push_str(&format!("; not reached: {}", failures.join("; ")));
+    }
+    db::add_event(&st.pool, Some(env_id), &msg).await?;
+    Ok(failures)
 }
 
 async fn enqueue_all(st: &AppState, env: Uuid, layer: Uuid, kind: &str) -> Result<Vec<Uuid>, Error> {
     let mut ids = Vec::new();
-    for n in db::environments::nodes(&st.pool, layer).await? {
+    for n in db::environments::nodes(&st.pool, layer).await?.into_iter().filter(|n| !leaving(n)) {
+        if db::jobs::node_has_queued(&st.pool, n.node_id, kind).await? {
+            continue;
+        }
         ids.push(db::jobs::enqueue(&st.pool, env, n.node_id, &n.name, kind).await?);
     }
     st.wake_jobs.notify_waiters();

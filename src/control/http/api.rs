@@ -25,6 +25,9 @@ pub fn router() -> Router<AppState> {
         .route("/environments/{id}/nodes", post(add_node))
         .route("/environments/{id}/install", post(install))
         .route("/environments/{id}/uninstall", post(uninstall))
+        .route("/environments/{id}/pause", post(pause))
+        .route("/environments/{id}/resume", post(resume))
+        .route("/environments/{id}/events/{event}", post(platform_event))
         .route("/nodes/{id}", delete(remove_node))
         .route("/nodes/{id}/logs", get(logs))
         .route("/jobs/{id}", get(job))
@@ -87,9 +90,72 @@ async fn show(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>) -> 
     .into_response())
 }
 
+/// One node as an object, or many (scale out) as an array or `{"nodes": [...]}`; many
+/// answer with the list of new node ids.
 async fn add_node(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>, Json(b): Json<Value>) -> ApiResult {
     let Some(env) = db::environments::get(&st.pool, id).await? else { return Ok(err(StatusCode::NOT_FOUND, "no such environment")) };
-    Ok(outcome(actions::add_node(&st, &env, &fields(&b)).await?, StatusCode::CREATED))
+    match node_list(&b) {
+        None => Ok(outcome(actions::add_node(&st, &env, &fields(&b)).await?, StatusCode::CREATED)),
+        Some(list) => Ok(outcome(actions::add_nodes(&st, &env, &list).await?, StatusCode::CREATED)),
+    }
+}
+
+fn node_list(b: &Value) -> Option<Vec<HashMap<String, String>>> {
+    let arr = b.as_array().or_else(|| b.get("nodes")?.as_array())?;
+    Some(arr.iter().map(fields).collect())
+}
+
+async fn pause(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>) -> ApiResult {
+    paused(st, id, true).await
+}
+
+async fn resume(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>) -> ApiResult {
+    paused(st, id, false).await
+}
+
+async fn paused(st: AppState, id: Uuid, on: bool) -> ApiResult {
+    if db::environments::get(&st.pool, id).await?.is_none() {
+        return Ok(err(StatusCode::NOT_FOUND, "no such environment"));
+    }
+    let failures = actions::set_paused(&st, id, on).await?;
+    Ok(Json(json!({"result": if on { "paused" } else { "resumed" }, "not_reached": failures})).into_response())
+}
+
+/// A platform's topology event (`after-scale-out`, `before-redeploy`, ...): does what the
+/// manifest's `[events]` table maps it to. Body: `{"nodes": [...]}` with node objects for
+/// scale_out and node names for scale_in; nothing for pause/resume.
+async fn platform_event(State(st): State<AppState>, _u: ApiUser, Path((id, event)): Path<(Uuid, String)>, body: Option<Json<Value>>) -> ApiResult {
+    let Some(env) = db::environments::get(&st.pool, id).await? else { return Ok(err(StatusCode::NOT_FOUND, "no such environment")) };
+    let Some(action) = st.manifest.events.get(&event).cloned() else {
+        let known: Vec<&String> = st.manifest.events.keys().collect();
+        return Ok(err(StatusCode::NOT_FOUND, &format!("the add-on does not handle event {event:?}; it handles {known:?}")));
+    };
+    let b = body.map(|Json(b)| b).unwrap_or(Value::Null);
+    db::add_event(&st.pool, Some(id), &format!("platform event {event} -> {action}")).await?;
+    match action.as_str() {
+        "scale_out" => {
+            let Some(list) = node_list(&b) else { return Ok(err(StatusCode::UNPROCESSABLE_ENTITY, "scale_out needs {\"nodes\": [{\"name\": ..., \"address\": ...}, ...]}")) };
+            Ok(outcome(actions::add_nodes(&st, &env, &list).await?, StatusCode::ACCEPTED))
+        }
+        "scale_in" => {
+            let names: Vec<String> = b.get("nodes").and_then(Value::as_array).map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()).unwrap_or_default();
+            if names.is_empty() {
+                return Ok(err(StatusCode::UNPROCESSABLE_ENTITY, "scale_in needs {\"nodes\": [\"name\", ...]}"));
+            }
+            let layer = db::environments::cp_layer(&st.pool, id).await?;
+            let nodes = db::environments::nodes(&st.pool, layer).await?;
+            let mut removed = Vec::new();
+            for name in &names {
+                let Some(n) = nodes.iter().find(|n| &n.name == name) else { return Ok(err(StatusCode::UNPROCESSABLE_ENTITY, &format!("no node named {name} in this environment"))) };
+                actions::remove_node(&st, n.node_id).await?;
+                removed.push(n.node_id);
+            }
+            Ok((StatusCode::ACCEPTED, Json(json!({"result": removed}))).into_response())
+        }
+        "pause" => paused(st, id, true).await,
+        "resume" => paused(st, id, false).await,
+        other => Ok(err(StatusCode::INTERNAL_SERVER_ERROR, &format!("the manifest maps {event} to {other}, which this version does not implement"))),
+    }
 }
 
 async fn remove_node(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>) -> ApiResult {

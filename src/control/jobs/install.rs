@@ -28,7 +28,7 @@ async fn load(st: &AppState, job: &JobRow) -> Result<Ctx, String> {
     let node_id = job.node_id.ok_or("the node was removed")?;
     let node = db::environments::node(&st.pool, node_id).await.map_err(e)?.ok_or("the node was removed")?;
     let env = db::environments::get(&st.pool, job.environment_id).await.map_err(e)?.ok_or("the environment was removed")?;
-    let peers = db::environments::nodes(&st.pool, node.layer_id).await.map_err(e)?.into_iter().filter(|n| n.node_id != node.node_id).collect();
+    let peers = db::environments::nodes(&st.pool, node.layer_id).await.map_err(e)?.into_iter().filter(|n| n.node_id != node.node_id && !crate::control::http::actions::leaving(n)).collect();
     let inst = db::environments::installation(&st.pool, node.layer_id).await.map_err(e)?;
     Ok(Ctx { env, node, peers, inst })
 }
@@ -157,6 +157,7 @@ async fn install_steps(st: &AppState, ctx: &Ctx, inst: &InstallationRow, conn: &
 
     let config = agent_config(ctx, inst, &root, &prefix);
     let mut restart_needed = binary_changed;
+    let mut reload_needed = false;
     let config_changed = log
         .run("configured", async {
             let old = conn.sh(&format!("cat {}/agent.toml 2>/dev/null", q(&prefix))).await.map_err(|e| e.to_string())?.stdout;
@@ -176,12 +177,18 @@ async fn install_steps(st: &AppState, ctx: &Ctx, inst: &InstallationRow, conn: &
             let script = watchdog_script(&prefix);
             let old_script = conn.sh(&format!("cat {}/run-agent.sh 2>/dev/null", q(&prefix))).await.map_err(|e| e.to_string())?.stdout;
             if old_script != script {
+                // The running watchdog keeps its copy; the agent needs no restart for it.
                 conn.upload(&format!("{prefix}/run-agent.sh"), script.as_bytes(), 0o700).await.map_err(|e| e.to_string())?;
-                changed = true;
             }
             sh(format!("mkdir -p {w}/lsyncd/var/log {w}/lsyncd/var/state", w = q(node.webroot.trim_end_matches('/')))).await?;
             if old != config {
                 conn.upload(&format!("{prefix}/agent.toml"), config.as_bytes(), 0o600).await.map_err(|e| e.to_string())?;
+                if !changed && !old.is_empty() && reloadable(&old, &config) {
+                    // Only the peer list or the delay changed: the agent reloads them in
+                    // place, keeping its connections and pending changes.
+                    reload_needed = true;
+                    return Ok((true, format!("wrote {prefix}/agent.toml ({} peers); the agent reloads it without restarting", ctx.peers.len())));
+                }
                 let root_moved = !old.contains(&format!("root = {:?}", root));
                 let note = if root_moved && !old.is_empty() { "; the sync path changed, the agent restarts" } else { "" };
                 return Ok((true, format!("wrote {prefix}/agent.toml ({} peers){note}", ctx.peers.len())));
@@ -189,7 +196,7 @@ async fn install_steps(st: &AppState, ctx: &Ctx, inst: &InstallationRow, conn: &
             Ok((changed, format!("{prefix}/agent.toml is current")))
         })
         .await?;
-    if config_changed {
+    if config_changed && !reload_needed {
         restart_needed = true;
     }
 
@@ -213,6 +220,10 @@ async fn install_steps(st: &AppState, ctx: &Ctx, inst: &InstallationRow, conn: &
                 sh(format!("systemctl restart {UNIT}")).await?;
                 return Ok((true, format!("restarted {UNIT} to apply the new binary or config")));
             }
+            if reload_needed {
+                sh(format!("systemctl reload {UNIT}")).await?;
+                return Ok((true, format!("{UNIT} reloaded its peer list (no restart)")));
+            }
             Ok((false, format!("{UNIT} is active")))
         })
         .await?;
@@ -235,6 +246,10 @@ async fn install_steps(st: &AppState, ctx: &Ctx, inst: &InstallationRow, conn: &
             sh(format!("kill -TERM \"$(cat {p}/agent.pid)\"", p = q(&prefix))).await?;
             return Ok((true, "restarted the agent to apply the new binary or config".into()));
         }
+        if reload_needed {
+            sh(format!("kill -HUP \"$(cat {p}/agent.pid)\"", p = q(&prefix))).await?;
+            return Ok((true, "the agent reloaded its peer list (no restart)".into()));
+        }
         Ok((false, "agent and watchdog are running".into()))
     })
     .await?;
@@ -245,6 +260,30 @@ async fn install_steps(st: &AppState, ctx: &Ctx, inst: &InstallationRow, conn: &
         let _ = conn.sh(&stop_script(&prefix)).await;
     }
     healthy.map(|_| ())
+}
+
+/// Whether two agent configs differ only in what the agent reloads in place (peers, delay).
+fn reloadable(old: &str, new: &str) -> bool {
+    let strip = |s: &str| -> Option<toml::Table> {
+        let mut t: toml::Table = s.parse().ok()?;
+        t.remove("peers");
+        t.remove("delay");
+        Some(t)
+    };
+    matches!((strip(old), strip(new)), (Some(a), Some(b)) if a == b)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn peer_and_delay_changes_are_reloadable_others_are_not() {
+        let base = "node_name = \"n1\"\nroot = \"/w/ROOT\"\ndelay = 1\n\n[[peers]]\nname = \"n2\"\naddress = \"10.0.0.2:7755\"\n";
+        let more = format!("{base}\n[[peers]]\nname = \"n3\"\naddress = \"10.0.0.3:7755\"\n");
+        assert!(super::reloadable(base, &more));
+        assert!(super::reloadable(base, &base.replace("delay = 1", "delay = 10")));
+        assert!(!super::reloadable(base, &base.replace("/w/ROOT", "/w/ROOT2")));
+        assert!(!super::reloadable("", base));
+    }
 }
 
 /// Polls the agent's `/healthz` over mutual TLS, then records its `/v1/status`.

@@ -137,6 +137,26 @@ async fn run_job(st: &AppState, job: JobRow) {
         tracing::error!(error = %e, "job failed");
     }
     let _ = db::jobs::finish(&st.pool, job.job_id, &st.worker, result.as_ref().err().map(String::as_str)).await;
+    if let Some(node_id) = job.node_id
+        && job.kind == "uninstall"
+        && let Ok(Some(node)) = db::environments::node(&st.pool, node_id).await
+        && node.agent_state == crate::control::http::actions::REMOVING
+    {
+        // The end of a scale-in: forget the node, or mark it gone if it was unreachable.
+        let msg = match &result {
+            Ok(()) => {
+                let _ = db::environments::remove_node(&st.pool, node_id).await;
+                format!("scale in: node {} uninstalled and removed", node.name)
+            }
+            Err(e) => {
+                let _ = db::environments::set_agent_state(&st.pool, node_id, crate::control::http::actions::GONE).await;
+                format!("scale in: node {} could not be uninstalled ({e}); marked gone and never contacted again (remove it again to delete the row)", node.name)
+            }
+        };
+        let _ = db::add_event(&st.pool, Some(job.environment_id), &msg).await;
+        refresh_installation_state(st, job.environment_id).await;
+        return;
+    }
     if let Some(node_id) = job.node_id {
         let state = match (&result, job.kind.as_str()) {
             (Ok(()), "uninstall") => "not installed",
@@ -153,7 +173,7 @@ async fn run_job(st: &AppState, job: JobRow) {
 async fn refresh_installation_state(st: &AppState, env: uuid::Uuid) {
     let Ok(layer) = db::environments::cp_layer(&st.pool, env).await else { return };
     let Ok(latest) = db::jobs::latest_per_node(&st.pool, env).await else { return };
-    let nodes = db::environments::nodes(&st.pool, layer).await.unwrap_or_default();
+    let nodes: Vec<_> = db::environments::nodes(&st.pool, layer).await.unwrap_or_default().into_iter().filter(|n| !crate::control::http::actions::leaving(n)).collect();
     let latest: Vec<_> = latest.into_iter().filter(|j| nodes.iter().any(|n| Some(n.node_id) == j.node_id)).collect();
     if latest.iter().any(|j| j.state == "queued" || j.state == "running") {
         return;
