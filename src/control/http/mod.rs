@@ -29,6 +29,8 @@ pub fn router(state: AppState) -> Router {
         .route("/environments/{id}/nodes", post(pages::node_add))
         .route("/environments/{id}/install", post(pages::install_submit))
         .route("/environments/{id}/uninstall", post(pages::uninstall_submit))
+        .route("/environments/{id}/pause", post(pages::pause_submit))
+        .route("/environments/{id}/resume", post(pages::resume_submit))
         .route("/nodes/{id}/remove", post(pages::node_remove))
         .route("/nodes/{id}/forget-host-key", post(pages::node_forget_key))
         .route("/nodes/{id}/logs", get(pages::node_logs))

@@ -108,6 +108,8 @@ pub struct EnvironmentPage {
     pub webroot: String,
     pub nodes: Vec<NodeView>,
     pub installation: String,
+    /// Sync of the layer is paused (around a redeploy).
+    pub paused: bool,
     pub agree: String,
     pub dialog: Vec<FieldView>,
     pub addon_name: String,
@@ -238,6 +240,7 @@ async fn show_page(st: &AppState, user: CurrentUser, id: Uuid, values: HashMap<S
         name: env.name,
         webroot: env.webroot,
         nodes,
+        paused: db::environments::layer_paused(&st.pool, layer).await?,
         installation: inst.map(|i| format!("{} (path {}, delay {} s)", i.state, i.sync_path, i.delay_seconds)).unwrap_or_default(),
         agree,
         dialog,
@@ -278,6 +281,18 @@ pub async fn uninstall_submit(State(st): State<AppState>, user: CurrentUser, Pat
     user.check_csrf(&f)?;
     actions::submit_uninstall(&st, id).await?;
     Ok(Redirect::to(&format!("/environments/{id}#progress")).into_response())
+}
+
+pub async fn pause_submit(State(st): State<AppState>, user: CurrentUser, Path(id): Path<Uuid>, Form(f): Form<HashMap<String, String>>) -> Result<Response, Error> {
+    user.check_csrf(&f)?;
+    actions::set_paused(&st, id, true).await?;
+    Ok(Redirect::to(&format!("/environments/{id}")).into_response())
+}
+
+pub async fn resume_submit(State(st): State<AppState>, user: CurrentUser, Path(id): Path<Uuid>, Form(f): Form<HashMap<String, String>>) -> Result<Response, Error> {
+    user.check_csrf(&f)?;
+    actions::set_paused(&st, id, false).await?;
+    Ok(Redirect::to(&format!("/environments/{id}")).into_response())
 }
 
 pub async fn node_remove(State(st): State<AppState>, user: CurrentUser, Path(id): Path<Uuid>, Form(f): Form<HashMap<String, String>>) -> Result<Response, Error> {
