@@ -18,8 +18,10 @@ pub mod admin;
 pub mod apply;
 pub mod batch;
 pub mod config;
+pub mod enroll;
 pub mod exclude;
 pub mod fetch;
+pub mod identity;
 pub mod index;
 pub mod lsyncd_log;
 pub mod peers;
@@ -104,6 +106,16 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     tls::install_crypto_provider();
     let log = Arc::new(LsyncdLog::open(&s.log_dir, s.log_max_bytes)?);
     log.normal(format!("filesync {} agent {} starting: root {}, delay {} s, {} peer(s)", env!("CARGO_PKG_VERSION"), s.node_name, s.root.display(), s.delay.as_secs(), s.peers.len()));
+    match identity::check(&s).inspect_err(|e| log.error(format!("{e:#}")))? {
+        identity::Identity::Same => {}
+        identity::Identity::Fresh => identity::record(&s)?,
+        identity::Identity::Renamed { was } => {
+            log.warn(format!("the state dir belonged to node {was}; this node is now {}: its index is rebuilt from a scan (files are kept and reconciled with the peers)", s.node_name));
+            identity::reset_state(&s)?;
+            identity::record(&s)?;
+        }
+        identity::Identity::Clone { of } => return enroll::as_clone(&s, &log, &of, shutdown).await,
+    }
     let index = Arc::new(Index::open(&s.state_dir).inspect_err(|e| log.error(format!("{e:#}")))?);
     let listener = TcpListener::bind(s.listen).await.with_context(|| format!("cannot listen on {} (is another agent or program using it?)", s.listen)).inspect_err(|e| log.error(format!("{e:#}")))?;
     let server_tls = tls::server_config(&s.tls).inspect_err(|e| log.error(format!("{e:#}")))?;

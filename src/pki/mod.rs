@@ -49,6 +49,27 @@ pub fn issue(ca: &CaFiles, name: &str, ips: &[IpAddr], dns: &[String]) -> anyhow
     Ok(CaFiles { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
+/// The subject CN and IP addresses of a PEM certificate (None if it does not parse).
+pub fn pem_identity(pem: &str) -> Option<(String, Vec<IpAddr>)> {
+    use x509_parser::prelude::*;
+    let der = rustls_pemfile::certs(&mut pem.as_bytes()).next()?.ok()?;
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
+    let mut ips = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::IPAddress(b) = n {
+                match b.len() {
+                    4 => ips.push(IpAddr::from(<[u8; 4]>::try_from(*b).ok()?)),
+                    16 => ips.push(IpAddr::from(<[u8; 16]>::try_from(*b).ok()?)),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Some((cn, ips))
+}
+
 /// Writes a file readable only by its owner (keys, and by habit certificates too).
 pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
@@ -70,4 +91,17 @@ pub fn load_ca(dir: &Path) -> anyhow::Result<CaFiles> {
         .with_context(|| format!("no CA in {} (create one with `filesync ca init --dir {}`)", dir.display(), dir.display()))?;
     let key_pem = std::fs::read_to_string(dir.join("ca.key")).with_context(|| format!("cannot read {}", dir.join("ca.key").display()))?;
     Ok(CaFiles { cert_pem, key_pem })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_certificate_names_its_node() {
+        let ca = new_ca("t").unwrap();
+        let c = issue(&ca, "node7", &["10.1.2.3".parse().unwrap()], &[]).unwrap();
+        assert_eq!(pem_identity(&c.cert_pem), Some(("node7".into(), vec!["10.1.2.3".parse().unwrap()])));
+        assert_eq!(pem_identity("not a certificate"), None);
+    }
 }

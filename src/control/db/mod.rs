@@ -5,6 +5,7 @@
 
 pub mod environments;
 pub mod jobs;
+pub mod join_tokens;
 pub mod users;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};

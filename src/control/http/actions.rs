@@ -244,3 +244,85 @@ pub async fn submit_uninstall(st: &AppState, env: Uuid) -> Result<Vec<Uuid>, Err
     db::add_event(&st.pool, Some(env), "uninstall").await?;
     enqueue_all(st, env, layer, "uninstall").await
 }
+
+/// A new join token for the environment: returns the token (shown once) and its row.
+pub async fn create_join_token(st: &AppState, env: Uuid, name: &str, valid_hours: i32) -> Result<Outcome<(String, db::join_tokens::JoinTokenRow)>, Error> {
+    let name = if name.trim().is_empty() { "join token" } else { name.trim() };
+    if name.len() > 100 {
+        return invalid("name", "at most 100 characters");
+    }
+    if !(1..=24 * 30).contains(&valid_hours) {
+        return invalid("valid_hours", "a whole number of hours from 1 to 720");
+    }
+    let token = format!("fsj_{}", super::auth::random_token(24));
+    let row = db::join_tokens::create(&st.pool, env, name, &super::auth::token_hash(&token), valid_hours).await?;
+    db::add_event(&st.pool, Some(env), &format!("join token {name:?} created, valid until {}", row.expires_at.date())).await?;
+    Ok(Outcome::Done((token, row)))
+}
+
+/// What a cloned node's agent sends to enroll itself.
+#[derive(serde::Deserialize, Debug)]
+pub struct EnrollRequest {
+    pub token: String,
+    /// The node name found in the copied config (the node it was cloned from).
+    pub clone_of: String,
+    pub address: String,
+    pub webroot: String,
+    pub install_prefix: String,
+    #[serde(default)]
+    pub hostname: String,
+}
+
+/// Why an enrollment was refused, in words for both logs.
+pub enum EnrollError {
+    Refused(String),
+    Invalid(String),
+}
+
+/// Enrolls a cloned node: checks the join token, records the clone as a new node of the
+/// environment (its own name, address and, through the install job, its own certificate),
+/// and queues installs so it gets its identity and every peer learns about it.
+pub async fn enroll(st: &AppState, r: &EnrollRequest) -> Result<Result<(Uuid, String), EnrollError>, Error> {
+    let Some((tok, expired)) = db::join_tokens::by_hash(&st.pool, &super::auth::token_hash(r.token.trim())).await? else {
+        return Ok(Err(EnrollError::Refused("the join token is not valid for any environment (check it on the environment page)".into())));
+    };
+    if let Some(at) = tok.revoked_at {
+        return Ok(Err(EnrollError::Refused(format!("the join token {:?} was revoked at {at}; create a new one on the environment page", tok.name))));
+    }
+    if expired {
+        return Ok(Err(EnrollError::Refused(format!("the join token {:?} expired at {}; create a new one on the environment page", tok.name, tok.expires_at))));
+    }
+    let env_id = tok.environment_id;
+    let env = db::environments::get(&st.pool, env_id).await?.ok_or_else(|| super::not_found("environment"))?;
+    let layer = db::environments::cp_layer(&st.pool, env_id).await?;
+    let nodes = db::environments::nodes(&st.pool, layer).await?;
+    let Some(original) = nodes.iter().find(|n| n.name == r.clone_of) else {
+        return Ok(Err(EnrollError::Invalid(format!("environment {} has no node {:?} to be a clone of", env.name, r.clone_of))));
+    };
+    if let Some(same) = nodes.iter().find(|n| n.address == r.address && n.install_prefix == r.install_prefix && n.webroot == r.webroot) {
+        // The agent asked again (a restart before its install job ran): same answer.
+        return Ok(Ok((same.node_id, same.name.clone())));
+    }
+    let name = format!("{}-clone-{}", r.clone_of.chars().take(50).collect::<String>(), &uuid::Uuid::new_v4().simple().to_string()[..4]);
+    let f: HashMap<String, String> = [
+        ("name", name.clone()),
+        ("address", r.address.clone()),
+        ("ssh_port", original.ssh_port.to_string()),
+        ("ssh_user", original.ssh_user.clone()),
+        ("agent_port", original.agent_port.to_string()),
+        ("webroot", r.webroot.clone()),
+        ("install_prefix", r.install_prefix.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    match add_nodes(st, &env, &[f]).await? {
+        Outcome::Done(ids) => {
+            db::join_tokens::used(&st.pool, tok.join_token_id).await?;
+            let host = if r.hostname.is_empty() { String::new() } else { format!(", host {}", r.hostname) };
+            db::add_event(&st.pool, Some(env_id), &format!("clone of {} enrolled as {name} ({}{host}) with join token {:?}", r.clone_of, r.address, tok.name)).await?;
+            Ok(Ok((ids[0], name)))
+        }
+        Outcome::Invalid(e) => Ok(Err(EnrollError::Invalid(e.into_iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; ")))),
+    }
+}

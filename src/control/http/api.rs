@@ -1,5 +1,6 @@
 //! The JSON API under /api/v1: everything the dashboard does, for automation. Every route
-//! but `POST /tokens` (which takes a user name and password) needs a bearer API token.
+//! but `POST /tokens` (which takes a user name and password) and `POST /enroll` (which takes
+//! an environment's join token, for cloned nodes) needs a bearer API token.
 
 use std::collections::HashMap;
 
@@ -28,6 +29,9 @@ pub fn router() -> Router<AppState> {
         .route("/environments/{id}/pause", post(pause))
         .route("/environments/{id}/resume", post(resume))
         .route("/environments/{id}/events/{event}", post(platform_event))
+        .route("/environments/{id}/join-tokens", get(list_join_tokens).post(create_join_token))
+        .route("/join-tokens/{id}", delete(revoke_join_token))
+        .route("/enroll", post(enroll))
         .route("/nodes/{id}", delete(remove_node))
         .route("/nodes/{id}/logs", get(logs))
         .route("/jobs/{id}", get(job))
@@ -187,4 +191,49 @@ async fn logs(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>) -> 
     let Some(node) = db::environments::node(&st.pool, id).await? else { return Ok(err(StatusCode::NOT_FOUND, "no such node")) };
     let v = super::pages::node_log_view(&st, &node).await;
     Ok(Json(json!({"log": v.log, "status": v.status, "agent_status": v.agent_status, "error": v.error})).into_response())
+}
+
+async fn list_join_tokens(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>) -> ApiResult {
+    Ok(Json(db::join_tokens::list(&st.pool, id).await?).into_response())
+}
+
+async fn create_join_token(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>, Json(b): Json<Value>) -> ApiResult {
+    if db::environments::get(&st.pool, id).await?.is_none() {
+        return Ok(err(StatusCode::NOT_FOUND, "no such environment"));
+    }
+    let f = fields(&b);
+    let hours = match f.get("valid_hours").map(|h| h.parse::<i32>()) {
+        None => 24,
+        Some(Ok(h)) => h,
+        Some(Err(_)) => 0,
+    };
+    Ok(match actions::create_join_token(&st, id, f.get("name").map(String::as_str).unwrap_or(""), hours).await? {
+        Outcome::Done((token, row)) => (StatusCode::CREATED, Json(json!({"token": token, "join_token": row, "note": "shown once; give it to the platform's clone hook"}))).into_response(),
+        Outcome::Invalid(e) => (StatusCode::UNPROCESSABLE_ENTITY, Json(json!({"errors": e}))).into_response(),
+    })
+}
+
+async fn revoke_join_token(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>) -> ApiResult {
+    match db::join_tokens::revoke(&st.pool, id).await? {
+        Some(env) => {
+            db::add_event(&st.pool, Some(env), "a join token was revoked").await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        None => Ok(err(StatusCode::NOT_FOUND, "no such join token")),
+    }
+}
+
+/// A cloned node's agent enrolling itself with a join token (no API token: the join token
+/// is the credential). 403 with the reason when the token is unknown, revoked or expired.
+async fn enroll(State(st): State<AppState>, Json(r): Json<actions::EnrollRequest>) -> ApiResult {
+    Ok(match actions::enroll(&st, &r).await? {
+        Ok((id, name)) => (StatusCode::CREATED, Json(json!({"node_id": id, "name": name}))).into_response(),
+        Err(actions::EnrollError::Refused(why)) => {
+            tracing::warn!(address = %r.address, clone_of = %r.clone_of, "enrollment refused: {why}");
+            // Slows down guessing; tokens carry 192 random bits anyway.
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            err(StatusCode::FORBIDDEN, &why)
+        }
+        Err(actions::EnrollError::Invalid(why)) => err(StatusCode::UNPROCESSABLE_ENTITY, &why),
+    })
 }

@@ -162,8 +162,12 @@ async fn install_steps(st: &AppState, ctx: &Ctx, inst: &InstallationRow, conn: &
         .run("configured", async {
             let old = conn.sh(&format!("cat {}/agent.toml 2>/dev/null", q(&prefix))).await.map_err(|e| e.to_string())?.stdout;
             let have_ca = conn.sh(&format!("cat {}/tls/ca.pem 2>/dev/null; test -s {p}/tls/node.pem && test -s {p}/tls/node.key", q(&prefix), p = q(&prefix))).await.map_err(|e| e.to_string())?;
+            // The certificate must be this node's own: a node cloned from another one
+            // carries the original's certificate, which it must never present.
+            let have_cert = conn.sh(&format!("cat {}/tls/node.pem 2>/dev/null", q(&prefix))).await.map_err(|e| e.to_string())?.stdout;
+            let own_cert = crate::pki::pem_identity(&have_cert).is_some_and(|(cn, ips)| cn == node.name && node.address.parse::<std::net::IpAddr>().map_or(true, |ip| ips.contains(&ip)));
             let mut changed = false;
-            if have_ca.status != 0 || have_ca.stdout.trim() != ctx.env.ca_cert_pem.trim() {
+            if have_ca.status != 0 || have_ca.stdout.trim() != ctx.env.ca_cert_pem.trim() || !own_cert {
                 let ca = crate::pki::CaFiles { cert_pem: ctx.env.ca_cert_pem.clone(), key_pem: st.secrets.open(&ctx.env.ca_key_secret).map_err(|e| e.to_string())? };
                 let ip: Vec<std::net::IpAddr> = node.address.parse().into_iter().collect();
                 let dns: Vec<String> = if ip.is_empty() { vec![node.address.clone()] } else { vec![] };
