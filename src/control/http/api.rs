@@ -90,6 +90,7 @@ async fn show(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>) -> 
         "installation": db::environments::installation(&st.pool, layer).await?,
         "jobs": db::jobs::latest_per_node(&st.pool, id).await?,
         "events": db::recent_events(&st.pool, id).await?,
+        "join_tokens": db::join_tokens::list(&st.pool, id).await?,
     }))
     .into_response())
 }

@@ -30,6 +30,8 @@ pub fn router(state: AppState) -> Router {
         .route("/environments/{id}/install", post(pages::install_submit))
         .route("/environments/{id}/uninstall", post(pages::uninstall_submit))
         .route("/environments/{id}/pause", post(pages::pause_submit))
+        .route("/environments/{id}/join-tokens", post(pages::join_token_create))
+        .route("/join-tokens/{id}/revoke", post(pages::join_token_revoke))
         .route("/environments/{id}/resume", post(pages::resume_submit))
         .route("/nodes/{id}/remove", post(pages::node_remove))
         .route("/nodes/{id}/forget-host-key", post(pages::node_forget_key))

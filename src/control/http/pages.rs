@@ -110,6 +110,9 @@ pub struct EnvironmentPage {
     pub installation: String,
     /// Sync of the layer is paused (around a redeploy).
     pub paused: bool,
+    /// A join token just created: shown this once.
+    pub new_join_token: String,
+    pub join_tokens: Vec<JoinTokenView>,
     pub agree: String,
     pub dialog: Vec<FieldView>,
     pub addon_name: String,
@@ -173,10 +176,10 @@ async fn jobs_fragment(st: &AppState, env: Uuid) -> Result<JobsData, Error> {
 }
 
 pub async fn environment_show(State(st): State<AppState>, user: CurrentUser, Path(id): Path<Uuid>) -> Result<Response, Error> {
-    show_page(&st, user, id, HashMap::new(), FieldErrors::new(), FieldErrors::new()).await
+    show_page(&st, user, id, HashMap::new(), FieldErrors::new(), FieldErrors::new(), String::new()).await
 }
 
-async fn show_page(st: &AppState, user: CurrentUser, id: Uuid, values: HashMap<String, String>, dialog_errors: FieldErrors, node_errors: FieldErrors) -> Result<Response, Error> {
+async fn show_page(st: &AppState, user: CurrentUser, id: Uuid, values: HashMap<String, String>, dialog_errors: FieldErrors, node_errors: FieldErrors, new_join_token: String) -> Result<Response, Error> {
     let env = db::environments::get(&st.pool, id).await?.ok_or_else(|| not_found("environment"))?;
     let layer = db::environments::cp_layer(&st.pool, id).await?;
     let rows = db::environments::nodes(&st.pool, layer).await?;
@@ -241,6 +244,18 @@ async fn show_page(st: &AppState, user: CurrentUser, id: Uuid, values: HashMap<S
         webroot: env.webroot,
         nodes,
         paused: db::environments::layer_paused(&st.pool, layer).await?,
+        new_join_token,
+        join_tokens: db::join_tokens::list(&st.pool, id)
+            .await?
+            .into_iter()
+            .map(|t| JoinTokenView {
+                id: t.join_token_id,
+                name: t.name,
+                expires: t.expires_at.date().to_string(),
+                uses: t.uses,
+                state: if t.revoked_at.is_some() { "revoked".into() } else if t.expires_at < time::OffsetDateTime::now_utc() { "expired".into() } else { "valid".into() },
+            })
+            .collect(),
         installation: inst.map(|i| format!("{} (path {}, delay {} s)", i.state, i.sync_path, i.delay_seconds)).unwrap_or_default(),
         agree,
         dialog,
@@ -264,7 +279,7 @@ pub async fn node_add(State(st): State<AppState>, user: CurrentUser, Path(id): P
     let env = db::environments::get(&st.pool, id).await?.ok_or_else(|| not_found("environment"))?;
     match actions::add_node(&st, &env, &f).await? {
         Outcome::Done(_) => Ok(Redirect::to(&format!("/environments/{id}")).into_response()),
-        Outcome::Invalid(e) => show_page(&st, user, id, HashMap::new(), FieldErrors::new(), e).await,
+        Outcome::Invalid(e) => show_page(&st, user, id, HashMap::new(), FieldErrors::new(), e, String::new()).await,
     }
 }
 
@@ -273,7 +288,7 @@ pub async fn install_submit(State(st): State<AppState>, user: CurrentUser, Path(
     db::environments::get(&st.pool, id).await?.ok_or_else(|| not_found("environment"))?;
     match actions::submit_install(&st, id, &f).await? {
         Outcome::Done(_) => Ok(Redirect::to(&format!("/environments/{id}#progress")).into_response()),
-        Outcome::Invalid(e) => show_page(&st, user, id, f, e, FieldErrors::new()).await,
+        Outcome::Invalid(e) => show_page(&st, user, id, f, e, FieldErrors::new(), String::new()).await,
     }
 }
 
@@ -281,6 +296,31 @@ pub async fn uninstall_submit(State(st): State<AppState>, user: CurrentUser, Pat
     user.check_csrf(&f)?;
     actions::submit_uninstall(&st, id).await?;
     Ok(Redirect::to(&format!("/environments/{id}#progress")).into_response())
+}
+
+pub struct JoinTokenView {
+    pub id: Uuid,
+    pub name: String,
+    pub expires: String,
+    pub uses: i32,
+    pub state: String,
+}
+
+pub async fn join_token_create(State(st): State<AppState>, user: CurrentUser, Path(id): Path<Uuid>, Form(f): Form<HashMap<String, String>>) -> Result<Response, Error> {
+    user.check_csrf(&f)?;
+    db::environments::get(&st.pool, id).await?.ok_or_else(|| not_found("environment"))?;
+    let hours = f.get("valid_hours").and_then(|h| h.trim().parse::<i32>().ok()).unwrap_or(0);
+    match actions::create_join_token(&st, id, f.get("name").map(String::as_str).unwrap_or(""), hours).await? {
+        Outcome::Done((token, _)) => show_page(&st, user, id, HashMap::new(), FieldErrors::new(), FieldErrors::new(), token).await,
+        Outcome::Invalid(e) => show_page(&st, user, id, HashMap::new(), FieldErrors::new(), e, String::new()).await,
+    }
+}
+
+pub async fn join_token_revoke(State(st): State<AppState>, user: CurrentUser, Path(id): Path<Uuid>, Form(f): Form<HashMap<String, String>>) -> Result<Response, Error> {
+    user.check_csrf(&f)?;
+    let env = db::join_tokens::revoke(&st.pool, id).await?.ok_or_else(|| not_found("join token"))?;
+    db::add_event(&st.pool, Some(env), "a join token was revoked").await?;
+    Ok(Redirect::to(&format!("/environments/{env}")).into_response())
 }
 
 pub async fn pause_submit(State(st): State<AppState>, user: CurrentUser, Path(id): Path<Uuid>, Form(f): Form<HashMap<String, String>>) -> Result<Response, Error> {
