@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Control-plane benchmark (issue 3): install time on 1 node vs 10 nodes in parallel, and
-dashboard page latency under load (wrk on loopback).
+"""Control-plane benchmark (issues 3 and 4): install time on 1 node vs 10 nodes in parallel,
+dashboard page latency under load (wrk on loopback), and scale-out time (API call until 1
+or 5 new nodes hold a 10,000-file tree).
 
 It runs `filesync demo --nodes 10` (embedded PostgreSQL, `filesync serve`, ten real sshd
 nodes on 127.0.0.11-20), drives it through the JSON API like automation would, and prints a
@@ -92,11 +93,60 @@ def wrk(url, header, seconds, connections):
     return {"p50_ms": ms("50%"), "p90_ms": ms("90%"), "p99_ms": ms("99%"), "rps": rps, "errors": int(non2xx.group(1)) if non2xx else 0}
 
 
+def count_files(root):
+    return sum(len(files) for _, _, files in os.walk(root))
+
+
+def scale_out(api, nodes, files):
+    env = api.call("POST", "/api/v1/environments", {"name": "scale"})["result"]
+    def node(n, i):
+        return {"name": f"s{i}", "address": n["address"], "ssh_port": "2222", "webroot": n["webroot"], "install_prefix": n["webroot"].rsplit("/", 1)[0] + "/opt-scale"}
+    for n in nodes[:8]:
+        os.makedirs(os.path.join(n["webroot"], "SCALE"), exist_ok=True)
+    src = os.path.join(nodes[0]["webroot"], "SCALE")
+    for i in range(files):
+        d = os.path.join(src, f"d{i % 100:03d}")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"f{i:05d}.bin"), "wb") as f:
+            f.write(os.urandom(1024 + (i * 37) % 3072))
+    api.call("POST", f"/api/v1/environments/{env}/nodes", {"nodes": [node(nodes[0], 1), node(nodes[1], 2)]})
+    api.call("POST", f"/api/v1/environments/{env}/install", {"path": "SCALE", "delay": "1"})
+    api.wait_jobs(env)
+    wait_until(lambda: count_files(os.path.join(nodes[1]["webroot"], "SCALE")) >= files, 600)
+    out = {}
+    for label, new in (("1 new node", [2]), ("5 new nodes", [3, 4, 5, 6, 7])):
+        t = time.monotonic()
+        api.call("POST", f"/api/v1/environments/{env}/nodes", {"nodes": [node(nodes[i], i + 1) for i in new]})
+        done = {}
+        deadline = time.monotonic() + 900
+        while len(done) < len(new):
+            for i in new:
+                if i not in done and count_files(os.path.join(nodes[i]["webroot"], "SCALE")) >= files:
+                    done[i] = time.monotonic() - t
+            if time.monotonic() > deadline:
+                sys.exit(f"bench: scale-out of {label} did not complete")
+            time.sleep(0.2)
+        out[label] = {"last_s": max(done.values()), "per_node_s": sorted(done.values())}
+        api.wait_jobs(env)
+    api.call("POST", f"/api/v1/environments/{env}/uninstall", {})
+    api.wait_jobs(env)
+    return out
+
+
+def wait_until(check, timeout):
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            sys.exit("bench: timed out")
+        time.sleep(0.2)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", time.strftime("%Y-%m-%d") + "-control"))
     ap.add_argument("--wrk-seconds", type=int, default=10)
+    ap.add_argument("--files", type=int, default=10000, help="files in the scale-out tree")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     work = "/tmp/filesync-bench-control"
@@ -141,6 +191,11 @@ def main():
         load = {}
         for name, (u, h) in pages.items():
             load[name] = {"c4": wrk(u, h, args.wrk_seconds, 4), "c32": wrk(u, h, args.wrk_seconds, 32)}
+        # Scale-out (issue 4): 10,000 files on a 2-node installation, then 1 new node, then
+        # 5 new nodes at once; time from the API call until each new node holds the tree.
+        api.call("POST", f"/api/v1/environments/{ten}/uninstall", {})
+        api.wait_jobs(ten)
+        scale = scale_out(api, info["nodes"], args.files)
     finally:
         os.killpg(demo.pid, signal.SIGINT)
         try:
@@ -154,6 +209,7 @@ def main():
         "install_1_node_s": t1, "install_10_nodes_s": t10,
         "median_1_s": med1, "median_10_s": med10, "ratio_10_over_1": med10 / med1,
         "pages": load,
+        "scale_out": scale,
     }
     json.dump(result, open(os.path.join(args.out, "control.json"), "w"), indent=2)
     lines = [
@@ -168,6 +224,9 @@ def main():
     for name, r in load.items():
         for c, v in r.items():
             lines.append(f"  {name:<30} {c[1:]:>5} {v['rps']:>8.0f} {v['p50_ms']:>8.2f} {v['p90_ms']:>8.2f} {v['p99_ms']:>8.2f} {v['errors']:>8}")
+    lines += ["", f"Scale-out: API call -> new node(s) hold the full tree of {args.files} files (1-4 KiB, 100 dirs), 2 nodes before"]
+    for label, v in scale.items():
+        lines.append(f"  {label:<12}: all done after {v['last_s']:.2f} s (per node: {', '.join(f'{x:.2f}' for x in v['per_node_s'])})")
     text = "\n".join(lines)
     open(os.path.join(args.out, "control.txt"), "w").write(text + "\n")
     print(text)

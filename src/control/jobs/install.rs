@@ -81,7 +81,21 @@ pub async fn install(st: &AppState, job: &JobRow, log: &mut StepLog) -> Result<(
     let conn = login(st, &ctx.node, log).await?;
     let r = install_steps(st, &ctx, &inst, &conn, log).await;
     conn.close().await;
-    r
+    r?;
+    // A node installed (or restarted) while its layer is paused for a redeploy stays paused.
+    if db::environments::layer_paused(&st.pool, ctx.node.layer_id).await.unwrap_or(false) {
+        log.run("paused like its layer", async {
+            let client = agent_client(st, &ctx.env).map_err(|e| e.to_string())?;
+            let url = format!("https://{}:{}/v1/admin/pause", ctx.node.address, ctx.node.agent_port);
+            match client.post(&url).send().await {
+                Ok(r) if r.status().is_success() => Ok((true, "sync paused on this node until the layer is resumed".into())),
+                Ok(r) => Err(format!("the agent answered {} to pause", r.status())),
+                Err(e) => Err(format!("cannot pause the agent: {e}")),
+            }
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 async fn install_steps(st: &AppState, ctx: &Ctx, inst: &InstallationRow, conn: &Conn, log: &mut StepLog) -> Result<(), String> {
