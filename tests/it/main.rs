@@ -10,5 +10,6 @@ mod agent_hostile_input;
 mod agent_operations;
 mod agent_replication;
 mod control_auth;
+mod control_browser;
 mod control_install;
 mod tidy;
