@@ -167,6 +167,14 @@ pub async fn until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> 
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
+        // SIGTERM first: serve finishes its requests, closes its SSH sessions (`ssh -O exit`)
+        // and removes its runtime directory (private key included); SIGKILL left all three
+        // behind. SIGKILL only if it has not exited after 10 s.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {

@@ -1,0 +1,226 @@
+//! The dashboard end to end in headless Chromium (fantoccini over chromedriver): log in
+//! through the form, open an environment, install from the dialog, watch every node's
+//! progress reach success live on the page, see a change replicate between nodes, and read
+//! a node's sync lines in its (live) log view.
+
+use std::time::{Duration, Instant};
+
+use fantoccini::Locator;
+use serde_json::{Value, json};
+
+use crate::support::browser::Browser;
+use crate::support::control::{ADMIN_PASSWORD, ControlPlane, until};
+
+/// Deadline for one page interaction (load, redirect, a DOM change).
+const PAGE: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_browser_login_install_watch_progress_replicate_and_read_logs() {
+    let t0 = Instant::now();
+    let cp = ControlPlane::start().await;
+    let nodes = cp.nodes(3);
+    let env = cp.environment("shop", &nodes).await;
+    let b = Browser::start().await;
+    eprintln!("control plane, 3 sshd nodes and Chromium ready after {:?}", t0.elapsed());
+
+    b.run("control_browser", async {
+        let c = &b.client;
+
+        // Not logged in: the dashboard sends the browser to the login form.
+        c.goto(&cp.url).await.unwrap();
+        b.wait_js("the login form", PAGE, "return location.pathname + ' ' + !!document.querySelector('#login-form')", |v| expect_str(v, "/login true")).await;
+
+        // A wrong password is refused on the form, which keeps the user name.
+        log_in(&b, "not the password").await;
+        let err = b.wait_js("the login error", PAGE, "const e = document.querySelector('#login-error'); return e && e.textContent", |v| v.as_str().map(str::to_owned).ok_or_else(|| "no error shown".into())).await;
+        assert_eq!(err, "Wrong user name or password.");
+        assert_eq!(c.find(Locator::Css("#username")).await.unwrap().prop("value").await.unwrap().as_deref(), Some("admin"));
+
+        // The right one lands on the environment list.
+        log_in(&b, ADMIN_PASSWORD).await;
+        b.wait_js("the environment list", PAGE, "return location.pathname + ' ' + [...document.querySelectorAll('a.env-link')].map(a => a.textContent).join(',')", |v| expect_str(v, "/ shop")).await;
+        eprintln!("logged in after {:?}", t0.elapsed());
+
+        // The environment page, from its link.
+        c.find(Locator::LinkText("shop")).await.unwrap().click().await.unwrap();
+        let env_path = format!("/environments/{env}");
+        b.wait_js("the environment page", PAGE, "return location.pathname + ' ' + !!document.querySelector('#install-form')", |v| expect_str(v, &format!("{env_path} true"))).await;
+        let rows = b.js("return [...document.querySelectorAll('table.nodes tr[data-node]')].map(r => r.dataset.node)").await.unwrap();
+        assert_eq!(rows, json!(["node1", "node2", "node3"]), "node rows on the environment page");
+
+        // The dialog: the other-environment fields show only for that mode (showIf).
+        let hidden = "return ['address', 'password'].map(f => document.querySelector(`[data-field=${f}]`).hidden)";
+        assert_eq!(b.js(hidden).await.unwrap(), json!([true, true]), "two-environment fields shown in one-environment mode");
+        c.find(Locator::Css("input[name=mode][value=two_envs]")).await.unwrap().click().await.unwrap();
+        b.wait_js("the two-environment fields to show", PAGE, hidden, |v| if *v == json!([false, false]) { Ok(()) } else { Err("still hidden".into()) }).await;
+        assert!(c.find(Locator::Css("#field-address")).await.unwrap().is_displayed().await.unwrap());
+        c.find(Locator::Css("input[name=mode][value=one_env]")).await.unwrap().click().await.unwrap();
+        b.wait_js("the two-environment fields to hide", PAGE, hidden, |v| if *v == json!([true, true]) { Ok(()) } else { Err("still shown".into()) }).await;
+
+        // Fill it: sync path and a 1 s delay; Install.
+        set_field(&b, "#field-path", "ROOT").await;
+        set_field(&b, "#field-delay", "1").await;
+        let t_install = Instant::now();
+        c.find(Locator::Css("#install")).await.unwrap().click().await.unwrap();
+        b.wait_js("the redirect to the progress section", PAGE, "return location.pathname + location.hash", |v| expect_str(v, &format!("{env_path}#progress"))).await;
+
+        // Progress, live on this page (it polls the jobs fragment): every node reaches
+        // healthy and the summary says so. A failed job ends the wait at once.
+        let mut seen: Vec<String> = Vec::new();
+        b.wait_js("every node's install to succeed on the page", Duration::from_secs(90), PROGRESS_JS, |v| {
+            let summary = v["summary"].as_str().unwrap_or("").to_owned();
+            let line = format!("{summary}: {}", v["jobs"].as_array().into_iter().flatten().map(|j| format!("{}={}", j["node"], j["state"])).collect::<Vec<_>>().join(" "));
+            if seen.last() != Some(&line) {
+                seen.push(line);
+            }
+            if let Some(j) = v["jobs"].as_array().into_iter().flatten().find(|j| j["state"] == "failed") {
+                panic!("install failed on the page: {j:#}");
+            }
+            let jobs = v["jobs"].as_array().ok_or("no jobs listed")?;
+            let names: Vec<&str> = jobs.iter().filter_map(|j| j["node"].as_str()).collect();
+            if summary != "succeeded on all 3 nodes" || names != ["node1", "node2", "node3"] {
+                return Err(format!("summary {summary:?}, nodes {names:?}"));
+            }
+            for j in jobs {
+                let steps: Vec<&str> = j["steps"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                let last = steps.last().copied().unwrap_or("");
+                if j["state"] != "succeeded" || !j["class"].as_str().unwrap_or("").contains("job-succeeded") || !(last == "healthy=ok" || last == "healthy=changed") {
+                    return Err(format!("{} not done: {j}", j["node"]));
+                }
+                assert!(steps.iter().all(|s| s.ends_with("=ok") || s.ends_with("=changed")), "a step did not succeed: {j}");
+            }
+            Ok(())
+        })
+        .await;
+        eprintln!("install on 3 nodes, watched in the browser: {:?}; the page showed: {seen:#?}", t_install.elapsed());
+        match b.save_screenshot("control_browser_progress").await {
+            Ok(p) => eprintln!("progress screenshot: {}", p.display()),
+            Err(e) => eprintln!("no progress screenshot: {e}"),
+        }
+
+        // Reloaded, the page shows the installation with what the dialog sent, every agent
+        // running and every host key pinned (the state is settled just after the last job).
+        b.reload_until("the installed state after a reload", PAGE, INSTALLED_JS, |v| {
+            let want = json!({
+                "installation": "File Synchronization: installed (path ROOT, delay 1 s)",
+                "button": "Apply (reconfigure)",
+                "agents": ["running", "running", "running"],
+                "pinned": [true, true, true],
+            });
+            if *v == want { Ok(()) } else { Err(format!("want {want}")) }
+        })
+        .await;
+
+        // A change on node 1 reaches the others: a small file (sent with the change list)
+        // and one over 128 KiB (fetched, which the receiver logs by name).
+        let big: Vec<u8> = (0..200 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+        std::fs::write(nodes[0].webroot().join("ROOT/hello.txt"), b"hello from the browser test").unwrap();
+        std::fs::write(nodes[0].webroot().join("ROOT/big.bin"), &big).unwrap();
+        for n in &nodes[1..] {
+            for (name, want) in [("hello.txt", &b"hello from the browser test"[..]), ("big.bin", &big[..])] {
+                let p = n.webroot().join("ROOT").join(name);
+                until(&format!("{name} on {}", n.spec.name), Duration::from_secs(30), || match std::fs::read(&p) {
+                    Ok(d) if d == want => Ok(()),
+                    Ok(d) => Err(format!("{} bytes, not the {} written", d.len(), want.len())),
+                    Err(e) => Err(e.to_string()),
+                })
+                .await;
+            }
+        }
+
+        // Node 2's log view, from its row's Logs link: the agent's sync lines are on the page.
+        c.find(Locator::Css("tr[data-node=node2] a.logs-link")).await.unwrap().click().await.unwrap();
+        b.wait_js("node2's log view", PAGE, "return document.querySelector('h1').textContent", |v| {
+            if v.as_str().is_some_and(|h| h.starts_with("Node node2 (")) { Ok(()) } else { Err("not the node2 log page".into()) }
+        })
+        .await;
+        // Changes travel the full mesh: node2 may get them from node1 or relayed by node3.
+        // Small files from their author come inline ("applied N of M change(s) from ..."),
+        // fetched ones are logged by name ("received big.bin from node1 (204800 bytes ...").
+        let log = b
+            .wait_js("node2's sync lines in the log view", Duration::from_secs(30), LOG_JS, |v| {
+                let log = v["log"].as_str().unwrap_or("");
+                let has = |a: &str, b: &str| log.lines().any(|l| l.contains(a) && l.contains(b));
+                let checks = [
+                    ("startup complete", has("Normal: startup complete: listening on ", ":7755")),
+                    ("a peer connected", has("Normal: peer node", ") connected; catching up")),
+                    ("big.bin received", has("Normal: received big.bin from node", " (204800 bytes on the wire")),
+                    ("hello.txt applied or received", has("Normal: applied ", " change(s) from node") || has("Normal: received hello.txt from node", " (27 bytes")),
+                ];
+                match checks.iter().find(|(_, ok)| !ok) {
+                    Some((what, _)) => Err(format!("no line for {what} yet")),
+                    None => Ok(log.to_owned()),
+                }
+            })
+            .await;
+        let status = b.js(LOG_JS).await.unwrap();
+        assert!(status["status"].as_str().unwrap_or("").contains("Node: node2 (send-receive)"), "lsyncd.status on the page: {status:#}");
+        assert!(status["agent"].as_str().unwrap_or("").contains("\"node_name\": \"node2\""), "agent status on the page: {status:#}");
+
+        // The log view is live: a new change shows up without reloading the page.
+        let marker = "page-was-not-reloaded";
+        b.js(&format!("window['{marker}'] = true; return null")).await.unwrap();
+        let before = log.lines().filter(|l| l.contains("received ")).count();
+        std::fs::write(nodes[0].webroot().join("ROOT/later.bin"), &big[..150 * 1024]).unwrap();
+        b.wait_js("the new change in the live log", Duration::from_secs(30), &format!("return {{log: document.querySelector('#lsyncd-log').textContent, same: window['{marker}'] === true}}"), |v| {
+            let log = v["log"].as_str().unwrap_or("");
+            assert_eq!(v["same"], true, "the page was reloaded");
+            if log.contains("Normal: received later.bin from node") && log.lines().filter(|l| l.contains("received ")).count() > before { Ok(()) } else { Err("not there yet".into()) }
+        })
+        .await;
+        eprintln!("whole browser flow: {:?}", t0.elapsed());
+    })
+    .await;
+    b.close().await;
+}
+
+/// The jobs on the environment page, as the browser shows them.
+const PROGRESS_JS: &str = r#"
+const s = document.querySelector('#jobs-summary');
+return {
+  summary: s ? s.textContent.trim() : null,
+  jobs: [...document.querySelectorAll('#jobs .job')].map(j => ({
+    node: j.dataset.node,
+    class: j.className,
+    state: j.querySelector('h3 .state').textContent,
+    error: (j.querySelector('.error') || {}).textContent || null,
+    steps: [...j.querySelectorAll('.steps li')].map(li => li.querySelector('b').textContent + '=' + li.querySelector('.state').textContent),
+  })),
+};
+"#;
+
+/// The installation line, the dialog's button and the node rows of the environment page.
+const INSTALLED_JS: &str = r#"
+const rows = [...document.querySelectorAll('table.nodes tr[data-node]')];
+const line = document.querySelector('main > p').textContent, i = line.indexOf('File Synchronization');
+return {
+  installation: line.slice(i, line.indexOf(')', i) + 1),
+  button: document.querySelector('#install').textContent,
+  agents: rows.map(r => r.querySelector('.agent-state').textContent),
+  pinned: rows.map(r => r.querySelector('td:nth-child(8)').textContent.startsWith('SHA256:')),
+};
+"#;
+
+/// The three panes of a node's log view.
+const LOG_JS: &str = r#"
+const t = id => (document.getElementById(id) || {}).textContent || '';
+return {log: t('lsyncd-log'), status: t('lsyncd-status'), agent: t('agent-status')};
+"#;
+
+fn expect_str(v: &Value, want: &str) -> Result<(), String> {
+    if v.as_str() == Some(want) { Ok(()) } else { Err(format!("want {want:?}")) }
+}
+
+/// Fills the login form (whatever it holds) and submits it.
+async fn log_in(b: &Browser, password: &str) {
+    set_field(b, "#username", "admin").await;
+    set_field(b, "#password", password).await;
+    b.client.find(Locator::Css("#login")).await.unwrap().click().await.unwrap();
+}
+
+async fn set_field(b: &Browser, css: &str, value: &str) {
+    let e = b.client.wait().at_most(PAGE).for_element(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no {css}: {e}"));
+    e.clear().await.unwrap();
+    e.send_keys(value).await.unwrap();
+    assert_eq!(e.prop("value").await.unwrap().as_deref(), Some(value), "{css} after typing");
+}
