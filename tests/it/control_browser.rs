@@ -197,7 +197,7 @@ return {
   installation: line.slice(i, line.indexOf(')', i) + 1),
   button: document.querySelector('#install').textContent,
   agents: rows.map(r => r.querySelector('.agent-state').textContent),
-  pinned: rows.map(r => r.querySelector('td:nth-child(8)').textContent.startsWith('SHA256:')),
+  pinned: rows.map(r => r.querySelector('.host-key').textContent.startsWith('SHA256:')),
 };
 "#;
 
