@@ -157,7 +157,12 @@ async fn run_job(st: &AppState, job: JobRow) {
         refresh_installation_state(st, job.environment_id).await;
         return;
     }
-    if let Some(node_id) = job.node_id {
+    // A job that ends after its node started leaving (scale-in) does not bring it back.
+    let leaving = match job.node_id {
+        Some(id) => db::environments::node(&st.pool, id).await.ok().flatten().is_some_and(|n| crate::control::http::actions::leaving(&n)),
+        None => false,
+    };
+    if let Some(node_id) = job.node_id.filter(|_| !leaving) {
         let state = match (&result, job.kind.as_str()) {
             (Ok(()), "uninstall") => "not installed",
             (Ok(()), _) => "running",
