@@ -46,6 +46,20 @@ pub struct AgentConfig {
     pub tls: TlsConfig,
     #[serde(default, rename = "peers")]
     pub peers: Vec<PeerConfig>,
+    /// Cross-environment link (two-environment mode); absent in one-environment mode.
+    pub link: Option<LinkConfig>,
+}
+
+/// `[link]`: keep this folder identical with another environment's as well.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct LinkConfig {
+    /// This node's cross-environment port (pairing and replication with the other side).
+    pub listen: SocketAddr,
+    /// `host:port` of the link port of any node in the other environment.
+    pub remote: String,
+    /// The shared password; the same on both sides. Never sent, not even hashed (SPAKE2).
+    pub password: String,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -98,6 +112,7 @@ pub struct Settings {
     pub rescan_interval: Option<Duration>,
     pub tls: TlsConfig,
     pub peers: Vec<PeerConfig>,
+    pub link: Option<LinkConfig>,
     pub config_path: Option<PathBuf>,
 }
 
@@ -149,6 +164,17 @@ impl Settings {
                 bail!("peers: {:?} is listed twice", p.name);
             }
         }
+        if let Some(l) = &c.link {
+            if l.password.is_empty() {
+                bail!("link.password is empty: both environments must be given the same password (there is no default)");
+            }
+            if l.remote.rsplit_once(':').and_then(|(h, p)| (!h.is_empty()).then_some(p)).and_then(|p| p.parse::<u16>().ok()).is_none() {
+                bail!("link.remote = {:?}: use host:port of the link port of a node in the other environment, e.g. \"203.0.113.7:7756\"", l.remote);
+            }
+            if l.listen == c.listen {
+                bail!("link.listen = {}: must differ from listen (the link port is a separate port)", l.listen);
+            }
+        }
         let tls = TlsConfig { ca: abs(&c.tls.ca), cert: abs(&c.tls.cert), key: abs(&c.tls.key) };
         for (key, p) in [("tls.ca", &tls.ca), ("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
             if !p.is_file() {
@@ -170,6 +196,7 @@ impl Settings {
             rescan_interval: (c.rescan_interval > 0).then(|| Duration::from_secs(c.rescan_interval)),
             tls,
             peers: c.peers,
+            link: c.link,
             config_path: None,
         })
     }
@@ -206,6 +233,12 @@ rescan_interval = 3600                  # full rescan every hour (0 = never)
 ca = "/etc/filesync/ca.pem"
 cert = "/etc/filesync/node.pem"
 key = "/etc/filesync/node.key"
+
+# Two-environment mode only: also keep this folder identical with another environment.
+# [link]
+# listen = "10.0.0.11:7756"             # this node's cross-environment port
+# remote = "203.0.113.7:7756"           # link port of any node in the other environment
+# password = "the same on both sides"   # never sent over the wire (SPAKE2 pairing)
 
 [[peers]]
 name = "web2"

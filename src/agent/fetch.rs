@@ -52,11 +52,19 @@ impl Agent {
                 continue;
             }
             self.fetching.insert(path.clone());
-            let mut addrs: Vec<String> = Vec::new();
-            if let Some(l) = self.links.get(&need.source) {
-                addrs.push(l.address.clone());
+            // The node that announced it first (the other environment's node for `@addr`
+            // sources, through the link client), then every local peer.
+            let mut sources: Vec<(reqwest::Client, String, bool)> = Vec::new();
+            if let Some(addr) = need.source.strip_prefix('@')
+                && let Some(c) = self.link.as_ref().and_then(|l| l.client())
+            {
+                sources.push((c, addr.to_owned(), true));
             }
-            addrs.extend(self.links.values().filter(|l| l.name != need.source).map(|l| l.address.clone()));
+            if let Some(l) = self.links.get(&need.source) {
+                sources.push((self.client.clone(), l.address.clone(), false));
+            }
+            sources.extend(self.links.values().filter(|l| l.name != need.source).map(|l| (self.client.clone(), l.address.clone(), false)));
+            let link = self.link.clone();
             let base = self.index.get(&path).ok().flatten().filter(|s| {
                 !s.entry.deleted && s.entry.kind == EntryKind::File && s.entry.size >= transfer::DELTA_MIN && need.entry.size >= transfer::DELTA_MIN
             }).map(|s| s.entry.path);
@@ -65,14 +73,16 @@ impl Agent {
             if let Some(orig) = &need.copy_of {
                 wanted.path = orig.clone();
             }
-            let client = self.client.clone();
             let root = self.root.clone();
             let tx = self.events.clone();
             tokio::spawn(async move {
                 let mut result = Err(anyhow::anyhow!("no peer is connected to fetch it from"));
-                for a in &addrs {
-                    result = transfer::fetch(&client, a, &root, &wanted, base.clone()).await;
-                    if result.is_ok() {
+                for (client, a, remote) in &sources {
+                    result = transfer::fetch(client, a, &root, &wanted, base.clone()).await;
+                    if let Ok(f) = &result {
+                        if *remote && let Some(l) = &link {
+                            l.count_in(f.wire_bytes);
+                        }
                         break;
                     }
                 }

@@ -23,6 +23,7 @@ pub mod exclude;
 pub mod fetch;
 pub mod identity;
 pub mod index;
+pub mod link;
 pub mod lsyncd_log;
 pub mod peers;
 pub mod remote;
@@ -98,6 +99,8 @@ struct Agent {
     shutdown: CancellationToken,
     summary_seq: Option<u64>,
     lag: HashMap<String, u64>,
+    /// The cross-environment link, in two-environment mode.
+    link: Option<Arc<link::Link>>,
 }
 
 /// Runs an agent until `shutdown` is cancelled. Fails only on critical errors: the root
@@ -155,6 +158,14 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         }
     };
 
+    let link = match s.link.clone() {
+        Some(cfg) => Some(link::Link::new(&s, cfg, status.clone(), log.clone()).inspect_err(|e| log.error(format!("{e:#}")))?),
+        None => None,
+    };
+    let link_listener = match &s.link {
+        Some(l) => Some(TcpListener::bind(l.listen).await.with_context(|| format!("cannot listen on the link port {} (is another program using it?)", l.listen)).inspect_err(|e| log.error(format!("{e:#}")))?),
+        None => None,
+    };
     let peer_ctx = Arc::new(peers::PeerCtx { me: s.node_name.clone(), client: client.clone(), index: index.clone(), events: ev_tx.clone(), status: status.clone(), log: log.clone() });
     let paused = Arc::new(AtomicBool::new(false));
     let mut agent = Agent {
@@ -179,6 +190,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         shutdown: shutdown.clone(),
         summary_seq: None,
         lag: HashMap::new(),
+        link,
     };
 
     // Temp files left by a crash are garbage: the real names were never touched.
@@ -200,7 +212,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     }
     agent.log.normal(format!("startup scan: {} entries in the index ({} before), {:.0} ms", agent.index.len()?, before, t0.elapsed().as_secs_f64() * 1000.0));
 
-    let app = server::router(server::AppState {
+    let app_state = server::AppState {
         index: agent.index.clone(),
         root: agent.root.clone(),
         node_name: agent.s.node_name.clone(),
@@ -208,7 +220,14 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         log: agent.log.clone(),
         events: ev_tx.clone(),
         paused,
-    });
+        inline_relayed: false,
+    };
+    if let (Some(link), Some(listener)) = (agent.link.clone(), link_listener) {
+        let link_app = server::link_router(server::AppState { inline_relayed: true, ..app_state.clone() });
+        tokio::spawn(link.clone().serve(listener, link_app, shutdown.clone()));
+        tokio::spawn(link.run(agent.index.clone(), ev_tx.clone(), shutdown.clone()));
+    }
+    let app = server::router(app_state);
     let log2 = agent.log.clone();
     let st2 = agent.status.clone();
     let on_refused: Arc<dyn Fn(String) + Send + Sync> = Arc::new(move |m: String| {
@@ -222,7 +241,10 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     }
     agent.refresh_status();
     agent.status.lock().expect("BUG: poisoned").startup_complete = true;
-    agent.log.normal(format!("startup complete: listening on {}", agent.s.listen));
+    match &agent.s.link {
+        Some(l) => agent.log.normal(format!("startup complete: listening on {}, link port {} (other environment: {})", agent.s.listen, l.listen, l.remote)),
+        None => agent.log.normal(format!("startup complete: listening on {}", agent.s.listen)),
+    }
 
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut status_tick = tokio::time::interval(Duration::from_secs(5));

@@ -36,6 +36,8 @@ pub struct AppState {
     pub log: Arc<LsyncdLog>,
     pub events: mpsc::Sender<Event>,
     pub paused: Arc<std::sync::atomic::AtomicBool>,
+    /// Inline relayed content too (the link port: the other environment has none of it).
+    pub inline_relayed: bool,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -47,6 +49,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/{cmd}", post(admin))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// The routes the other environment may use on the link port: replication only, no
+/// status, metrics or admin commands.
+pub fn link_router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/changes", post(changes))
+        .route("/v1/file", get(file))
+        .route("/v1/delta", post(delta))
+        .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
 }
 
@@ -103,8 +116,9 @@ fn build_page(app: &AppState, since: u64) -> anyhow::Result<ChangesResponse> {
     let mut seen = std::collections::HashSet::new();
     for (_, e) in &entries {
         // Only content this node changed itself travels inline: relayed versions are
-        // usually already on the asker, and it can fetch the rest.
-        if e.deleted || e.kind != EntryKind::File || e.modified_by != app.index.node_id || e.size > INLINE_MAX || e.size > budget || !seen.insert(e.hash) {
+        // usually already on the asker, and it can fetch the rest. Across environments
+        // nothing is on the asker yet, so everything small travels inline.
+        if e.deleted || e.kind != EntryKind::File || (e.modified_by != app.index.node_id && !app.inline_relayed) || e.size > INLINE_MAX || e.size > budget || !seen.insert(e.hash) {
             continue;
         }
         let Ok(mut f) = app.root.open_read(&e.path) else { continue };

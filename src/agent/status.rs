@@ -30,6 +30,27 @@ pub struct PeerStatus {
     pub removed: bool,
 }
 
+/// The cross-environment link as this node sees it (two-environment mode).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct LinkStatus {
+    /// `pairing`, `connected`, `standby` (another node of this environment carries the
+    /// link), `refused` (the passwords differ) or `unreachable`.
+    pub state: String,
+    /// Whether this node carries the link for its environment.
+    pub leader: bool,
+    /// The address configured for the other environment.
+    pub remote: String,
+    /// The other environment's node this one exchanges with now.
+    pub serving_node: Option<String>,
+    pub last_exchange: Option<i64>,
+    pub latency_ms: Option<f64>,
+    /// Bytes over the link port and the link client (TLS payload), each way.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// What is wrong, in words.
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Counters {
     pub batches: u64,
@@ -73,6 +94,7 @@ pub struct Status {
     pub tree_digest: String,
     pub excludes: Vec<String>,
     pub peers: BTreeMap<String, PeerStatus>,
+    pub link: Option<LinkStatus>,
     pub counters: Counters,
 }
 
@@ -119,6 +141,21 @@ impl Status {
             }
             if let Some(e) = &p.peer_error {
                 let _ = writeln!(s, "    peer reports: {e}");
+            }
+        }
+        if let Some(l) = &self.link {
+            let last = l.last_exchange.map(|t| timestamp(OffsetDateTime::from_unix_timestamp(t).unwrap_or(now))).unwrap_or_else(|| "never".into());
+            let _ = write!(s, "\nLink to the other environment ({}): {}{}", l.remote, l.state, if l.leader { ", carried by this node" } else { "" });
+            if let Some(n) = &l.serving_node {
+                let _ = write!(s, ", with {n}");
+            }
+            let _ = write!(s, ", last exchange {last}");
+            if let Some(ms) = l.latency_ms {
+                let _ = write!(s, ", latency {ms:.0} ms");
+            }
+            let _ = writeln!(s, ", {} bytes in, {} bytes out", l.bytes_in, l.bytes_out);
+            if let Some(e) = &l.error {
+                let _ = writeln!(s, "    error: {e}");
             }
         }
         if !self.local_modifications.is_empty() {

@@ -7,6 +7,7 @@ mod agent_config;
 mod agent_conflicts;
 mod agent_crash;
 mod agent_hostile_input;
+mod agent_link;
 mod agent_operations;
 mod agent_replication;
 mod control_auth;

@@ -1,0 +1,102 @@
+//! Two environments (two clusters, each with its own CA) linked with a shared password:
+//! pairing with SPAKE2, relay through each side's leader, refusal of a wrong password.
+
+use std::time::Duration;
+
+use crate::support::cluster::{Cluster, Options, write};
+use crate::support::poll::until;
+
+pub const LINK_PORT: u16 = 7756;
+
+const T: Duration = Duration::from_secs(60);
+
+/// Appends a `[link]` section to every node of `c`, naming `remote` and `password`.
+pub fn link(c: &Cluster, remote: &str, password: &str) {
+    for n in &c.nodes {
+        let mut cfg = std::fs::read_to_string(&n.config).unwrap();
+        cfg.push_str(&format!("\n[link]\nlisten = \"{}:{LINK_PORT}\"\nremote = \"{remote}\"\npassword = {password:?}\n", n.ip));
+        std::fs::write(&n.config, cfg).unwrap();
+    }
+}
+
+pub fn link_addr(c: &Cluster, i: usize) -> String {
+    format!("{}:{LINK_PORT}", c.nodes[i].ip)
+}
+
+fn link_line(c: &Cluster, i: usize) -> String {
+    c.nodes[i].status_file().lines().find(|l| l.starts_with("Link to the other environment")).unwrap_or_default().to_owned()
+}
+
+#[track_caller]
+pub fn wait_file(c: &Cluster, i: usize, rel: &str, data: &[u8], what: &str) {
+    let p = c.nodes[i].path(rel);
+    until(what, T, || match std::fs::read(&p) {
+        Ok(d) if d == data => Ok(()),
+        Ok(d) => Err(format!("{rel} on {} has {} bytes, want {}", c.nodes[i].name, d.len(), data.len())),
+        Err(e) => Err(format!("{rel} on {}: {e}; link: {}", c.nodes[i].name, link_line(c, i))),
+    });
+}
+
+#[test]
+fn link_pairs_relays_both_ways_and_each_side_carries_it_once() {
+    let mut a = Cluster::new(2, Options::default());
+    let mut b = Cluster::new(2, Options::default());
+    link(&a, &link_addr(&b, 0), "correct horse battery staple");
+    link(&b, &link_addr(&a, 0), "correct horse battery staple");
+    a.start_all();
+    b.start_all();
+
+    // A write on A's second node reaches B's second node: A2 → A1 (mesh) → B1 (link) → B2 (mesh).
+    write(&a.nodes[1].path("from-a/hello.txt"), b"written in environment A");
+    wait_file(&b, 1, "from-a/hello.txt", b"written in environment A", "A's file on B's second node");
+    // And back.
+    let big = vec![7u8; 300_000];
+    write(&b.nodes[1].path("from-b/big.bin"), &big);
+    wait_file(&a, 1, "from-b/big.bin", &big, "B's file on A's second node");
+
+    // Each environment's first node carries the link; the second stands by.
+    until("link states in lsyncd.status", T, || {
+        let (a1, a2, b1, b2) = (link_line(&a, 0), link_line(&a, 1), link_line(&b, 0), link_line(&b, 1));
+        if a1.contains(": connected, carried by this node") && b1.contains(": connected, carried by this node") && a2.contains(": standby") && b2.contains(": standby") {
+            Ok(())
+        } else {
+            Err(format!("A1 {a1}\nA2 {a2}\nB1 {b1}\nB2 {b2}"))
+        }
+    });
+    // The pairing pinned the other side's CA; the password is not stored.
+    let pairing = std::fs::read_to_string(a.nodes[0].home.join("webroot/lsyncd/var/state/link-pairing.json")).unwrap();
+    assert!(pairing.contains("BEGIN CERTIFICATE") && !pairing.contains("correct horse"), "{pairing}");
+
+    // A delete on B reaches A and stays deleted.
+    std::fs::remove_file(b.nodes[0].path("from-a/hello.txt")).unwrap();
+    until("delete crosses the link", T, || if a.nodes[1].path("from-a/hello.txt").exists() { Err("still on A2".into()) } else { Ok(()) });
+    assert!(a.nodes[0].log().contains("link: paired with the other environment"), "{}", a.nodes[0].log());
+}
+
+#[test]
+fn link_with_a_wrong_password_is_refused_on_both_sides_and_nothing_crosses() {
+    let mut a = Cluster::new(2, Options::default());
+    let mut b = Cluster::new(2, Options::default());
+    link(&a, &link_addr(&b, 0), "the password of A");
+    link(&b, &link_addr(&a, 0), "a different password");
+    write(&a.nodes[0].path("secret-of-a.txt"), b"must not cross");
+    a.start_all();
+    b.start_all();
+    for (c, side) in [(&a, "A"), (&b, "B")] {
+        until(&format!("{side} reports the refusal"), T, || {
+            let log = c.nodes[0].log();
+            let status = link_line(c, 0);
+            if log.contains("refused the password") && log.contains("tried to pair with a different password") && status.contains(": refused") {
+                Ok(())
+            } else {
+                Err(format!("status: {status}\nlog: {log}"))
+            }
+        });
+    }
+    let err = b.nodes[0].status_file();
+    assert!(err.contains("different passwords") || err.contains("different password"), "{err}");
+    for n in a.nodes.iter().chain(b.nodes.iter()) {
+        assert!(!n.home.join("webroot/lsyncd/var/state/link-pairing.json").exists(), "{} paired with a wrong password", n.name);
+    }
+    assert!(!b.nodes[0].path("secret-of-a.txt").exists() && !b.nodes[1].path("secret-of-a.txt").exists(), "a file crossed without pairing");
+}
