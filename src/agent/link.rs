@@ -336,9 +336,14 @@ impl Link {
             let our_nodes = self.own_nodes();
             let t = transcript(&exporter, &msg_a, &msg_b, &their_ca, &self.own_ca_pem, &their_nodes, &our_nodes);
             write_msg(&mut tls, &PairMsg::Reply { spake: msg_b, ca_pem: self.own_ca_pem.clone(), nodes: our_nodes, confirm: confirm(&key, "server", &t) }).await?;
-            let PairMsg::Confirm { confirm: theirs } = read_msg(&mut tls).await? else { bail!("expected a pairing confirmation") };
-            let ok = theirs.is_some_and(|c| blake3::Hash::from(c) == blake3::Hash::from(confirm(&key, "client", &t)));
-            write_msg(&mut tls, &PairMsg::Done { ok }).await?;
+            // A client whose password differs says so (`None`) and may close at once.
+            let ok = match read_msg(&mut tls).await {
+                Ok(PairMsg::Confirm { confirm: Some(c) }) => blake3::Hash::from(c) == blake3::Hash::from(confirm(&key, "client", &t)),
+                Ok(PairMsg::Confirm { confirm: None }) => false,
+                Ok(_) => bail!("expected a pairing confirmation"),
+                Err(e) => return Err(e.context("the other side left before confirming (its password probably differs)")),
+            };
+            let _ = write_msg(&mut tls, &PairMsg::Done { ok }).await;
             let _ = tls.shutdown().await;
             Ok((ok, their_ca, their_nodes))
         })
