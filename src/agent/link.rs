@@ -383,9 +383,11 @@ impl Link {
     }
 
     /// Pairs with the link port at `addr` as the client.
-    async fn pair_with(&self, addr: &str) -> Result<(), PairError> {
+    /// `force` pairs again even when paired: the check that the other side still accepts
+    /// the password (after the link failed for a while).
+    async fn pair_with(&self, addr: &str, force: bool) -> Result<(), PairError> {
         let _guard = self.pair_lock.lock().await;
-        if self.paired() {
+        if self.paired() && !force {
             return Ok(());
         }
         let unreachable = |e: &dyn std::fmt::Display| PairError::Unreachable(format!("{e}"));
@@ -445,6 +447,7 @@ impl Link {
         let mut backoff = Duration::from_millis(200);
         let mut next_ping = Instant::now();
         let mut last_state = String::new();
+        let mut failures = 0u32;
         loop {
             let cands = self.candidates();
             target %= cands.len().max(1);
@@ -452,7 +455,7 @@ impl Link {
             if !self.paired() {
                 connected = false;
                 self.set_status(|l| l.state = if l.state == "refused" { "refused".into() } else { "pairing".into() });
-                match self.pair_with(&addr).await {
+                match self.pair_with(&addr, false).await {
                     Ok(()) => {
                         self.log.normal(format!("link: paired with the other environment at {addr}; its CA is pinned"));
                         self.set_status(|l| {
@@ -533,6 +536,7 @@ impl Link {
             let q = ChangesQuery { since: progress.seq, index_id: progress.index_id, wait_ms, pending: 0, from: self.me.clone() };
             match ask(&client, &addr, &q).await {
                 Ok((page, len)) => {
+                    failures = 0;
                     self.count_in(len);
                     if !connected {
                         connected = true;
@@ -568,9 +572,35 @@ impl Link {
                 Err(e) => {
                     let was = connected;
                     connected = false;
-                    if is_trust_error(&e) {
-                        self.drop_pairing(&format!("{addr} no longer accepts this environment's certificate or presents another ({e}); its password or CA changed"));
-                        continue;
+                    failures += 1;
+                    // The other side may have changed its password or CA, which shows as a
+                    // refused handshake (or a plain disconnect): pair again to find out.
+                    if is_trust_error(&e) || failures % 3 == 0 {
+                        match self.pair_with(&addr, true).await {
+                            Ok(()) => {
+                                self.log.normal(format!("link: paired again with {addr} after: {e}"));
+                                continue;
+                            }
+                            Err(PairError::Mismatch) => {
+                                self.drop_pairing(&format!("{addr} no longer accepts this environment's password"));
+                                let msg = format!("the other environment ({addr}) refused the password: its password was changed. Set the same password on both sides");
+                                self.log.error(format!("link: {msg}"));
+                                self.set_status(|l| {
+                                    l.state = "refused".into();
+                                    l.error = Some(msg);
+                                });
+                                continue;
+                            }
+                            Err(PairError::Refused(reason)) => {
+                                self.drop_pairing(&format!("{addr} refused to pair again: {reason}"));
+                                self.set_status(|l| {
+                                    l.state = "refused".into();
+                                    l.error = Some(format!("the other environment ({addr}) refused to pair: {reason}"));
+                                });
+                                continue;
+                            }
+                            Err(PairError::Unreachable(_)) => {}
+                        }
                     }
                     let since = *failing_since.get_or_insert_with(Instant::now);
                     let msg = format!("no answer from {addr} for {} s: {e}", since.elapsed().as_secs());

@@ -100,3 +100,52 @@ fn link_with_a_wrong_password_is_refused_on_both_sides_and_nothing_crosses() {
     }
     assert!(!b.nodes[0].path("secret-of-a.txt").exists() && !b.nodes[1].path("secret-of-a.txt").exists(), "a file crossed without pairing");
 }
+
+fn set_password(c: &Cluster, old: &str, new: &str) {
+    for n in &c.nodes {
+        let cfg = std::fs::read_to_string(&n.config).unwrap();
+        std::fs::write(&n.config, cfg.replace(&format!("password = {old:?}"), &format!("password = {new:?}"))).unwrap();
+    }
+}
+
+#[test]
+fn link_password_changed_on_one_side_stops_it_and_on_both_sides_re_pairs() {
+    let mut a = Cluster::new(2, Options::default());
+    let mut b = Cluster::new(2, Options::default());
+    link(&a, &link_addr(&b, 0), "first password");
+    link(&b, &link_addr(&a, 0), "first password");
+    a.start_all();
+    b.start_all();
+    write(&a.nodes[0].path("before.txt"), b"paired");
+    wait_file(&b, 1, "before.txt", b"paired", "a file before the change");
+
+    // A changes its password alone: the link stops with a clear error on both sides.
+    set_password(&a, "first password", "second password");
+    for i in 0..2 {
+        a.stop(i);
+    }
+    a.start_all();
+    assert!(a.nodes[0].log().contains("the link password changed"), "{}", a.nodes[0].log());
+    until("both sides refuse", T, || {
+        let (la, lb) = (link_line(&a, 0), link_line(&b, 0));
+        if la.contains(": refused") && lb.contains(": refused") { Ok(()) } else { Err(format!("A: {la}\nB: {lb}\nB log: {}", b.nodes[0].log())) }
+    });
+    write(&b.nodes[1].path("during.txt"), b"must wait for the same password");
+    write(&a.nodes[1].path("during-a.txt"), b"must wait too");
+    // B keeps running; give both sides' links a full exchange cycle and check nothing crossed.
+    until("B has written during.txt locally and reports the refusal", T, || {
+        let s = b.nodes[0].status_file();
+        if b.nodes[0].path("during.txt").exists() && s.contains(": refused") { Ok(()) } else { Err(s) }
+    });
+    assert!(!a.nodes[0].path("during.txt").exists() && !a.nodes[1].path("during.txt").exists(), "a change crossed a link whose passwords differ");
+    assert!(!b.nodes[0].path("during-a.txt").exists(), "a change crossed a link whose passwords differ");
+
+    // B changes to the same password: they pair again and everything crosses.
+    set_password(&b, "first password", "second password");
+    for i in 0..2 {
+        b.stop(i);
+    }
+    b.start_all();
+    wait_file(&a, 1, "during.txt", b"must wait for the same password", "B's file after re-pairing");
+    wait_file(&b, 1, "during-a.txt", b"must wait too", "A's file after re-pairing");
+}
