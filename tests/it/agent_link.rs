@@ -149,3 +149,24 @@ fn link_password_changed_on_one_side_stops_it_and_on_both_sides_re_pairs() {
     wait_file(&a, 1, "during.txt", b"must wait for the same password", "B's file after re-pairing");
     wait_file(&b, 1, "during-a.txt", b"must wait too", "A's file after re-pairing");
 }
+
+#[test]
+fn link_moves_to_another_node_when_the_named_one_is_down() {
+    let mut a = Cluster::new(2, Options::default());
+    let mut b = Cluster::new(2, Options::default());
+    link(&a, &link_addr(&b, 0), "failover password");
+    link(&b, &link_addr(&a, 0), "failover password");
+    a.start_all();
+    b.start_all();
+    write(&b.nodes[1].path("first.txt"), b"before the failure");
+    wait_file(&a, 1, "first.txt", b"before the failure", "B's file on A before the failure");
+
+    // The node A names goes down for good: A's link moves to B's other node by itself.
+    b.kill9(0);
+    write(&b.nodes[1].path("second.txt"), b"after the failure");
+    until("A moves its link to B's second node", Duration::from_secs(120), || {
+        let l = link_line(&a, 0);
+        if a.nodes[1].path("second.txt").exists() && l.contains(": connected") && l.contains("with node2") { Ok(()) } else { Err(format!("{l}\n{}", a.nodes[0].log())) }
+    });
+    assert!(a.nodes[0].log().contains("link: moving to"), "{}", a.nodes[0].log());
+}
