@@ -400,6 +400,9 @@ mod tests {
         assert!(super::link_from(&st, &ctx(7755).node, &inst("one_env")).unwrap().is_none());
         let e = super::link_from(&st, &ctx(65535).node, &i).unwrap_err();
         assert!(e.contains("65535"), "{e}");
+        let mut named = ctx(7755).node;
+        named.address = "web1.example.com".into();
+        assert!(super::link_from(&st, &named, &i).unwrap_err().contains("IP"));
         let mut no_pw = i.clone();
         no_pw.password_secret = None;
         assert!(super::link_from(&st, &ctx(7755).node, &no_pw).unwrap_err().contains("password"));
@@ -443,7 +446,13 @@ fn link_from(secrets: &crate::control::secrets::Secrets, node: &NodeRow, inst: &
     if !(1..=65535).contains(&port) {
         return Err(format!("the link port is the agent port + 1, but node {} has agent port {}: give it an agent port below 65535", node.name, node.agent_port));
     }
-    Ok(Some(LinkSettings { listen: format!("{}:{port}", node.address), remote: remote.to_owned(), password }))
+    // The agent binds its link port to this address, so it must be an IP address.
+    let listen = match node.address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+        Ok(ip) => format!("{ip}:{port}"),
+        Err(_) => return Err(format!("two-environment mode: node {} has the address {:?}, but its link port listens on an IP address; set the node's address to its IP", node.name, node.address)),
+    };
+    Ok(Some(LinkSettings { listen, remote: remote.to_owned(), password }))
 }
 
 /// Whether the `[link]` sections of two configs differ (for the step's message).
