@@ -94,14 +94,26 @@ impl Manifest {
     /// Validates a submission field by field. Hidden fields are ignored; `environment` and
     /// `nodes` are fixed by the page the dialog was opened from.
     pub fn validate(&self, values: &HashMap<String, String>) -> Result<Settings, FieldErrors> {
+        self.validate_with(values, false)
+    }
+
+    /// Like [`Manifest::validate`]; with `password_stored` (a reconfigure of an installation
+    /// that already has a shared password) an empty password field keeps the stored one and
+    /// `Settings::password` is None. A password is never defaulted otherwise, and is taken
+    /// as typed (not trimmed): both environments must hold exactly the same bytes.
+    pub fn validate_with(&self, values: &HashMap<String, String>, password_stored: bool) -> Result<Settings, FieldErrors> {
         let mut errors = FieldErrors::new();
         let get = |name: &str| values.get(name).map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+        let password = || values.get("password").filter(|p| !p.trim().is_empty()).cloned();
         for f in &self.settings {
             if !self.visible(f, values) || matches!(f.kind.as_str(), "environment" | "nodes") {
                 continue;
             }
-            let v = get(&f.name).or_else(|| if f.kind == "password" { None } else { f.default.clone() });
+            let v = if f.kind == "password" { password() } else { get(&f.name).or_else(|| f.default.clone()) };
             let Some(v) = v else {
+                if f.kind == "password" && password_stored {
+                    continue;
+                }
                 if f.required {
                     errors.insert(f.name.clone(), format!("{} is required", f.caption));
                 }
@@ -120,7 +132,7 @@ impl Manifest {
             path: normalize_path(&get("path").or_else(|| self.field("path").and_then(|f| f.default.clone())).unwrap_or_default()).unwrap_or_default(),
             delay: get("delay").or_else(|| self.field("delay").and_then(|f| f.default.clone())).and_then(|d| d.parse().ok()).unwrap_or(10),
             address: if two { get("address") } else { None },
-            password: if two { get("password") } else { None },
+            password: if two { password() } else { None },
             mode,
         })
     }
@@ -145,8 +157,12 @@ fn check_field(f: &Field, v: &str) -> Result<(), String> {
         "string" if f.name == "path" => normalize_path(v).map(|_| ()),
         "address" => check_address(v),
         "password" => {
-            if v.len() < 8 {
+            if v.chars().count() < 8 {
                 Err("use at least 8 characters".into())
+            } else if v.len() > 1024 {
+                Err("use at most 1024 bytes".into())
+            } else if v.contains('\0') {
+                Err("must not contain a NUL character".into())
             } else {
                 Ok(())
             }
@@ -180,13 +196,24 @@ pub fn normalize_path(p: &str) -> Result<String, String> {
     Ok(parts.join("/"))
 }
 
-/// `host:port`, where host is an IP address or a DNS name.
+/// `host:port`, where host is an IP address (IPv6 in brackets) or a DNS name, and port is
+/// 1-65535.
 pub fn check_address(v: &str) -> Result<(), String> {
-    if v.parse::<std::net::SocketAddr>().is_ok() {
-        return Ok(());
+    if let Ok(a) = v.parse::<std::net::SocketAddr>() {
+        return if a.port() == 0 { Err("port 0 is not a port a node listens on; use 1-65535".into()) } else { Ok(()) };
     }
     let Some((host, port)) = v.rsplit_once(':') else { return Err("use host:port, e.g. 203.0.113.7:7755".into()) };
-    port.parse::<u16>().map_err(|_| format!("{port:?} is not a port number"))?;
+    match port.parse::<u16>() {
+        Ok(0) => return Err("port 0 is not a port a node listens on; use 1-65535".into()),
+        Ok(_) => {}
+        Err(_) => return Err(format!("{port:?} is not a port number (1-65535)")),
+    }
+    if host.contains(':') {
+        return Err(format!("{host:?}: write an IPv6 address in brackets, e.g. [2001:db8::7]:7755"));
+    }
+    if !host.is_empty() && host.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(format!("{host:?} is not a valid IPv4 address"));
+    }
     let ok = !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && !l.starts_with('-'));
@@ -227,6 +254,51 @@ mod tests {
         assert!(e.contains_key("address") && e.contains_key("password"));
         let s = m.validate(&form(&[("mode", "two_envs"), ("address", "db.example.com:7755"), ("password", "correct horse")])).unwrap();
         assert_eq!(s.address.as_deref(), Some("db.example.com:7755"));
+    }
+
+    #[test]
+    fn two_envs_without_a_password_is_refused_next_to_the_field() {
+        let m = Manifest::load().unwrap();
+        for pw in [None, Some(""), Some("   ")] {
+            let mut f = form(&[("mode", "two_envs"), ("address", "203.0.113.7:7756")]);
+            if let Some(pw) = pw {
+                f.insert("password".into(), pw.into());
+            }
+            let e = m.validate(&f).unwrap_err();
+            assert_eq!(e.keys().collect::<Vec<_>>(), ["password"], "{pw:?}: {e:?}");
+            assert!(e["password"].contains("required"), "{e:?}");
+        }
+        let e = m.validate(&form(&[("mode", "two_envs"), ("address", "203.0.113.7:7756"), ("password", "short")])).unwrap_err();
+        assert!(e["password"].contains("at least 8"));
+        // The error message never repeats the password.
+        assert!(!e["password"].contains("short"));
+    }
+
+    #[test]
+    fn a_stored_password_may_be_kept_on_reconfigure() {
+        let m = Manifest::load().unwrap();
+        let f = form(&[("mode", "two_envs"), ("address", "203.0.113.7:7756")]);
+        let s = m.validate_with(&f, true).unwrap();
+        assert_eq!((s.mode.as_str(), s.password.as_deref()), ("two_envs", None));
+        // A new one replaces it, taken exactly as typed.
+        let f = form(&[("mode", "two_envs"), ("address", "203.0.113.7:7756"), ("password", " new \"pass\"\\word ")]);
+        assert_eq!(m.validate_with(&f, true).unwrap().password.as_deref(), Some(" new \"pass\"\\word "));
+        // Switching to one environment drops the password.
+        assert_eq!(m.validate_with(&form(&[("mode", "one_env"), ("password", "whatever123")]), true).unwrap().password, None);
+    }
+
+    #[test]
+    fn addresses_must_be_host_and_port() {
+        for ok in ["203.0.113.7:7756", "db.example.com:7755", "node-2:1", "[2001:db8::7]:7756", "localhost:65535"] {
+            assert!(check_address(ok).is_ok(), "{ok}");
+        }
+        for bad in ["203.0.113.7", "203.0.113.7:", "203.0.113.7:0", "203.0.113.7:65536", "203.0.113.7:x", ":7755", "2001:db8::7:7756", "bad host:7755", "-x.example:1", "999.1.1.1:7755", "a..b:1", "a_b:1"] {
+            assert!(check_address(bad).is_err(), "{bad}");
+        }
+        let m = Manifest::load().unwrap();
+        let e = m.validate(&form(&[("mode", "two_envs"), ("address", "203.0.113.7"), ("password", "correct horse")])).unwrap_err();
+        assert_eq!(e.keys().collect::<Vec<_>>(), ["address"]);
+        assert!(e["address"].contains("host:port"), "{e:?}");
     }
 
     #[test]

@@ -16,4 +16,5 @@ mod control_clone;
 mod control_install;
 mod control_topology;
 mod control_workers;
+mod proxy_selftest;
 mod tidy;

@@ -211,31 +211,61 @@ async fn enqueue_all(st: &AppState, env: Uuid, layer: Uuid, kind: &str) -> Resul
 }
 
 /// Install or reconfigure: validates against the manifest, stores the settings, queues one
-/// job per node of the layer.
+/// job per node of the layer. In two-environment mode the shared password is sealed with
+/// the control plane's secret key and kept apart from the settings; it is never shown back
+/// (not in the API, not in the dialog, not in events). A reconfigure that leaves the
+/// password empty keeps the stored one.
 pub async fn submit_install(st: &AppState, env: Uuid, values: &HashMap<String, String>) -> Result<Outcome<Vec<Uuid>>, Error> {
-    let s = match st.manifest.validate(values) {
+    let layer = db::environments::cp_layer(&st.pool, env).await?;
+    let existing = db::environments::installation(&st.pool, layer).await?;
+    let stored = existing.as_ref().and_then(|i| i.password_secret.clone());
+    let s = match st.manifest.validate_with(values, stored.is_some()) {
         Ok(s) => s,
         Err(e) => return Ok(Outcome::Invalid(e)),
     };
-    let layer = db::environments::cp_layer(&st.pool, env).await?;
     let nodes = db::environments::nodes(&st.pool, layer).await?;
     if nodes.is_empty() {
         return invalid("nodes", "this environment has no nodes yet: add nodes first");
     }
-    if s.mode == "two_envs" {
-        return invalid("mode", "two-environment sync needs the cross-environment link, which this version does not have yet");
-    }
-    let existing = db::environments::installation(&st.pool, layer).await?;
     let kind = if existing.is_some() { "reconfigure" } else { "install" };
-    let settings = serde_json::json!({"mode": s.mode, "path": s.path, "delay": s.delay, "address": s.address});
-    let password_secret = match &s.password {
-        Some(p) => Some(st.secrets.seal(p)?),
-        None => None,
+    let settings = settings_json(&s);
+    let (password_secret, password_note) = match (&s.password, &stored) {
+        _ if s.mode != "two_envs" => (None, None),
+        (Some(p), Some(old)) if st.secrets.open(old).is_ok_and(|o| &o == p) => (stored.clone(), Some(PasswordNote::Unchanged)),
+        (Some(p), old) => (Some(st.secrets.seal(p)?), Some(if old.is_some() { PasswordNote::Changed } else { PasswordNote::Set })),
+        (None, old) => (old.clone(), Some(PasswordNote::Unchanged)),
     };
     let new = NewInstallation { mode: &s.mode, sync_path: &s.path, delay_seconds: s.delay as i32, settings, password_secret };
     db::environments::upsert_installation(&st.pool, layer, new, "installing").await?;
-    db::add_event(&st.pool, Some(env), &format!("{kind}: path {} delay {} s", s.path, s.delay)).await?;
+    db::add_event(&st.pool, Some(env), &install_event(kind, &s, password_note)).await?;
     Ok(Outcome::Done(enqueue_all(st, env, layer, kind).await?))
+}
+
+/// What happened to the shared password in a submission (for the event line, which never
+/// carries the password itself).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum PasswordNote {
+    Set,
+    Changed,
+    Unchanged,
+}
+
+/// The installation's settings as stored and shown by the API: everything but the password.
+fn settings_json(s: &crate::control::manifest::Settings) -> serde_json::Value {
+    serde_json::json!({"mode": s.mode, "path": s.path, "delay": s.delay, "address": s.address})
+}
+
+fn install_event(kind: &str, s: &crate::control::manifest::Settings, pw: Option<PasswordNote>) -> String {
+    let mut m = format!("{kind}: path {} delay {} s", s.path, s.delay);
+    if s.mode == "two_envs" {
+        m.push_str(&format!(", two environments: linked with {}", s.address.as_deref().unwrap_or("?")));
+        match pw {
+            Some(PasswordNote::Set) => m.push_str(", shared password set"),
+            Some(PasswordNote::Changed) => m.push_str(", shared password changed (the other environment needs the same new password)"),
+            Some(PasswordNote::Unchanged) | None => m.push_str(", shared password unchanged"),
+        }
+    }
+    m
 }
 
 pub async fn submit_uninstall(st: &AppState, env: Uuid) -> Result<Vec<Uuid>, Error> {
@@ -324,5 +354,26 @@ pub async fn enroll(st: &AppState, r: &EnrollRequest) -> Result<Result<(Uuid, St
             Ok(Ok((ids[0], name)))
         }
         Outcome::Invalid(e) => Ok(Err(EnrollError::Invalid(e.into_iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("; ")))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_stays_out_of_settings_and_events() {
+        let m = crate::control::manifest::Manifest::load().unwrap();
+        let pw = "s3cret \"quoted\" \\ pass";
+        let f: HashMap<String, String> = [("mode", "two_envs"), ("address", "203.0.113.7:7756"), ("password", pw)].into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        let s = m.validate(&f).unwrap();
+        assert_eq!(s.password.as_deref(), Some(pw));
+        let json = settings_json(&s).to_string();
+        assert!(!json.contains("s3cret") && json.contains("203.0.113.7:7756"), "{json}");
+        for note in [Some(PasswordNote::Set), Some(PasswordNote::Changed), Some(PasswordNote::Unchanged), None] {
+            let e = install_event("install", &s, note);
+            assert!(!e.contains("s3cret") && e.contains("203.0.113.7:7756"), "{e}");
+        }
+        assert_eq!(install_event("install", &m.validate(&HashMap::new()).unwrap(), None), "install: path ROOT delay 10 s");
     }
 }

@@ -84,15 +84,31 @@ async fn create(State(st): State<AppState>, _u: ApiUser, Json(b): Json<Value>) -
 async fn show(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>) -> ApiResult {
     let Some(env) = db::environments::get(&st.pool, id).await? else { return Ok(err(StatusCode::NOT_FOUND, "no such environment")) };
     let layer = db::environments::cp_layer(&st.pool, id).await?;
+    let inst = db::environments::installation(&st.pool, layer).await?;
+    let mut installation = serde_json::to_value(&inst).unwrap_or(Value::Null);
+    if let (Some(i), Some(o)) = (&inst, installation.as_object_mut()) {
+        // Whether a shared password is stored; the password itself is never sent back.
+        o.insert("password_set".into(), Value::Bool(i.password_secret.is_some()));
+    }
     Ok(Json(json!({
         "environment": env,
-        "nodes": db::environments::nodes(&st.pool, layer).await?,
-        "installation": db::environments::installation(&st.pool, layer).await?,
+        "nodes": db::environments::nodes(&st.pool, layer).await?.iter().map(node_json).collect::<Vec<_>>(),
+        "installation": installation,
         "jobs": db::jobs::latest_per_node(&st.pool, id).await?,
         "events": db::recent_events(&st.pool, id).await?,
         "join_tokens": db::join_tokens::list(&st.pool, id).await?,
     }))
     .into_response())
+}
+
+/// A node row with `link`: the cross-environment link as the node last reported it (the
+/// `link` object of its `/v1/status`, null in one-environment mode or before a report).
+fn node_json(n: &db::NodeRow) -> Value {
+    let mut v = serde_json::to_value(n).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("link".into(), n.last_status.as_ref().and_then(|s| s.get("link")).cloned().unwrap_or(Value::Null));
+    }
+    v
 }
 
 /// One node as an object, or many (scale out) as an array or `{"nodes": [...]}`; many

@@ -72,6 +72,104 @@ pub struct NodeView {
     pub host_key: String,
 }
 
+/// The cross-environment link of a two-environment installation, as the nodes reported it
+/// in their last heartbeat (`link` in `/v1/status`).
+pub struct LinkView {
+    /// The other environment's address from the add-on settings.
+    pub remote: String,
+    pub nodes: Vec<LinkNodeView>,
+    /// One line for the whole environment ("connected through web1", ...).
+    pub summary: String,
+}
+
+pub struct LinkNodeView {
+    pub name: String,
+    pub state: String,
+    pub role: String,
+    pub remote: String,
+    pub serving_node: String,
+    pub last_exchange: String,
+    pub latency: String,
+    pub bytes_in: String,
+    pub bytes_out: String,
+    pub error: String,
+}
+
+/// Builds the link table from node rows (pure: the heartbeat already stored the status).
+pub fn link_view(remote: &str, rows: &[db::NodeRow]) -> LinkView {
+    let nodes: Vec<LinkNodeView> = rows
+        .iter()
+        .filter(|n| !actions::leaving(n))
+        .map(|n| {
+            let l = n.last_status.as_ref().and_then(|s| s.get("link")).filter(|l| l.is_object());
+            let Some(l) = l else {
+                let state = if n.last_status.is_some() { "no link (agent without link support, or not configured yet)" } else { "no report yet" };
+                return LinkNodeView {
+                    name: n.name.clone(),
+                    state: state.into(),
+                    role: String::new(),
+                    remote: String::new(),
+                    serving_node: String::new(),
+                    last_exchange: String::new(),
+                    latency: String::new(),
+                    bytes_in: String::new(),
+                    bytes_out: String::new(),
+                    error: String::new(),
+                };
+            };
+            let text = |k: &str| l.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+            let leader = l.get("leader").and_then(|v| v.as_bool()).unwrap_or(false);
+            let state = text("state");
+            let role = if leader {
+                "carries the link".to_owned()
+            } else if state == "standby" {
+                "standby (another node carries the link)".to_owned()
+            } else {
+                String::new()
+            };
+            LinkNodeView {
+                name: n.name.clone(),
+                state,
+                role,
+                remote: text("remote"),
+                serving_node: text("serving_node"),
+                last_exchange: l.get("last_exchange").and_then(|v| v.as_i64()).and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok()).map(|t| ago(Some(t))).unwrap_or_else(|| "never".into()),
+                latency: l.get("latency_ms").and_then(|v| v.as_f64()).map(|ms| format!("{ms:.0} ms")).unwrap_or_default(),
+                bytes_in: l.get("bytes_in").and_then(|v| v.as_u64()).map(human_bytes).unwrap_or_default(),
+                bytes_out: l.get("bytes_out").and_then(|v| v.as_u64()).map(human_bytes).unwrap_or_default(),
+                error: text("error"),
+            }
+        })
+        .collect();
+    let carrier = nodes.iter().find(|n| n.state == "connected" && n.role == "carries the link");
+    let summary = if let Some(c) = carrier {
+        if c.serving_node.is_empty() { format!("connected through {}", c.name) } else { format!("connected through {} (with {} on the other side)", c.name, c.serving_node) }
+    } else if let Some(r) = nodes.iter().find(|n| n.state == "refused") {
+        format!("refused: {}", if r.error.is_empty() { "the two environments were given different passwords" } else { &r.error })
+    } else if let Some(p) = nodes.iter().find(|n| n.state == "pairing") {
+        format!("pairing ({})", p.name)
+    } else if let Some(u) = nodes.iter().find(|n| n.state == "unreachable") {
+        format!("not connected: {}", if u.error.is_empty() { format!("no answer from {remote}") } else { u.error.clone() })
+    } else {
+        "no node reports the link yet".into()
+    };
+    LinkView { remote: remote.to_owned(), nodes, summary }
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if b < 1024 {
+        return format!("{b} B");
+    }
+    let mut v = b as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
 pub struct FieldView {
     pub name: String,
     pub kind: String,
@@ -120,6 +218,8 @@ pub struct EnvironmentPage {
     pub node_errors: FieldErrors,
     pub frag: JobsData,
     pub events: Vec<(String, String)>,
+    /// Two-environment installations only.
+    pub link: Option<LinkView>,
 }
 
 impl EnvironmentPage {
@@ -175,6 +275,39 @@ async fn jobs_fragment(st: &AppState, env: Uuid) -> Result<JobsData, Error> {
     Ok(JobsData { jobs, summary })
 }
 
+/// The install dialog's fields with their current values. `current` is the stored settings
+/// or a re-rendered submission; a password field's value is always empty.
+fn dialog_fields(manifest: &crate::control::manifest::Manifest, env_name: &str, node_names: &[&str], current: &HashMap<String, String>, dialog_errors: &FieldErrors, password_stored: bool) -> Vec<FieldView> {
+    manifest
+        .settings
+        .iter()
+        .map(|f| {
+            let value = match f.kind.as_str() {
+                "environment" => env_name.to_owned(),
+                "nodes" => node_names.join(", "),
+                "password" => String::new(),
+                _ => current.get(&f.name).cloned().or_else(|| f.default.clone()).unwrap_or_default(),
+            };
+            FieldView {
+                choices: f.values.iter().map(|c| (c.value.clone(), c.caption.clone(), c.value == value)).collect(),
+                show_if: f.show_if.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+                hidden: !manifest.visible(f, current),
+                name: f.name.clone(),
+                kind: f.kind.clone(),
+                caption: f.caption.clone(),
+                tooltip: if f.kind == "password" && password_stored {
+                    "A shared password is stored (never shown). Leave this empty to keep it, or type a new one in both environments.".into()
+                } else {
+                    f.tooltip.clone().unwrap_or_default()
+                },
+                error: dialog_errors.get(&f.name).cloned().unwrap_or_default(),
+                required: f.required,
+                value,
+            }
+        })
+        .collect()
+}
+
 pub async fn environment_show(State(st): State<AppState>, user: CurrentUser, Path(id): Path<Uuid>) -> Result<Response, Error> {
     show_page(&st, user, id, HashMap::new(), FieldErrors::new(), FieldErrors::new(), String::new()).await
 }
@@ -206,35 +339,23 @@ async fn show_page(st: &AppState, user: CurrentUser, id: Uuid, values: HashMap<S
             host_key: n.host_key_fingerprint.clone().unwrap_or_else(|| "not pinned yet".into()),
         })
         .collect();
+    let stored_address = inst.as_ref().and_then(|i| i.settings.get("address")?.as_str().map(str::to_owned)).unwrap_or_default();
+    let password_stored = inst.as_ref().is_some_and(|i| i.password_secret.is_some());
     let current: HashMap<String, String> = match &inst {
-        Some(i) if values.is_empty() => [("mode", i.mode.clone()), ("path", i.sync_path.clone()), ("delay", i.delay_seconds.to_string())].into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
-        _ => values,
+        Some(i) if values.is_empty() => [("mode", i.mode.clone()), ("path", i.sync_path.clone()), ("delay", i.delay_seconds.to_string()), ("address", stored_address.clone())]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+        // A re-rendered submission: everything as typed but the password, which is dropped
+        // here so no later change can echo it back into the page.
+        _ => values.into_iter().filter(|(k, _)| st.manifest.field(k).is_none_or(|f| f.kind != "password")).collect(),
     };
-    let dialog = st
-        .manifest
-        .settings
-        .iter()
-        .map(|f| {
-            let value = match f.kind.as_str() {
-                "environment" => env.name.clone(),
-                "nodes" => rows.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", "),
-                "password" => String::new(),
-                _ => current.get(&f.name).cloned().or_else(|| f.default.clone()).unwrap_or_default(),
-            };
-            FieldView {
-                choices: f.values.iter().map(|c| (c.value.clone(), c.caption.clone(), c.value == value)).collect(),
-                show_if: f.show_if.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
-                hidden: !st.manifest.visible(f, &current),
-                name: f.name.clone(),
-                kind: f.kind.clone(),
-                caption: f.caption.clone(),
-                tooltip: f.tooltip.clone().unwrap_or_default(),
-                error: dialog_errors.get(&f.name).cloned().unwrap_or_default(),
-                required: f.required,
-                value,
-            }
-        })
-        .collect();
+    let link = match &inst {
+        Some(i) if i.mode == "two_envs" => Some(link_view(&stored_address, &rows)),
+        _ => None,
+    };
+    let node_names: Vec<&str> = rows.iter().map(|n| n.name.as_str()).collect();
+    let dialog = dialog_fields(&st.manifest, &env.name, &node_names, &current, &dialog_errors, password_stored);
     let events = db::recent_events(&st.pool, id).await?.into_iter().map(|e| (ago(Some(e.created_at)), e.message)).collect();
     let status = if dialog_errors.is_empty() && node_errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
     let page = EnvironmentPage {
@@ -264,6 +385,7 @@ async fn show_page(st: &AppState, user: CurrentUser, id: Uuid, values: HashMap<S
         node_errors,
         frag: jobs_fragment(st, id).await?,
         events,
+        link,
     };
     let mut r = render(&page)?;
     *r.status_mut() = status;
@@ -413,4 +535,91 @@ pub async fn node_logs(State(st): State<AppState>, user: CurrentUser, Path(id): 
 pub async fn node_logs_fragment(State(st): State<AppState>, _user: CurrentUser, Path(id): Path<Uuid>) -> Result<Response, Error> {
     let node = db::environments::node(&st.pool, id).await?.ok_or_else(|| not_found("node"))?;
     render(&LogsFragment { view: node_log_view(&st, &node).await })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, status: Option<serde_json::Value>) -> db::NodeRow {
+        db::NodeRow {
+            node_id: Uuid::new_v4(),
+            layer_id: Uuid::nil(),
+            name: name.into(),
+            address: "10.0.0.1".into(),
+            ssh_port: 22,
+            ssh_user: "root".into(),
+            webroot: "/w".into(),
+            install_prefix: "/p".into(),
+            agent_port: 7755,
+            host_key: None,
+            host_key_fingerprint: None,
+            agent_state: "running".into(),
+            last_heartbeat_at: None,
+            last_status: status,
+        }
+    }
+
+    #[test]
+    fn link_table_in_words() {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let rows = vec![
+            node("web1", Some(serde_json::json!({"link": {"state": "connected", "leader": true, "remote": "203.0.113.7:7756", "serving_node": "ams1", "last_exchange": now - 5, "latency_ms": 81.4, "bytes_in": 2048, "bytes_out": 3 * 1024 * 1024, "error": null}}))),
+            node("web2", Some(serde_json::json!({"link": {"state": "standby", "leader": false, "remote": "203.0.113.7:7756", "serving_node": null, "last_exchange": null, "latency_ms": null, "bytes_in": 0, "bytes_out": 0, "error": null}}))),
+            node("web3", None),
+            node("web4", Some(serde_json::json!({"link": null}))),
+        ];
+        let v = link_view("203.0.113.7:7756", &rows);
+        assert_eq!(v.summary, "connected through web1 (with ams1 on the other side)");
+        let w1 = &v.nodes[0];
+        assert_eq!((w1.state.as_str(), w1.role.as_str(), w1.latency.as_str(), w1.bytes_in.as_str(), w1.bytes_out.as_str()), ("connected", "carries the link", "81 ms", "2.0 KiB", "3.0 MiB"));
+        assert!(w1.last_exchange.ends_with("s ago"), "{}", w1.last_exchange);
+        assert_eq!((v.nodes[1].role.as_str(), v.nodes[1].last_exchange.as_str()), ("standby (another node carries the link)", "never"));
+        assert_eq!(v.nodes[2].state, "no report yet");
+        assert!(v.nodes[3].state.starts_with("no link"));
+
+        let refused = vec![node("web1", Some(serde_json::json!({"link": {"state": "refused", "leader": true, "remote": "x:1", "bytes_in": 0, "bytes_out": 0, "error": "the other environment refused the password"}})))];
+        assert_eq!(link_view("x:1", &refused).summary, "refused: the other environment refused the password");
+    }
+
+    #[test]
+    fn the_rerendered_dialog_never_shows_the_password_and_node_text_is_escaped() {
+        let m = crate::control::manifest::Manifest::load().unwrap();
+        let pw = "Sup3r-secret-pass\"<>";
+        let submitted: HashMap<String, String> = [("mode", "two_envs"), ("address", "203.0.113.7"), ("password", pw), ("path", "ROOT")].into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        let errors = m.validate(&submitted).unwrap_err();
+        assert!(errors.contains_key("address"));
+        let dialog = dialog_fields(&m, "env", &["web1"], &submitted, &errors, true);
+        let rows = vec![node(
+            "web1",
+            Some(serde_json::json!({"link": {"state": "refused", "leader": true, "remote": "<b>x</b>:1", "bytes_in": 0, "bytes_out": 0, "error": "the other side said <script>alert(1)</script>"}})),
+        )];
+        let page = EnvironmentPage {
+            user: CurrentUser { username: "admin".into(), csrf: "c".into() },
+            id: Uuid::nil(),
+            name: "env".into(),
+            webroot: "/w".into(),
+            nodes: vec![],
+            installation: "installed (path ROOT, delay 10 s)".into(),
+            paused: false,
+            new_join_token: String::new(),
+            join_tokens: vec![],
+            agree: String::new(),
+            dialog,
+            addon_name: "File Synchronization".into(),
+            addon_description: String::new(),
+            node_errors: FieldErrors::new(),
+            frag: JobsData { jobs: vec![], summary: String::new() },
+            events: vec![],
+            link: Some(link_view("<b>x</b>:1", &rows)),
+        };
+        let html = askama::Template::render(&page).unwrap();
+        assert!(!html.contains("Sup3r-secret"), "the password was echoed into the page");
+        assert!(html.contains("id=\"error-address\""), "{html}");
+        assert!(html.contains("A shared password is stored"));
+        // The typed address is kept for correction; node text is escaped.
+        assert!(html.contains("value=\"203.0.113.7\""));
+        assert!(html.contains("Cross-environment link") && html.contains("&#60;script&#62;alert(1)&#60;/script&#62;") && !html.contains("<script>alert"));
+        assert!(html.contains("&#60;b&#62;x&#60;/b&#62;:1") && !html.contains("<b>x</b>"));
+    }
 }

@@ -75,11 +75,9 @@ fn paths(node: &NodeRow, inst: &InstallationRow) -> (String, String) {
 pub async fn install(st: &AppState, job: &JobRow, log: &mut StepLog) -> Result<(), String> {
     let ctx = load(st, job).await?;
     let inst = ctx.inst.clone().ok_or("the add-on is not installed on this environment (no settings)")?;
-    if inst.mode == "two_envs" {
-        return Err("two-environment mode needs the cross-environment link, which this version's agent does not have yet; install in one-environment mode".into());
-    }
+    let link = link_settings(st, &ctx.node, &inst)?;
     let conn = login(st, &ctx.node, log).await?;
-    let r = install_steps(st, &ctx, &inst, &conn, log).await;
+    let r = install_steps(st, &ctx, &inst, link.as_ref(), &conn, log).await;
     conn.close().await;
     r?;
     // A node installed (or restarted) while its layer is paused for a redeploy stays paused.
@@ -98,7 +96,7 @@ pub async fn install(st: &AppState, job: &JobRow, log: &mut StepLog) -> Result<(
     Ok(())
 }
 
-async fn install_steps(st: &AppState, ctx: &Ctx, inst: &InstallationRow, conn: &Conn, log: &mut StepLog) -> Result<(), String> {
+async fn install_steps(st: &AppState, ctx: &Ctx, inst: &InstallationRow, link: Option<&LinkSettings>, conn: &Conn, log: &mut StepLog) -> Result<(), String> {
     let (root, prefix) = paths(&ctx.node, inst);
     let node = &ctx.node;
     let sh = |s: String| async move { conn.sh_ok(&s).await.map_err(|e| e.to_string()) };
@@ -169,7 +167,7 @@ async fn install_steps(st: &AppState, ctx: &Ctx, inst: &InstallationRow, conn: &
         })
         .await?;
 
-    let config = agent_config(ctx, inst, &root, &prefix);
+    let config = agent_config(ctx, inst, link, &root, &prefix)?;
     let mut restart_needed = binary_changed;
     let mut reload_needed = false;
     let config_changed = log
@@ -208,7 +206,15 @@ async fn install_steps(st: &AppState, ctx: &Ctx, inst: &InstallationRow, conn: &
                     return Ok((true, format!("wrote {prefix}/agent.toml ({} peers); the agent reloads it without restarting", ctx.peers.len())));
                 }
                 let root_moved = !old.contains(&format!("root = {:?}", root));
-                let note = if root_moved && !old.is_empty() { "; the sync path changed, the agent restarts" } else { "" };
+                let note = if old.is_empty() {
+                    ""
+                } else if root_moved {
+                    "; the sync path changed, the agent restarts"
+                } else if link_changed(&old, &config) {
+                    "; the cross-environment link settings changed (mode, address or password), the agent restarts"
+                } else {
+                    ""
+                };
                 return Ok((true, format!("wrote {prefix}/agent.toml ({} peers){note}", ctx.peers.len())));
             }
             Ok((changed, format!("{prefix}/agent.toml is current")))
@@ -281,6 +287,8 @@ async fn install_steps(st: &AppState, ctx: &Ctx, inst: &InstallationRow, conn: &
 }
 
 /// Whether two agent configs differ only in what the agent reloads in place (peers, delay).
+/// Anything else, the `[link]` section included (address, password, or the mode switch
+/// that adds or removes it), needs a restart.
 fn reloadable(old: &str, new: &str) -> bool {
     let strip = |s: &str| -> Option<toml::Table> {
         let mut t: toml::Table = s.parse().ok()?;
@@ -302,6 +310,155 @@ mod tests {
         assert!(!super::reloadable(base, &base.replace("/w/ROOT", "/w/ROOT2")));
         assert!(!super::reloadable("", base));
     }
+
+    fn ctx(agent_port: i32) -> super::Ctx {
+        let node = |name: &str, address: &str| crate::control::db::NodeRow {
+            node_id: uuid::Uuid::new_v4(),
+            layer_id: uuid::Uuid::nil(),
+            name: name.into(),
+            address: address.into(),
+            ssh_port: 22,
+            ssh_user: "root".into(),
+            webroot: "/var/www/webroot".into(),
+            install_prefix: "/opt/filesync".into(),
+            agent_port,
+            host_key: None,
+            host_key_fingerprint: None,
+            agent_state: "running".into(),
+            last_heartbeat_at: None,
+            last_status: None,
+        };
+        let env = crate::control::db::EnvironmentRow {
+            environment_id: uuid::Uuid::nil(),
+            name: "env".into(),
+            webroot: "/var/www/webroot".into(),
+            ca_cert_pem: String::new(),
+            ca_key_secret: String::new(),
+            client_cert_pem: String::new(),
+            client_key_secret: String::new(),
+        };
+        super::Ctx { env, node: node("web1", "10.0.0.11"), peers: vec![node("web2", "10.0.0.12")], inst: None }
+    }
+
+    fn inst(mode: &str) -> crate::control::db::InstallationRow {
+        crate::control::db::InstallationRow {
+            installation_id: uuid::Uuid::nil(),
+            layer_id: uuid::Uuid::nil(),
+            mode: mode.into(),
+            sync_path: "ROOT".into(),
+            delay_seconds: 1,
+            settings: serde_json::json!({"mode": mode, "address": "203.0.113.7:7756"}),
+            password_secret: Some("plain:unused".into()),
+            state: "installing".into(),
+        }
+    }
+
+    fn config(pw: &str) -> String {
+        let c = ctx(7755);
+        let link = super::LinkSettings { listen: "10.0.0.11:7756".into(), remote: "203.0.113.7:7756".into(), password: pw.into() };
+        super::agent_config(&c, &inst("two_envs"), Some(&link), "/var/www/webroot/ROOT", "/opt/filesync").unwrap()
+    }
+
+    #[test]
+    fn the_link_section_round_trips_any_password() {
+        for pw in ["correct horse battery", "a \"quoted\" pass", "back\\slash\\", "multi\nline\r\npass", "tab\tand 'single' and \'\'\'triple\'\'\' and \"\"\"", "unicode \u{e9}\u{1F511} \u{7f}\u{1b}[0m", "ends with backslash\\"] {
+            let text = config(pw);
+            let t: toml::Table = text.parse().unwrap_or_else(|e| panic!("{pw:?}: {e}\n{text}"));
+            let link = t["link"].as_table().unwrap();
+            assert_eq!(link["password"].as_str(), Some(pw), "{text}");
+            assert_eq!(link["listen"].as_str(), Some("10.0.0.11:7756"));
+            assert_eq!(link["remote"].as_str(), Some("203.0.113.7:7756"));
+            // Nothing else moved: the peers are still peers, the [link] section did not
+            // swallow them.
+            assert_eq!(t["peers"].as_array().map(Vec::len), Some(1), "{text}");
+            assert_eq!(t["node_name"].as_str(), Some("web1"));
+        }
+        let one: toml::Table = super::agent_config(&ctx(7755), &inst("one_env"), None, "/r", "/p").unwrap().parse().unwrap();
+        assert!(!one.contains_key("link"));
+    }
+
+    #[test]
+    fn a_changed_link_restarts_the_agent() {
+        let a = config("first password");
+        assert!(!super::reloadable(&a, &config("second password")), "a new password must restart the agent");
+        assert!(!super::reloadable(&a, &a.replace("203.0.113.7:7756", "203.0.113.8:7756")), "a new address must restart the agent");
+        let one = super::agent_config(&ctx(7755), &inst("one_env"), None, "/var/www/webroot/ROOT", "/opt/filesync").unwrap();
+        assert!(!super::reloadable(&one, &a) && !super::reloadable(&a, &one), "switching modes must restart the agent");
+        assert!(super::link_changed(&a, &config("second password")) && !super::link_changed(&a, &a));
+        // Peers and delay stay reloadable next to an unchanged link.
+        assert!(super::reloadable(&a, &a.replace("delay = 1", "delay = 5")));
+    }
+
+    #[test]
+    fn link_settings_come_from_the_installation() {
+        let st = crate::control::secrets::Secrets::new(Some("k"));
+        let i = inst_with(&st, "the shared one");
+        let l = super::link_from(&st, &ctx(7755).node, &i).unwrap().unwrap();
+        assert_eq!((l.listen.as_str(), l.remote.as_str(), l.password.as_str()), ("10.0.0.11:7756", "203.0.113.7:7756", "the shared one"));
+        // The debug form of the settings never prints the password.
+        assert!(!format!("{l:?}").contains("shared one"));
+        assert!(super::link_from(&st, &ctx(7755).node, &inst("one_env")).unwrap().is_none());
+        let e = super::link_from(&st, &ctx(65535).node, &i).unwrap_err();
+        assert!(e.contains("65535"), "{e}");
+        let mut named = ctx(7755).node;
+        named.address = "web1.example.com".into();
+        assert!(super::link_from(&st, &named, &i).unwrap_err().contains("IP"));
+        let mut no_pw = i.clone();
+        no_pw.password_secret = None;
+        assert!(super::link_from(&st, &ctx(7755).node, &no_pw).unwrap_err().contains("password"));
+        let other_key = crate::control::secrets::Secrets::new(Some("another key"));
+        assert!(super::link_from(&other_key, &ctx(7755).node, &i).unwrap_err().contains("FILESYNC_SECRET_KEY"));
+    }
+
+    fn inst_with(st: &crate::control::secrets::Secrets, pw: &str) -> crate::control::db::InstallationRow {
+        let mut i = inst("two_envs");
+        i.password_secret = Some(st.seal(pw).unwrap());
+        i
+    }
+}
+
+/// The `[link]` section of a node in two-environment mode (the agent's side of the
+/// interface: `listen` is this node's link port, the agent port + 1).
+pub(crate) struct LinkSettings {
+    listen: String,
+    remote: String,
+    password: String,
+}
+
+impl std::fmt::Debug for LinkSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkSettings").field("listen", &self.listen).field("remote", &self.remote).field("password", &"(hidden)").finish()
+    }
+}
+
+fn link_settings(st: &AppState, node: &NodeRow, inst: &InstallationRow) -> Result<Option<LinkSettings>, String> {
+    link_from(&st.secrets, node, inst)
+}
+
+fn link_from(secrets: &crate::control::secrets::Secrets, node: &NodeRow, inst: &InstallationRow) -> Result<Option<LinkSettings>, String> {
+    if inst.mode != "two_envs" {
+        return Ok(None);
+    }
+    let remote = inst.settings.get("address").and_then(|a| a.as_str()).filter(|a| !a.is_empty()).ok_or("two-environment mode without the other environment's address: open the add-on dialog and set it")?;
+    let sealed = inst.password_secret.as_deref().ok_or("two-environment mode without a shared password: open the add-on dialog and type the password (the same in both environments)")?;
+    let password = secrets.open(sealed).map_err(|e| format!("cannot unseal the shared password ({e}): is FILESYNC_SECRET_KEY the one it was stored with? Otherwise type the password again in the add-on dialog"))?;
+    let port = node.agent_port + 1;
+    if !(1..=65535).contains(&port) {
+        return Err(format!("the link port is the agent port + 1, but node {} has agent port {}: give it an agent port below 65535", node.name, node.agent_port));
+    }
+    // The agent binds its link port to this address, so it must be an IP address.
+    let listen = match node.address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+        Ok(ip) => format!("{ip}:{port}"),
+        Err(_) => return Err(format!("two-environment mode: node {} has the address {:?}, but its link port listens on an IP address; set the node's address to its IP", node.name, node.address)),
+    };
+    Ok(Some(LinkSettings { listen, remote: remote.to_owned(), password }))
+}
+
+/// Whether the `[link]` sections of two configs differ (for the step's message).
+fn link_changed(old: &str, new: &str) -> bool {
+    let link = |s: &str| s.parse::<toml::Table>().ok().and_then(|mut t| t.remove("link"));
+    link(old) != link(new)
 }
 
 /// Polls the agent's `/healthz` over mutual TLS, then records its `/v1/status`.
@@ -340,7 +497,7 @@ pub fn agent_client(st: &AppState, env: &EnvironmentRow) -> anyhow::Result<reqwe
     crate::agent::tls::http_client(&tls)
 }
 
-fn agent_config(ctx: &Ctx, inst: &InstallationRow, root: &str, prefix: &str) -> String {
+fn agent_config(ctx: &Ctx, inst: &InstallationRow, link: Option<&LinkSettings>, root: &str, prefix: &str) -> Result<String, String> {
     let w = ctx.node.webroot.trim_end_matches('/');
     let mut s = format!(
         "# Written by the filesync control plane; edits are replaced on the next install.\nnode_name = {:?}\nlisten = \"{}:{}\"\nroot = {:?}\nstate_dir = \"{w}/lsyncd/var/state\"\nlog_dir = \"{w}/lsyncd/var/log\"\ndelay = {}\n\n[tls]\nca = \"{prefix}/tls/ca.pem\"\ncert = \"{prefix}/tls/node.pem\"\nkey = \"{prefix}/tls/node.key\"\n",
@@ -349,7 +506,25 @@ fn agent_config(ctx: &Ctx, inst: &InstallationRow, root: &str, prefix: &str) -> 
     for p in &ctx.peers {
         s.push_str(&format!("\n[[peers]]\nname = {:?}\naddress = \"{}:{}\"\n", p.name, p.address, p.agent_port));
     }
-    s
+    if let Some(l) = link {
+        // Written with the toml crate's own string encoding: the password is arbitrary text
+        // (quotes, backslashes, newlines, control characters) and must reach the agent
+        // byte for byte. The file is uploaded with mode 0600.
+        #[derive(serde::Serialize)]
+        struct Section<'a> {
+            listen: &'a str,
+            remote: &'a str,
+            password: &'a str,
+        }
+        #[derive(serde::Serialize)]
+        struct Doc<'a> {
+            link: Section<'a>,
+        }
+        let section = toml::to_string(&Doc { link: Section { listen: &l.listen, remote: &l.remote, password: &l.password } }).map_err(|e| format!("cannot write the [link] section: {e}"))?;
+        s.push_str("\n# Two-environment mode: this node's link port, the other environment's address and the\n# shared password (never sent over the wire; see the README).\n");
+        s.push_str(&section);
+    }
+    Ok(s)
 }
 
 fn watchdog_script(prefix: &str) -> String {

@@ -5,4 +5,5 @@ pub mod browser;
 pub mod cluster;
 pub mod control;
 pub mod poll;
+pub mod proxy;
 pub mod tree;
