@@ -33,7 +33,7 @@ async fn install(s: &Side, address: &str, password: &str) {
     let (st, v) = s.cp.post(&format!("/api/v1/environments/{}/install", s.env), json!({"mode": "two_envs", "path": "ROOT", "delay": "0", "address": address, "password": password})).await;
     assert_eq!(st, 202, "{v}");
     let jobs = s.cp.wait_jobs(&s.env, Duration::from_secs(120)).await;
-    assert!(jobs.iter().all(|j| j["state"] == "done"), "{}", crate::support::control::describe(&jobs));
+    assert!(jobs.iter().all(|j| j["state"] == "succeeded"), "{}", crate::support::control::describe(&jobs));
 }
 
 fn link_port(n: &SshNode) -> std::net::SocketAddr {
