@@ -22,9 +22,15 @@ impl Agent {
                 self.retry_at.remove(&path);
                 continue;
             }
-            let Ok(permit) = self.fetch_sem.clone().try_acquire_owned() else { break };
+            let Ok(Some(need)) = self.index.get_need(&path) else {
+                self.retry_at.remove(&path);
+                continue;
+            };
+            // Content from the other environment crosses a WAN: many more requests in
+            // flight (one HTTP/2 connection) keep its round trips from adding up.
+            let sem = if need.source.starts_with('@') { &self.link_fetch_sem } else { &self.fetch_sem };
+            let Ok(permit) = sem.clone().try_acquire_owned() else { break };
             self.retry_at.remove(&path);
-            let Ok(Some(need)) = self.index.get_need(&path) else { continue };
             // Already have this version or a newer one (it arrived another way): done.
             let local = self.index.get(&path).ok().flatten();
             let done = match &need.copy_of {

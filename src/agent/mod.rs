@@ -76,6 +76,8 @@ pub enum AdminCmd {
 }
 
 const MAX_PARALLEL_FETCHES: usize = 8;
+/// Fetches from the other environment in flight at once (see `fetch`).
+const MAX_PARALLEL_LINK_FETCHES: usize = 64;
 
 struct Agent {
     s: Settings,
@@ -92,6 +94,7 @@ struct Agent {
     fetching: HashSet<RelPath>,
     retry_at: BTreeMap<RelPath, Instant>,
     fetch_sem: Arc<Semaphore>,
+    link_fetch_sem: Arc<Semaphore>,
     allow_empty_root: bool,
     held_deletes: usize,
     paused: Arc<AtomicBool>,
@@ -183,6 +186,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         fetching: HashSet::new(),
         retry_at: BTreeMap::new(),
         fetch_sem: Arc::new(Semaphore::new(MAX_PARALLEL_FETCHES)),
+        link_fetch_sem: Arc::new(Semaphore::new(MAX_PARALLEL_LINK_FETCHES)),
         allow_empty_root: false,
         held_deletes: 0,
         paused: paused.clone(),
@@ -257,7 +261,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     loop {
         let now = Instant::now();
         // Retries are due only when a fetch slot is free; a finished fetch wakes the loop.
-        let retry = if agent.fetch_sem.available_permits() > 0 { agent.retry_at.values().min().copied() } else { None };
+        let retry = if agent.fetch_sem.available_permits() > 0 && agent.link_fetch_sem.available_permits() > 0 { agent.retry_at.values().min().copied() } else { None };
         let mut wake = [agent.batcher.deadline(), retry, next_rescan].into_iter().flatten().min().unwrap_or(now + Duration::from_secs(3600));
         if wake < now {
             wake = now;
