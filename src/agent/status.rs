@@ -123,7 +123,8 @@ impl Status {
         }
         let _ = writeln!(s, "\nPeers:");
         for (name, p) in &self.peers {
-            if p.removed {
+            // `@…` are the other environment's nodes: the link line below describes them.
+            if p.removed || name.starts_with('@') {
                 continue;
             }
             let state = if p.connected { "connected" } else { "disconnected" };
