@@ -130,6 +130,9 @@ impl SshNode {
                 let _ = Command::new("kill").arg("-KILL").arg(pid.trim()).stderr(Stdio::null()).status();
             }
         }
+        // The pid files may be gone already (a test removed the node's directory first):
+        // the watchdog and the agent name the prefix on their command lines.
+        let _ = Command::new("pkill").arg("-KILL").arg("-f").arg(format!("{}/", p.display())).stderr(Stdio::null()).status();
     }
 }
 

@@ -16,9 +16,11 @@ const LATENCY: Duration = Duration::from_millis(80);
 const T: Duration = Duration::from_secs(90);
 const PASSWORD: &str = "Moscow-Amsterdam shared secret 42";
 
+/// Fields drop in order: the nodes (and their agents) before the control plane, whose
+/// directory holds theirs.
 struct Side {
-    cp: ControlPlane,
     nodes: Vec<SshNode>,
+    cp: ControlPlane,
     env: String,
 }
 
@@ -26,7 +28,7 @@ async fn side(name: &str) -> Side {
     let cp = ControlPlane::start_with(None, &[("FILESYNC_HEARTBEAT_SECONDS", "1")]).await;
     let nodes = cp.nodes(2);
     let env = cp.environment(name, &nodes).await;
-    Side { cp, nodes, env }
+    Side { nodes, cp, env }
 }
 
 async fn install(s: &Side, address: &str, password: &str) {
