@@ -170,3 +170,45 @@ fn link_moves_to_another_node_when_the_named_one_is_down() {
     });
     assert!(a.nodes[0].log().contains("link: moving to"), "{}", a.nodes[0].log());
 }
+
+#[test]
+fn link_conflict_across_environments_keeps_both_versions_everywhere() {
+    use crate::support::proxy::FaultProxy;
+    let mut a = Cluster::new(2, Options::default());
+    let mut b = Cluster::new(2, Options::default());
+    // Each side reaches the other through a proxy the test can cut.
+    let to_b = FaultProxy::start(format!("{}:{}", a.nodes[0].ip, LINK_PORT + 10).parse().unwrap(), link_addr(&b, 0).parse().unwrap(), Duration::from_millis(20));
+    let to_a = FaultProxy::start(format!("{}:{}", b.nodes[0].ip, LINK_PORT + 10).parse().unwrap(), link_addr(&a, 0).parse().unwrap(), Duration::from_millis(20));
+    link(&a, &to_b.addr().to_string(), "conflict password");
+    link(&b, &to_a.addr().to_string(), "conflict password");
+    a.start_all();
+    b.start_all();
+    write(&a.nodes[0].path("shared/page.html"), b"original");
+    wait_file(&b, 1, "shared/page.html", b"original", "the original on B");
+
+    to_b.cut();
+    to_a.cut();
+    write(&a.nodes[1].path("shared/page.html"), b"edited in environment A");
+    write(&b.nodes[1].path("shared/page.html"), b"edited in environment B, longer");
+    wait_file(&a, 0, "shared/page.html", b"edited in environment A", "A's edit inside A");
+    wait_file(&b, 0, "shared/page.html", b"edited in environment B, longer", "B's edit inside B");
+    to_b.heal();
+    to_a.heal();
+
+    let nodes: Vec<(&Cluster, usize)> = vec![(&a, 0), (&a, 1), (&b, 0), (&b, 1)];
+    let t = until("one winner and one conflict copy on all four nodes", T, || {
+        let first = a.snapshot(0);
+        for (c, i) in &nodes {
+            let t = c.snapshot(*i);
+            let d = crate::support::tree::diff("A1", &first, &c.nodes[*i].name, &t);
+            if !d.is_empty() {
+                return Err(d.join("\n"));
+            }
+        }
+        let copies = first.keys().filter(|k| k.contains("sync-conflict")).count();
+        if copies == 1 { Ok(first) } else { Err(format!("{copies} conflict copies: {:?}", first.keys().collect::<Vec<_>>())) }
+    });
+    let copy = t.keys().find(|k| k.contains("sync-conflict")).unwrap().clone();
+    let contents: Vec<Vec<u8>> = [copy.as_str(), "shared/page.html"].iter().map(|p| std::fs::read(b.nodes[1].path(p)).unwrap()).collect();
+    assert!(contents.contains(&b"edited in environment A".to_vec()) && contents.contains(&b"edited in environment B, longer".to_vec()), "a version was lost: {contents:?}");
+}
