@@ -1300,7 +1300,7 @@ def main():
     ap.add_argument("--skip-slow", action="store_true", help="skip delay 10 s (about 20-50 s per ring repetition)")
     ap.add_argument("--idle-seconds", type=int, default=None, help="idle measurement window (default 60, --quick 20)")
     ap.add_argument("--idle-files", type=int, default=None, help="files per node for idle (default 20000, --quick 5000)")
-    ap.add_argument("--mem-files", type=int, default=None, help="files per node for the memory per file (default 200000, "
+    ap.add_argument("--mem-files", type=int, default=None, help="files per node for the memory per file (default 100000, "
                     "--quick 20000, 0 = skip)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", time.strftime("%Y-%m-%d")))
     ap.add_argument("--wait", action="store_true", help="if another run is in progress, wait for it instead of exiting")
@@ -1412,7 +1412,9 @@ def run_latency(run, rep, systems, reps, q, slow):
     if slow:
         configs += [(3, 10), (5, 10)]
     for n, d in configs:
-        probes = 3 if d < 10 else 1
+        # Every probe waits `delay + 0.5 s` before the next: 3 probes at delay 0, 2 at 1 s and
+        # 1 at 10 s keep a full run near 40 minutes on 2 cores (the ring needs 4 x D on 5 nodes).
+        probes = 3 if d < 1 else 2 if d < 10 else 1
         reps_here = reps
         samples, fails = run.alternate("latency", systems, reps_here, n, d, lambda c: w_latency(c, probes))
         flat = {s: [x for v in vals for x in v] for s, vals in samples.items()}
@@ -1488,7 +1490,7 @@ def run_rename(run, rep, systems, reps, q, slow):
 def run_idle(run, rep, systems, reps, q, slow):
     files = run.a.idle_files or (5000 if q else 20_000)
     secs = run.a.idle_seconds or (20 if q else 60)
-    mem_files = run.a.mem_files if run.a.mem_files is not None else (20_000 if q else 200_000)
+    mem_files = run.a.mem_files if run.a.mem_files is not None else (20_000 if q else 100_000)
     tmpl = template("idle", files, max(200, files // 100), 64, 512, 3)
     res, fails = {}, {}
     for s in systems:
