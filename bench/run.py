@@ -14,7 +14,7 @@ address 127.0.1.<i>; everything stays on 127.0.0.0/8):
   lsyncd-star  the same daemons; only the writer (node 1) runs lsyncd, one sync{} per node
   syncthing    one syncthing per node, listening on tcp://127.0.1.i:(22000+i), full mesh,
                discovery, relays, NAT, usage and crash reporting, browser and upgrades off,
-               fsWatcherDelayS = max(1, delay) (1 s is its minimum)
+               fsWatcherDelayS = max(1, delay) (1 s at delay 0, as issue 6 asks)
   rsync-a      (initial sync only) one plain `rsync -a` from node 1 to node 2's daemon
 
 Repetitions alternate systems (rep 1 of every system, then rep 2, ..., with the order
@@ -87,12 +87,69 @@ def on_signal(signum, _frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _die_with_parent():
+    """In the child, before exec: SIGKILL when the harness dies, however it dies (SIGKILL, OOM,
+    a CI job killed), so no daemon outlives the run and squats on 127.0.1.x:7755."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def registry_path():
+    return os.path.join(WORK, "procs.txt")
+
+
+def register(p, args):
+    """Remembers every process group started (pid and command line), so that the next run can
+    stop the leftovers of a run that was killed before it could clean up (see reap_leftovers)."""
+    with open(registry_path(), "a") as f:
+        f.write(json.dumps({"pid": p.pid, "cmd": args}) + "\n")
+
+
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [x.decode(errors="replace") for x in f.read().split(b"\0") if x]
+    except OSError:
+        return None
+
+
+def reap_leftovers():
+    """Called with the run lock held, so no other run owns these: every process group an earlier
+    run of this harness started and that is still alive with the same command line is stopped.
+    Such leftovers keep 127.0.1.x:7755 bound; a new rsync daemon then fails to bind, and without
+    this check the probes would be pushed into the OLD cluster's folders (a 60 s time-out)."""
+    try:
+        lines = open(registry_path()).read().splitlines()
+    except OSError:
+        return []
+    reaped = []
+    for line in lines:
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if cmdline(e["pid"]) == e["cmd"]:
+            try:
+                os.killpg(e["pid"], signal.SIGKILL)
+                reaped.append(f"{e['pid']} ({' '.join(e['cmd'])[:100]})")
+            except OSError:
+                pass
+    os.remove(registry_path())
+    if reaped:
+        time.sleep(0.5)
+    return reaped
+
+
 def spawn(args, log, env=None):
     out = open(log, "ab")
     p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                         start_new_session=True, env=env)
+                         start_new_session=True, env=env, preexec_fn=_die_with_parent)
     out.close()
     PROCS.append(p)
+    register(p, args)
     return p
 
 
@@ -123,13 +180,27 @@ class Timeout(Exception):
     pass
 
 
-def wait_for(what, cond, timeout=120.0, interval=0.001):
+def wait_for(what, cond, timeout=120.0, interval=0.001, alive=None, diagnose=None):
+    """Polls cond() until true. alive (checked every 0.25 s) raises when a sync process died, so a
+    dead process fails the repetition at once instead of after the time-out; diagnose() adds
+    what the nodes look like to a time-out message."""
     t0 = time.perf_counter()
+    next_alive = t0
     while True:
         if cond():
             return time.perf_counter() - t0
-        if time.perf_counter() - t0 > timeout:
-            raise Timeout(f"timed out after {timeout:.0f} s waiting for {what}")
+        now = time.perf_counter()
+        if alive and now >= next_alive:
+            alive()
+            next_alive = now + 0.25
+        if now - t0 > timeout:
+            extra = ""
+            if diagnose:
+                try:
+                    extra = "; " + diagnose()
+                except Exception as e:
+                    extra = f"; (diagnosis failed: {e})"
+            raise Timeout(f"timed out after {timeout:.0f} s waiting for {what}{extra}")
         time.sleep(interval)
 
 
@@ -146,6 +217,45 @@ def port_open(host, port):
         return False
 
 
+def listeners():
+    """(address, port) -> pids holding each listening TCP socket, from `ss -ltnpH`. A socket can
+    have several: an rsync daemon's per-connection child inherits the listening socket."""
+    out = {}
+    r = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True)
+    for line in r.stdout.splitlines():
+        f = line.split()
+        if len(f) < 4 or ":" not in f[3]:
+            continue
+        addr, _, port = f[3].rpartition(":")
+        pids = []
+        for part in line.split("pid=")[1:]:
+            try:
+                pids.append(int(part.split(",", 1)[0].rstrip(")")))
+            except ValueError:
+                pass
+        if port.isdigit():
+            out[(addr.strip("[]"), int(port))] = pids
+    return out
+
+
+def describe_pid(pids):
+    if isinstance(pids, int) or pids is None:
+        pids = [pids] if pids else []
+    descs = []
+    for pid in pids:
+        cmd = cmdline(pid)
+        descs.append(f"pid {pid} ({' '.join(cmd)[:120]})" if cmd else f"pid {pid} (gone)")
+    return ", ".join(descs) or "nobody"
+
+
+def pgid_of(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[2])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def write_file(path, data, mode=0o644):
     with open(path, "w") as f:
         f.write(data)
@@ -158,6 +268,7 @@ def write_file(path, data, mode=0o644):
 class Wire:
     CHAIN = "FSBENCH"
     PORTS = [str(PORT), f"{ST_PORT0 + 1}:{ST_PORT0 + 10}"]
+    NET = "127.0.1.0/24"  # the nodes' addresses: other engineers' agents on 127.x:7755 are not counted
 
     def __init__(self):
         self.method = "proc-net-dev"
@@ -167,8 +278,10 @@ class Wire:
             for p in self.PORTS:
                 # RETURN: a packet is counted by the first rule it matches only. Syncthing dials
                 # from its own listening port, so its packets match a --dport and a --sport rule.
-                cmds += [["-A", self.CHAIN, "-i", "lo", "-p", "tcp", "--dport", p, "-j", "RETURN"],
-                         ["-A", self.CHAIN, "-i", "lo", "-p", "tcp", "--sport", p, "-j", "RETURN"]]
+                # A client's source address is 127.0.0.1 (lo's preferred source), so match the
+                # server side: to a node's address and port, or from a node's address and port.
+                cmds += [["-A", self.CHAIN, "-i", "lo", "-p", "tcp", "-d", self.NET, "--dport", p, "-j", "RETURN"],
+                         ["-A", self.CHAIN, "-i", "lo", "-p", "tcp", "-s", self.NET, "--sport", p, "-j", "RETURN"]]
             cmds.append(["-I", "INPUT", "-i", "lo", "-j", self.CHAIN])
             ok = all(subprocess.run(["iptables", "-w"] + c, capture_output=True).returncode == 0 for c in cmds)
             if ok and self._iptables() is not None:
@@ -176,8 +289,8 @@ class Wire:
             else:
                 self._teardown()
         self.description = {
-            "iptables": "iptables byte counters on lo (INPUT), tcp ports 7755 and 22001-22010, both directions: "
-                        "every byte the sync systems exchanged, IP/TCP headers and TLS/protocol overhead included",
+            "iptables": "iptables byte counters on lo (INPUT), tcp to or from 127.0.1.0/24 ports 7755 and 22001-22010, "
+                        "both directions: every byte the sync systems exchanged, IP/TCP headers and TLS/protocol overhead included",
             "proc-net-dev": "growth of the lo receive counter in /proc/net/dev: ALL loopback traffic during the "
                             "operation (iptables unavailable); run on an otherwise idle machine",
         }[self.method]
@@ -233,6 +346,7 @@ class Cluster:
                 os.makedirs(os.path.join(h, sub))
         self.groups = [[] for _ in range(n)]  # per node: the process groups of its sync processes
         self.prepared = False
+        self.start_timeout = 300  # seconds until every node reports ready (raised for big trees)
 
     def prepare(self):
         """Everything before the sync processes start (keys, configs), kept out of timings."""
@@ -243,6 +357,36 @@ class Cluster:
 
     def procs(self):
         return [p for g in self.groups for p in g]
+
+    def addresses(self):
+        """Every (address, port) this cluster's processes listen on."""
+        return [(ip(i), PORT) for i in range(self.n)]
+
+    def check_free(self):
+        """Before starting: nothing may listen on the cluster's addresses yet. A leftover (say an
+        rsync daemon of an earlier run) would take the connections meant for this cluster: the
+        new daemon fails to bind, and the pushes land in the leftover's folder."""
+        held = listeners()
+        busy = [f"{a}:{p} is held by {describe_pid(held[(a, p)])}" for a, p in self.addresses() if (a, p) in held]
+        if busy:
+            raise RuntimeError("address in use before start: " + "; ".join(busy))
+
+    def verify_listeners(self):
+        """After starting: each address is held by a process this cluster started."""
+        mine = {p.pid for p in self.procs()}
+        held = listeners()
+        for a, p in self.addresses():
+            pids = held.get((a, p), [])
+            if not any(pid in mine or pgid_of(pid) in mine for pid in pids):
+                raise RuntimeError(f"{a}:{p} is not held by this cluster's processes but by {describe_pid(pids)}")
+
+    def check_alive(self):
+        """Raises if a sync process of this cluster has exited."""
+        for i, g in enumerate(self.groups):
+            for p in g:
+                if p.poll() is not None:
+                    raise RuntimeError(f"node {i + 1}: `{' '.join(p.args)[:80]}` exited with status {p.returncode}; "
+                                       f"logs in {self.homes[i]}/log")
 
     def stop(self):
         stop_procs(self.procs())
@@ -277,6 +421,7 @@ class FilesyncCluster(Cluster):
     def start(self):
         if not self.prepared:
             self.prepare()
+        self.check_free()
         for i, h in enumerate(self.homes):
             self.groups[i].append(spawn([BIN, "agent", "--config", self.configs[i]], os.path.join(h, "log", "agent.out")))
         for i, h in enumerate(self.homes):
@@ -292,7 +437,8 @@ class FilesyncCluster(Cluster):
                 except OSError:
                     return False
 
-            wait_for(f"filesync n{i + 1} start-up ({log})", ready, timeout=120, interval=0.01)
+            wait_for(f"filesync n{i + 1} start-up ({log})", ready, timeout=self.start_timeout, interval=0.01)
+        self.verify_listeners()
 
 
 class LsyncdCluster(Cluster):
@@ -338,11 +484,16 @@ class LsyncdCluster(Cluster):
         self.start_lsyncd()
 
     def start_daemons(self):
+        self.check_free()
         for i, h in enumerate(self.homes):
             self.groups[i].append(spawn(["rsync", "--daemon", "--no-detach", f"--config={h}/etc/rsyncd.conf"],
                                         os.path.join(h, "log", "rsyncd.out")))
         for i in range(self.n):
-            wait_for(f"rsync daemon on {ip(i)}:{PORT}", lambda: port_open(ip(i), PORT), timeout=30, interval=0.02)
+            wait_for(f"rsync daemon on {ip(i)}:{PORT}", lambda: port_open(ip(i), PORT), timeout=30, interval=0.02,
+                     alive=self.check_alive)
+        # A daemon that could not bind exits with status 10 ("bind() failed" in its rsyncd.log) while
+        # port_open() succeeds against whoever holds the address: check who does.
+        self.verify_listeners()
 
     def start_lsyncd(self):
         for i in self.pushers:
@@ -356,11 +507,15 @@ class LsyncdCluster(Cluster):
             def ready():
                 try:
                     with open(log) as f:
-                        return sum(1 for line in f if "Startup of" in line and "finished" in line) >= want
+                        text = f.read()
                 except OSError:
                     return False
+                if "Failure on startup" in text or "Error:" in text:
+                    raise RuntimeError(f"lsyncd n{i + 1}: " + next(l for l in text.splitlines() if "Error:" in l or "Failure" in l))
+                return sum(1 for line in text.splitlines() if "Startup of" in line and "finished" in line) >= want
 
-            wait_for(f"lsyncd n{i + 1} start-up ({log})", ready, timeout=900, interval=0.02)
+            wait_for(f"lsyncd n{i + 1} start-up ({log})", ready, timeout=max(900, self.start_timeout), interval=0.02,
+                     alive=self.check_alive)
 
 
 class SyncthingCluster(Cluster):
@@ -378,6 +533,9 @@ class SyncthingCluster(Cluster):
             self.ids.append(open(os.path.join(kd, "id")).read().strip())
             for f in ("cert.pem", "key.pem"):
                 shutil.copy(os.path.join(kd, f), os.path.join(h, "etc", f))
+        # fsWatcherDelayS = max(1, delay): 1 s at delay 0, as issue 6 specifies for Syncthing. reconnectionIntervalS
+        # is 1 (default 60): all nodes start at once, and a device that dialled a peer not yet listening
+        # would otherwise wait a full interval before the next try; after start-up it changes nothing.
         wd = max(1, int(math.ceil(self.delay)))
         for i, h in enumerate(self.homes):
             devices = "".join(
@@ -409,12 +567,15 @@ class SyncthingCluster(Cluster):
         <crashReportingEnabled>false</crashReportingEnabled>
         <setLowPriority>false</setLowPriority>
         <minHomeDiskFree unit="%">0</minHomeDiskFree>
-        <reconnectionIntervalS>5</reconnectionIntervalS>
+        <reconnectionIntervalS>1</reconnectionIntervalS>
     </options>
 </configuration>
 """
             write_file(os.path.join(h, "etc", "config.xml"), xml)
         self.prepared = True
+
+    def addresses(self):
+        return [(ip(i), ST_PORT0 + i + 1) for i in range(self.n)] + [(ip(i), ST_GUI) for i in range(self.n)]
 
     def api(self, i, path):
         req = urllib.request.Request(f"http://{ip(i)}:{ST_GUI}{path}", headers={"X-API-Key": ST_KEY})
@@ -424,6 +585,7 @@ class SyncthingCluster(Cluster):
     def start(self):
         if not self.prepared:
             self.prepare()
+        self.check_free()
         env = dict(os.environ, STNOUPGRADE="1", STNORESTART="1", STNODEFAULTFOLDER="1", HOME=self.dir)
         for i, h in enumerate(self.homes):
             self.groups[i].append(spawn(["syncthing", "serve", f"--config={h}/etc", f"--data={h}/state", "--no-browser",
@@ -443,7 +605,9 @@ class SyncthingCluster(Cluster):
             except Exception:
                 return False
 
-        wait_for("syncthing devices connected and folder idle", ready, timeout=300, interval=0.2)
+        wait_for("syncthing devices connected and folder idle", ready, timeout=self.start_timeout, interval=0.2,
+                 alive=self.check_alive)
+        self.verify_listeners()
 
 
 class RsyncOnce(LsyncdCluster):
@@ -579,13 +743,34 @@ def settle(c, extra=0.0):
     time.sleep(max(0.5, c.delay + 0.5) + extra)
 
 
+def settle_start(c):
+    """After start-up: every system reports ready only once its start-up work is done (lsyncd's
+    start-up rsyncs finished, filesync's `startup complete`, Syncthing idle and connected), and the
+    trees are empty, so no change is pending; 1.5 s (or delay + 1 s if shorter) lets stray
+    start-up traffic pass. Checked: lsyncd logs no rsync after its start-up ones."""
+    time.sleep(min(1.5, c.delay + 1.0))
+
+
+def diagnose_file(c, name, data):
+    """For a time-out message: which nodes have the file, with what content, and who is alive."""
+    out = []
+    for i, r in enumerate(c.roots):
+        p = os.path.join(r, name)
+        if not os.path.exists(p):
+            out.append(f"n{i + 1}: missing")
+        else:
+            out.append(f"n{i + 1}: {'ok' if has_content(p, data) else 'size %d, content differs' % os.path.getsize(p)}")
+    dead = [f"n{i + 1} `{p.args[0]}` exited {p.returncode}" for i, g in enumerate(c.groups) for p in g if p.poll() is not None]
+    return ", ".join(out) + (("; " + ", ".join(dead)) if dead else "; all sync processes alive")
+
+
 # ---------------------------------------------------------------- workloads (one repetition each)
 
 
 def w_latency(c, probes):
     """Start c; write `probes` 4 KiB files on node 1 one after the other; time each until all nodes have it."""
     c.start()
-    settle(c, 0.5)
+    settle_start(c)
     out = []
     timeout = max(60, 8 * c.delay * c.n + 30)
     for k in range(probes):
@@ -604,17 +789,19 @@ def w_latency(c, probes):
                 left.pop()
             return True
 
-        wait_for(f"probe {k} on all nodes", arrived, timeout=timeout, interval=0.001)
+        wait_for(f"probe {k} on all nodes", arrived, timeout=timeout, interval=0.001, alive=c.check_alive,
+                 diagnose=lambda: diagnose_file(c, name, data))
         out.append(time.perf_counter() - t0)
-        settle(c)
+        if k + 1 < probes:
+            settle(c)
     return out
 
 
 def w_p99(c, files, gap=0.05):
     c.start()
-    settle(c, 0.5)
+    settle_start(c)
     lat, sent = [], []
-    next_write = time.perf_counter()
+    next_write = next_alive = time.perf_counter()
     k = 0
     while k < files or sent:
         now = time.perf_counter()
@@ -635,19 +822,22 @@ def w_p99(c, files, gap=0.05):
                 lat.append(time.perf_counter() - item[2])
                 sent.remove(item)
         if sent and now - sent[0][2] > 120:
-            raise Timeout(f"{sent[0][0]} not on all nodes after 120 s")
+            raise Timeout(f"{sent[0][0]} not on all nodes after 120 s; " + diagnose_file(c, sent[0][0], sent[0][1]))
+        if now >= next_alive:
+            c.check_alive()
+            next_alive = now + 0.25
         time.sleep(0.001)
     return lat
 
 
 def w_burst(c, files):
     c.start()
-    settle(c, 0.5)
+    settle_start(c)
     t0 = time.perf_counter()
     make_tree(c.roots[0], files, 50, 1024, 8192, 7)
     written = time.perf_counter() - t0
     expect = tree_sig(c.roots[0])
-    wait_for("burst on all nodes", Converge(c.roots[1:], expect), timeout=900, interval=0.02)
+    wait_for("burst on all nodes", Converge(c.roots[1:], expect), timeout=900, interval=0.02, alive=c.check_alive)
     t = time.perf_counter() - t0
     problem = check_identical(c)
     if problem:
@@ -658,7 +848,7 @@ def w_burst(c, files):
 def w_large(c, data):
     size = len(data)
     c.start()
-    settle(c, 0.5)
+    settle_start(c)
     path = os.path.join(c.roots[0], "big.bin")
     others = [os.path.join(r, "big.bin") for r in c.roots[1:]]
     want = hashlib.sha256(data).hexdigest()
@@ -667,7 +857,7 @@ def w_large(c, data):
         for off in range(0, size, 1 << 20):
             f.write(data[off:off + (1 << 20)])
     conv = Converge(c.roots[1:], {"big.bin": size})
-    wait_for("large file on all nodes", conv, timeout=900, interval=0.005)
+    wait_for("large file on all nodes", conv, timeout=900, interval=0.005, alive=c.check_alive)
     initial_s = time.perf_counter() - t0
     settle(c, 2)
     initial_b = WIRE.read() - b0
@@ -700,7 +890,7 @@ def w_large(c, data):
             left.pop()
         return True
 
-    wait_for("4 KiB edit on all nodes", arrived, timeout=600, interval=0.002)
+    wait_for("4 KiB edit on all nodes", arrived, timeout=600, interval=0.002, alive=c.check_alive)
     edit_s = time.perf_counter() - t0
     settle(c, 2)
     edit_b = WIRE.read() - b0
@@ -723,7 +913,7 @@ def w_initial(c, tmpl):
         c.push()
     else:
         c.start()
-    wait_for("initial sync on all nodes", Converge(c.roots[1:], expect), timeout=1800, interval=0.05)
+    wait_for("initial sync on all nodes", Converge(c.roots[1:], expect), timeout=1800, interval=0.05, alive=c.check_alive)
     t = time.perf_counter() - t0
     b = WIRE.read() - b0
     problem = check_identical(c)
@@ -734,19 +924,21 @@ def w_initial(c, tmpl):
 
 def w_rename(c, files, each):
     c.start()
-    settle(c, 0.5)
+    settle_start(c)
     src = os.path.join(c.roots[0], "album")
     os.makedirs(src)
     blob = os.urandom(files * each)
     for k in range(files):
         with open(os.path.join(src, f"photo{k:03d}.jpg"), "wb") as f:
             f.write(blob[k * each:(k + 1) * each])
-    wait_for("rename set-up on all nodes", Converge(c.roots[1:], tree_sig(c.roots[0])), timeout=900, interval=0.02)
+    wait_for("rename set-up on all nodes", Converge(c.roots[1:], tree_sig(c.roots[0])), timeout=900, interval=0.02,
+             alive=c.check_alive)
     settle(c, 2)
     b0, t0 = WIRE.read(), time.perf_counter()
     os.rename(src, os.path.join(c.roots[0], "album-2026"))
     expect = tree_sig(c.roots[0])
-    wait_for("rename on all nodes", lambda: all(tree_sig(r) == expect for r in c.roots[1:]), timeout=600, interval=0.005)
+    wait_for("rename on all nodes", lambda: all(tree_sig(r) == expect for r in c.roots[1:]), timeout=600, interval=0.005,
+             alive=c.check_alive)
     t = time.perf_counter() - t0
     settle(c, 2)
     b = WIRE.read() - b0
@@ -789,21 +981,29 @@ def node_usage(c):
     return out
 
 
-def w_idle(c, tmpl, seconds):
-    for r in c.roots:
-        copy_tree(tmpl, r)
-    c.start()
-    # Idle means after the start-up work (initial scans, index exchange): wait until the
-    # sync processes of all nodes together use under 1% of a CPU for 5 s in a row (at most 10 min).
+def wait_quiet(c, limit):
+    """Idle means after the start-up work (initial scans, index exchange): wait until the sync
+    processes of all nodes together use under 1% of a CPU for 5 s in a row (at most `limit` s).
+    Returns the seconds from the start of c.start() (c.t_start) and whether it got quiet."""
     t0, quiet, prev = time.perf_counter(), 0, sum(u[0] for u in node_usage(c))
-    while quiet < 5 and time.perf_counter() - t0 < 600:
+    while quiet < 5 and time.perf_counter() - t0 < limit:
         time.sleep(1)
+        c.check_alive()
         cur = sum(u[0] for u in node_usage(c))
         quiet = quiet + 1 if cur - prev < 0.01 else 0
         prev = cur
-    settle_s = time.perf_counter() - t0
+    return time.perf_counter() - c.t_start, quiet >= 5
+
+
+def w_idle(c, tmpl, seconds):
+    for r in c.roots:
+        copy_tree(tmpl, r)
+    c.t_start = time.perf_counter()
+    c.start()
+    settle_s, _ = wait_quiet(c, 600)
     before = node_usage(c)
     time.sleep(seconds)
+    c.check_alive()
     after = node_usage(c)
     per_node = [{"cpu_s": a[0] - b[0], "rss_bytes": a[1], "pss_bytes": a[2]} for a, b in zip(after, before)]
     nfiles = len(tree_sig(c.roots[0]))
@@ -813,6 +1013,23 @@ def w_idle(c, tmpl, seconds):
             "pss_bytes_per_node": statistics.mean(x["pss_bytes"] for x in per_node),
             "rss_bytes_max_node": max(x["rss_bytes"] for x in per_node),
             "per_node": per_node, "files": nfiles, "seconds": seconds, "settle_s": settle_s}
+
+
+def w_mem(c, tmpl, files):
+    """Memory of the sync processes per node with `files` files present on every node, once the
+    start-up work is over (as for idle). No CPU window: this is about the per-file cost."""
+    for r in c.roots:
+        copy_tree(tmpl, r)
+    c.start_timeout = 3600
+    c.t_start = time.perf_counter()
+    c.start()
+    settle_s, quiet = wait_quiet(c, 900)
+    time.sleep(2)
+    c.check_alive()
+    use = node_usage(c)
+    return {"rss_bytes_per_node": statistics.mean(u[1] for u in use), "pss_bytes_per_node": statistics.mean(u[2] for u in use),
+            "rss_bytes_max_node": max(u[1] for u in use), "per_node": [{"rss_bytes": u[1], "pss_bytes": u[2]} for u in use],
+            "files": files, "settle_s": settle_s, "quiet": quiet}
 
 
 # ---------------------------------------------------------------- reporting
@@ -847,6 +1064,8 @@ def fmt(x, unit):
         return f"{x / (1 << 20):.1f} MiB"
     if unit == "cpu":
         return f"{x:.3f} s"
+    if unit == "B/file":
+        return f"{x:.0f} B"
     return f"{x:.3g}"
 
 
@@ -863,7 +1082,7 @@ class Report:
         self.data["workloads"][key] = {"title": title, "unit": unit, "samples": samples, "summary": rows,
                                        "failures": failures, "notes": list(notes)}
         cols = ["p50", "p99", "max"] if stat == "p99" else ["median", "min", "max"]
-        refs = [r for r in ("lsyncd-ring", "lsyncd-star", "rsync-a") if r in rows]
+        refs = [r for r in ("lsyncd-ring", "lsyncd-star", "syncthing", "rsync-a") if r in rows]
         lines = [f"\n## {title}\n", f"| system | {' | '.join(cols)} | n | " + " | ".join(f"filesync / {r}" for r in refs) + " |",
                  "|---|" + "---|" * (len(cols) + 1 + len(refs))]
         fs = rows.get("filesync")
@@ -887,6 +1106,28 @@ class Report:
             lines.append(f"\n- {n}")
         self.emit(lines)
 
+    def summary(self):
+        """One line per table: the medians (p99 for the p99 table) and filesync's ratios to them."""
+        systems = ["filesync", "lsyncd-ring", "lsyncd-star", "syncthing", "rsync-a"]
+        out = ["\n## Summary: medians (p99 for the p99 row); ratio = filesync / reference, below 1 = filesync faster or cheaper\n",
+               "| table | " + " | ".join(systems) + " | / ring | / star | / syncthing |",
+               "|---|" + "---|" * (len(systems) + 3)]
+        for key, w in self.data["workloads"].items():
+            rows = w.get("summary")
+            if not rows:
+                continue
+            stat = "p99" if key == "p99" else "median"
+            unit = w["unit"]
+            vals = [fmt(rows[s][stat], unit) if rows.get(s) else "" for s in systems]
+            fs = rows.get("filesync")
+            ratios = []
+            for ref in ("lsyncd-ring", "lsyncd-star", "syncthing"):
+                r = rows.get(ref)
+                ratios.append(f"{fs[stat] / r[stat]:.3f}" if fs and r and r[stat] > 0 else ("ref. 0" if fs and r else ""))
+            fails = sum(len(v) for v in w.get("failures", {}).values())
+            out.append(f"| {key}{' (%d failed)' % fails if fails else ''} | " + " | ".join(vals) + " | " + " | ".join(ratios) + " |")
+        return out
+
     def emit(self, lines):
         text = "\n".join(lines)
         print(text, flush=True)
@@ -899,7 +1140,17 @@ class Report:
         with open(os.path.join(self.out, "results.json"), "w") as f:
             json.dump(self.data, f, indent=1, default=str)
         with open(os.path.join(self.out, "tables.md"), "w") as f:
-            f.write(f"# Benchmark {self.data['date']}\n\nBytes on the wire: {self.data['wire']}\n")
+            m = self.data["machine"]
+            f.write(f"# Benchmark {self.data['date']}\n\n"
+                    f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem']}, {m['os']}, kernel {m['kernel']}; see machine.txt. "
+                    f"Repetitions: {self.data['reps']} per system, alternating. Bytes on the wire: {self.data['wire']}.\n")
+            run = self.data.get("run")
+            if run:
+                ls = run["load_1min_at_repetition_starts"]
+                f.write(f"\nRun time {run['minutes']} min. 1-minute load average when repetitions started: "
+                        + (f"median {ls['median']:.2f}, min {ls['min']:.2f}, max {ls['max']:.2f}" if ls else "-")
+                        + " (the machine is shared; a load above ~1 means other work competed for the 2 CPUs).\n")
+            f.write("\n".join(self.summary()) + "\n")
             f.write("\n".join(self.md) + "\n")
         if self.series:
             svg(self.series, os.path.join(self.out, "latency.svg"))
@@ -1009,14 +1260,24 @@ class Runner:
             order = systems[rep % len(systems):] + systems[:rep % len(systems)]
             for s in order:
                 t0 = time.time()
+                load = loadavg()
                 v, err = self.rep(s, workload, rep, n, delay, fn)
                 if err:
                     failures.setdefault(s, []).append(err)
                 else:
                     samples[s].append(v)
+                self.r.data.setdefault("load", []).append([workload, n, delay, rep, s, load])
                 say(f"  {workload} n={n} d={delay} rep {rep + 1}/{reps} {s}: "
-                    f"{short(v) if v is not None else 'FAILED'} ({time.time() - t0:.0f} s)")
+                    f"{short(v) if v is not None else 'FAILED'} ({time.time() - t0:.0f} s, load {load})")
         return samples, failures
+
+
+def loadavg():
+    """The 1-minute load average: how busy the (shared) machine was when a repetition started."""
+    try:
+        return float(open("/proc/loadavg").read().split()[0])
+    except (OSError, ValueError):
+        return None
 
 
 def short(v):
@@ -1038,8 +1299,9 @@ def main():
     ap.add_argument("--slow", action="store_true", help="run delay 10 s even with --quick")
     ap.add_argument("--skip-slow", action="store_true", help="skip delay 10 s (about 20-50 s per ring repetition)")
     ap.add_argument("--idle-seconds", type=int, default=None, help="idle measurement window (default 60, --quick 20)")
-    ap.add_argument("--idle-files", type=int, default=None, help="files per node for idle (default 20000, --quick 5000); "
-                    "run once more with 200000 to get the memory per file from the difference")
+    ap.add_argument("--idle-files", type=int, default=None, help="files per node for idle (default 20000, --quick 5000)")
+    ap.add_argument("--mem-files", type=int, default=None, help="files per node for the memory per file (default 100000, "
+                    "--quick 20000, 0 = skip)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", time.strftime("%Y-%m-%d")))
     ap.add_argument("--wait", action="store_true", help="if another run is in progress, wait for it instead of exiting")
     ap.add_argument("--work", default=WORK, help="scratch folder for the nodes' trees (default %(default)s)")
@@ -1048,6 +1310,16 @@ def main():
     if os.geteuid() != 0:
         sys.exit("bench/run.py: run as root (rsync daemons as on the PaaS nodes; iptables byte counters)")
     lock_run(a.wait)
+    os.makedirs(WORK, exist_ok=True)
+    for r in reap_leftovers():
+        print(f"bench/run.py: stopped a leftover of an earlier, killed run: {r}", flush=True)
+    held = listeners()
+    busy = sorted({f"{a}:{p} held by {describe_pid(pids)}" for (a, p), pids in held.items()
+                   if a.startswith("127.0.1.") and p in [PORT, ST_GUI] + list(range(ST_PORT0 + 1, ST_PORT0 + 11))})
+    if busy:
+        sys.exit("bench/run.py: the nodes' addresses are in use by processes this harness did not start (or started "
+                 "without recording them); every repetition would measure them instead. Stop them first:\n  "
+                 + "\n  ".join(busy))
     workloads = ["latency", "p99", "burst", "large", "initial", "rename", "idle", "scale"]
     only = [w for w in a.only.split(",") if w] or workloads
     for w in only:
@@ -1083,6 +1355,8 @@ def main():
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "argv": sys.argv[1:], "quick": q, "reps": reps, "systems": systems,
             "wire": WIRE.description, "wire_method": WIRE.method}
     meta["machine"] = machine(WIRE.description)
+    meta["machine"]["load average at start"] = open("/proc/loadavg").read().strip()
+    t_run = time.time()
     with open(os.path.join(a.out, "machine.txt"), "w") as f:
         f.write("".join(f"{k}: {v}\n" for k, v in meta["machine"].items()))
     rep = Report(a.out, meta)
@@ -1099,8 +1373,12 @@ def main():
     finally:
         kill_all()
         WIRE.close()
+        loads = [x[-1] for x in rep.data.get("load", []) if x[-1] is not None]
+        rep.data["run"] = {"minutes": round((time.time() - t_run) / 60, 1),
+                           "load_at_end": open("/proc/loadavg").read().strip(),
+                           "load_1min_at_repetition_starts": summarize(loads)}
         rep.save()
-        say(f"results in {a.out}")
+        say(f"results in {a.out} ({rep.data['run']['minutes']} min)")
 
 
 LOCK = "/tmp/filesync-bench.lock"
@@ -1134,13 +1412,15 @@ def run_latency(run, rep, systems, reps, q, slow):
     if slow:
         configs += [(3, 10), (5, 10)]
     for n, d in configs:
-        probes = 3 if d < 10 else 1
-        reps_here = reps if d < 10 else min(reps, 3)
+        # Every probe waits `delay + 0.5 s` before the next: 3 probes at delay 0, 2 at 1 s and
+        # 1 at 10 s keep a full run near 40 minutes on 2 cores (the ring needs 4 x D on 5 nodes).
+        probes = 3 if d < 1 else 2 if d < 10 else 1
+        reps_here = reps
         samples, fails = run.alternate("latency", systems, reps_here, n, d, lambda c: w_latency(c, probes))
         flat = {s: [x for v in vals for x in v] for s, vals in samples.items()}
         notes = [f"{reps_here} clusters started per system, {probes} probe(s) each; n = probes measured"]
         if "syncthing" in systems and d < 1:
-            notes.append("syncthing runs at its minimum watcher delay, 1 s")
+            notes.append("syncthing runs with fsWatcherDelayS = 1 s at delay 0 (issue 6's setting for Syncthing)")
         rep.table(f"latency-n{n}-d{d}", f"latency: one new 4 KiB file on node 1 until all {n} nodes have it, delay {d} s",
                   "s", flat, fails, notes=notes)
         for s, v in flat.items():
@@ -1149,7 +1429,7 @@ def run_latency(run, rep, systems, reps, q, slow):
 
 def run_p99(run, rep, systems, reps, q, slow):
     files = 100
-    rounds = 1 if q else 2
+    rounds = 1
     samples, fails = run.alternate("p99", systems, rounds, 3, 0, lambda c: w_p99(c, files))
     flat = {s: [x for v in vals for x in v] for s, vals in samples.items()}
     rep.table("p99", f"p99: {files} files of 4 KiB written 50 ms apart on node 1, 3 nodes, delay 0 (per-file latency)",
@@ -1210,35 +1490,96 @@ def run_rename(run, rep, systems, reps, q, slow):
 def run_idle(run, rep, systems, reps, q, slow):
     files = run.a.idle_files or (5000 if q else 20_000)
     secs = run.a.idle_seconds or (20 if q else 60)
+    mem_files = run.a.mem_files if run.a.mem_files is not None else (20_000 if q else 100_000)
     tmpl = template("idle", files, max(200, files // 100), 64, 512, 3)
     res, fails = {}, {}
-    rounds = 1
     for s in systems:
+        t0 = time.time()
         v, err = run.rep(s, "idle", 0, 3, 10, lambda c: w_idle(c, tmpl, secs))
-        say(f"  idle {s}: {short(v) if v else 'FAILED'}")
+        say(f"  idle {s}: {short(v) if v else 'FAILED'} ({time.time() - t0:.0f} s)")
         if err:
             fails[s] = [err]
         else:
             res[s] = v
+    mem, mem_fails = {}, {}
+    if mem_files:
+        say(f"  making a tree of {mem_files} files for the memory per file")
+        big = template("idle", mem_files, max(200, mem_files // 100), 64, 512, 3)
+        for s in systems:
+            t0 = time.time()
+            v, err = run.rep(s, "mem", 0, 3, 10, lambda c: w_mem(c, big, mem_files))
+            say(f"  memory with {mem_files} files, {s}: {short(v) if v else 'FAILED'} ({time.time() - t0:.0f} s)")
+            if err:
+                mem_fails[s] = [err]
+            else:
+                mem[s] = v
+    ratio_cols = [r for r in ("lsyncd-ring", "syncthing") if r in res]
     lines = [f"\n## idle: {files} files present and watched on each of 3 nodes, {secs} s, delay 10 (the add-on's default)\n",
-             "| system | CPU s per node | CPU s busiest node | RSS per node | PSS per node | RSS / file | filesync / lsyncd-ring (CPU) | filesync / lsyncd-ring (RSS) |",
-             "|---|---|---|---|---|---|---|---|"]
-    fs, ring = res.get("filesync"), res.get("lsyncd-ring")
+             "| system | CPU s per node (mean) | min node | max node | RSS per node (mean) | min node | max node | PSS per node | "
+             + " | ".join(f"filesync / {r} (CPU, RSS)" for r in ratio_cols) + " |",
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(ratio_cols)]
+    fs = res.get("filesync")
     for s, v in res.items():
-        r_cpu = f"{fs['cpu_s_per_node'] / ring['cpu_s_per_node']:.2f}" if s == "filesync" and fs and ring and ring["cpu_s_per_node"] > 0 else ""
-        r_rss = f"{fs['rss_bytes_per_node'] / ring['rss_bytes_per_node']:.2f}" if s == "filesync" and fs and ring else ""
-        lines.append(f"| {s} | {v['cpu_s_per_node']:.3f} | {v['cpu_s_max_node']:.3f} | {fmt(v['rss_bytes_per_node'], 'B')} | "
-                     f"{fmt(v['pss_bytes_per_node'], 'B')} | {v['rss_bytes_per_node'] / v['files']:.0f} B | {r_cpu} | {r_rss} |")
+        cpus = [x["cpu_s"] for x in v["per_node"]]
+        rsss = [x["rss_bytes"] for x in v["per_node"]]
+        ratios = []
+        for r in ratio_cols:
+            ref = res[r]
+            if s == "filesync" and fs:
+                c = f"{fs['cpu_s_per_node'] / ref['cpu_s_per_node']:.2f}" if ref["cpu_s_per_node"] > 0 else "ref. 0"
+                ratios.append(f"{c}, {fs['rss_bytes_per_node'] / ref['rss_bytes_per_node']:.2f}")
+            else:
+                ratios.append("")
+        lines.append(f"| {s} | {v['cpu_s_per_node']:.3f} | {min(cpus):.3f} | {max(cpus):.3f} | {fmt(v['rss_bytes_per_node'], 'B')} | "
+                     f"{fmt(min(rsss), 'B')} | {fmt(max(rsss), 'B')} | {fmt(v['pss_bytes_per_node'], 'B')} | " + " | ".join(ratios) + " |")
     for s, e in fails.items():
         lines.append(f"\n- **{s} failed**: {e[0]}")
-    lines.append("\n- measured after start-up work settled (all nodes' sync processes under 1% CPU for 5 s); settle time after start: "
-                 + ", ".join(f"{s} {v['settle_s']:.0f} s" for s, v in res.items()))
+    lines.append("\n- one cluster per system; the spread is over its 3 nodes. CPU counted in clock ticks of 10 ms. Measured after "
+                 "the start-up work settled (all nodes' sync processes together under 1% of a CPU for 5 s); time from launch to "
+                 "that point: " + ", ".join(f"{s} {v['settle_s']:.0f} s" for s, v in res.items()))
     lines.append("\n- per node = the node's sync processes: filesync agent; rsync daemon + lsyncd (ring; star: lsyncd on node 1 only, "
                  "so its average is over 1 lsyncd and 3 daemons); syncthing. CPU = utime+stime+cutime+cstime from /proc/<pid>/stat "
-                 "of every process in those process groups; RSS and PSS from /proc/<pid>/smaps_rollup at the end. "
-                 "RSS / file divides the whole RSS by the file count (an upper bound on the per-file cost).")
+                 "of every process in those process groups (finished rsync children included); RSS and PSS from "
+                 "/proc/<pid>/smaps_rollup at the end of the window.")
     rep.data["workloads"]["idle"] = {"title": f"idle, {files} files, {secs} s", "samples": res, "failures": fails}
+    # Rows for the summary table (one value per system, so median = that value).
+    rep.data["workloads"]["idle-cpu"] = {"title": f"idle CPU s per node, {files} files, {secs} s", "unit": "cpu",
+                                         "summary": {s: {"median": v["cpu_s_per_node"]} for s, v in res.items()},
+                                         "failures": fails}
+    rep.data["workloads"]["idle-rss"] = {"title": f"idle RSS per node, {files} files", "unit": "B",
+                                         "summary": {s: {"median": v["rss_bytes_per_node"]} for s, v in res.items()},
+                                         "failures": {}}
     rep.emit(lines)
+    if mem_files:
+        lines = [f"\n## memory per file: {mem_files} files present on each of 3 nodes, after start-up settled\n",
+                 f"| system | RSS per node | PSS per node | RSS / file | extra RSS per extra file ({files} -> {mem_files}) | "
+                 "filesync / lsyncd-ring | filesync / syncthing | start-up until quiet |",
+                 "|---|---|---|---|---|---|---|---|"]
+        per = {}
+        for s, v in mem.items():
+            per[s] = (v["rss_bytes_per_node"] - res[s]["rss_bytes_per_node"]) / (mem_files - files) if s in res and mem_files > files else None
+        for s, v in mem.items():
+            ratios = []
+            for r in ("lsyncd-ring", "syncthing"):
+                ratios.append(f"{per['filesync'] / per[r]:.2f}" if s == "filesync" and per.get("filesync") is not None
+                              and per.get(r) and per[r] > 0 else "")
+            lines.append(f"| {s} | {fmt(v['rss_bytes_per_node'], 'B')} | {fmt(v['pss_bytes_per_node'], 'B')} | "
+                         f"{v['rss_bytes_per_node'] / mem_files:.0f} B | " + (f"{per[s]:.0f} B" if per[s] is not None else "-")
+                         + f" | {ratios[0]} | {ratios[1]} | {v['settle_s']:.0f} s{'' if v['quiet'] else ' (never quiet)'} |")
+        for s, e in mem_fails.items():
+            lines.append(f"\n- **{s} failed**: {e[0]}")
+        lines.append(f"\n- extra RSS per extra file = (RSS per node at {mem_files} files - RSS per node at {files} files, from the "
+                     f"idle table) / {mem_files - files}: the marginal memory cost of a file; ratios compare that column. "
+                     "One cluster per system.")
+        rep.data["workloads"]["memory"] = {"title": f"memory, {mem_files} files", "samples": mem, "failures": mem_fails,
+                                           "extra_rss_per_extra_file": per}
+        rep.data["workloads"]["memory-rss"] = {"title": f"RSS per node, {mem_files} files", "unit": "B",
+                                               "summary": {s: {"median": v["rss_bytes_per_node"]} for s, v in mem.items()},
+                                               "failures": mem_fails}
+        rep.data["workloads"]["memory-per-file"] = {"title": f"extra RSS per extra file, {files} -> {mem_files}", "unit": "B/file",
+                                                    "summary": {s: {"median": v} for s, v in per.items() if v is not None},
+                                                    "failures": {}}
+        rep.emit(lines)
 
 
 def run_scale(run, rep, systems, reps, q, slow):

@@ -61,10 +61,42 @@ impl Agent {
         let n = live.len() + dead.len();
         let mut lags = Vec::new();
         let now_ns = scan::now_ns();
-        for r in live.into_iter().chain(dead) {
-            if !r.deleted && r.kind == EntryKind::File && r.modified_by == page.node_id && now_ns - r.mtime_ns < 60_000_000_000 && now_ns >= r.mtime_ns {
+        // Inline content is written to temp files first and made durable together (one
+        // write-back per page instead of an fsync per file) before any reaches its name,
+        // all before the deletions, which may remove the directories they were written in.
+        let originals: HashMap<RelPath, Entry> = live.iter().filter(|r| r.kind == EntryKind::File && blobs.contains_key(&r.hash)).map(|r| (r.path.clone(), r.clone())).collect();
+        self.root.defer_writes();
+        for r in live {
+            if r.kind == EntryKind::File && r.modified_by == page.node_id && now_ns - r.mtime_ns < 60_000_000_000 && now_ns >= r.mtime_ns {
                 lags.push(((now_ns - r.mtime_ns) / 1_000_000) as u64);
             }
+            if let Err(e) = self.apply_one(peer, r, &mut blobs, &mut rename_src, &mut commits) {
+                self.root.discard_writes();
+                self.root.sync_dirty_dirs();
+                return Err(e);
+            }
+        }
+        let finished = self.root.finish_writes();
+        if !finished.written.is_empty() {
+            // Deferred writes were committed with inode 0: give each its real inode.
+            let inos: HashMap<&RelPath, u64> = finished.written.iter().map(|(p, i)| (p, *i)).collect();
+            for (e, ino) in commits.iter_mut() {
+                if let Some(i) = inos.get(&e.path) {
+                    *ino = *i;
+                }
+            }
+        }
+        for (path, err) in finished.failed {
+            commits.retain(|(e, _)| e.path != path);
+            let msg = err.to_string();
+            self.error(format!("cannot apply change from {peer}: {msg}; will retry"));
+            if let Some(r) = originals.get(&path) {
+                let need = Need { entry: r.clone(), source: peer.to_owned(), attempts: 1, last_error: Some(msg), force: false, copy_of: None };
+                self.index.put_need(&need)?;
+                self.retry_at.insert(path, Instant::now() + Duration::from_secs(2));
+            }
+        }
+        for r in dead {
             if let Err(e) = self.apply_one(peer, r, &mut blobs, &mut rename_src, &mut commits) {
                 self.root.sync_dirty_dirs();
                 return Err(e);

@@ -108,18 +108,24 @@ async fn changes(State(app): State<AppState>, Extension(peer): Extension<PeerNam
 
 fn build_page(app: &AppState, since: u64) -> anyhow::Result<ChangesResponse> {
     const PAGE: usize = 2000;
-    let entries = app.index.changes_since(since, PAGE)?;
-    let more = entries.len() >= PAGE;
-    let last_seq = entries.last().map(|(s, _)| *s).unwrap_or(since);
+    let mut entries = app.index.changes_since(since, PAGE)?;
+    let mut more = entries.len() >= PAGE;
     let mut blobs = Vec::new();
     let mut budget = INLINE_BUDGET;
     let mut seen = std::collections::HashSet::new();
-    for (_, e) in &entries {
+    let mut cut = None;
+    for (i, (_, e)) in entries.iter().enumerate() {
         // Only content this node changed itself travels inline: relayed versions are
         // usually already on the asker, and it can fetch the rest. Across environments
         // nothing is on the asker yet, so everything small travels inline.
-        if e.deleted || e.kind != EntryKind::File || (e.modified_by != app.index.node_id && !app.inline_relayed) || e.size > INLINE_MAX || e.size > budget || !seen.insert(e.hash) {
+        if e.deleted || e.kind != EntryKind::File || (e.modified_by != app.index.node_id && !app.inline_relayed) || e.size > INLINE_MAX || !seen.insert(e.hash) {
             continue;
+        }
+        // The page ends where the inline budget does: the rest comes inline with the next
+        // page instead of costing a request per file.
+        if e.size > budget {
+            cut = Some(i);
+            break;
         }
         let Ok(mut f) = app.root.open_read(&e.path) else { continue };
         let mut data = Vec::with_capacity(e.size as usize);
@@ -131,6 +137,11 @@ fn build_page(app: &AppState, since: u64) -> anyhow::Result<ChangesResponse> {
             blobs.push(Blob { hash: e.hash, data });
         }
     }
+    if let Some(i) = cut.filter(|i| *i > 0) {
+        entries.truncate(i);
+        more = true;
+    }
+    let last_seq = entries.last().map(|(s, _)| *s).unwrap_or(since);
     Ok(ChangesResponse { node_id: app.index.node_id, node_name: app.node_name.clone(), index_id: app.index.index_id, entries, blobs, last_seq, more })
 }
 
@@ -174,6 +185,11 @@ async fn delta(State(app): State<AppState>, Extension(peer): Extension<PeerName>
     let root = app.root.clone();
     let out = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, (StatusCode, String)> {
         let mut f = root.open_read(&path).map_err(|_| (StatusCode::CONFLICT, CONTENT_CHANGED.to_owned()))?;
+        if let Some(sig) = body.strip_prefix(super::transfer::BLOCKS_MAGIC.as_slice()) {
+            let sig = postcard::from_bytes(sig).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad block list: {e}")))?;
+            let diff = super::transfer::block_diff(&mut f, &sig).map_err(internal)?;
+            return diff.ok_or((StatusCode::UNPROCESSABLE_ENTITY, "mostly different: ask for an rsync delta".to_owned())).and_then(|d| postcard::to_allocvec(&d).map_err(internal));
+        }
         let mut data = Vec::new();
         std::io::Read::read_to_end(&mut f, &mut data).map_err(internal)?;
         // No hash check here: the receiver verifies the rebuilt file's BLAKE3 and refuses a

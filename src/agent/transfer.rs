@@ -56,6 +56,12 @@ fn urlencode(s: &str) -> String {
 /// `base` is the local file to delta against, if there is one worth using.
 pub async fn fetch(client: &reqwest::Client, addr: &str, root: &SyncRoot, entry: &Entry, base: Option<RelPath>) -> anyhow::Result<Fetched> {
     if let Some(base) = base {
+        // Changed blocks in place first (cheap on both sides), then the rsync-style delta
+        // that also finds shifted content, then the whole file.
+        match fetch_blocks(client, addr, root, entry, &base).await {
+            Ok(f) => return Ok(f),
+            Err(e) => tracing::debug!(path = %entry.path, error = %e, "block transfer failed; trying an rsync delta"),
+        }
         match fetch_delta(client, addr, root, entry, &base).await {
             Ok(f) => return Ok(f),
             Err(e) => tracing::debug!(path = %entry.path, error = %e, "delta transfer failed; fetching whole file"),
@@ -132,6 +138,158 @@ async fn fetch_delta(client: &reqwest::Client, addr: &str, root: &SyncRoot, entr
     Ok(Fetched { file, tmp, wire_bytes: wire, delta: true })
 }
 
+/// A `POST /v1/delta` body that starts with this asks for changed blocks instead of an
+/// rsync delta (a fast_rsync signature starts with its own magic, so the two never mix; an
+/// agent that does not know this form refuses it as a bad signature and the asker falls
+/// back to the rsync delta).
+pub const BLOCKS_MAGIC: &[u8; 4] = b"FSB1";
+
+/// The asker's view of its older version: the file cut into `block`-sized pieces at fixed
+/// offsets, each named by the first 8 bytes of its BLAKE3. The rebuilt file is checked
+/// against the full BLAKE3 of the wanted version, so a (keyless, 64-bit) collision costs a
+/// retry, never a wrong file.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct BlockSig {
+    pub block: u32,
+    pub hashes: Vec<[u8; 8]>,
+}
+
+/// The answer: the wanted version's length and every block that differs from the asker's
+/// (blocks past the asker's end included).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct BlockDiff {
+    pub len: u64,
+    pub blocks: Vec<(u32, Vec<u8>)>,
+}
+
+/// Blocks of about sqrt(8 x size) bytes (a power of two, 4 KiB to 1 MiB): the 8-byte names
+/// and one changed block then cost about the same on the wire, as with rsync's rule.
+pub fn fixed_block_size(len: u64) -> u32 {
+    let target = ((len as f64) * 8.0).sqrt() as u64;
+    let mut b = 4096u64;
+    while b * 2 <= target && b < (1 << 20) {
+        b *= 2;
+    }
+    b as u32
+}
+
+fn block_name(data: &[u8]) -> [u8; 8] {
+    blake3::hash(data).as_bytes()[..8].try_into().expect("BUG: 8 bytes")
+}
+
+fn read_block(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match std::io::Read::read(f, &mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Names the blocks of `f` (the asker's side).
+pub fn block_sig(f: &mut File, block: u32) -> std::io::Result<BlockSig> {
+    let mut buf = vec![0u8; block as usize];
+    let mut hashes = Vec::new();
+    loop {
+        let n = read_block(f, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hashes.push(block_name(&buf[..n]));
+        if n < buf.len() {
+            break;
+        }
+    }
+    Ok(BlockSig { block, hashes })
+}
+
+/// The serving side: which blocks of `f` differ from the asker's. `None` when more than
+/// half of the content differs (shifted content: an rsync delta does better).
+pub fn block_diff(f: &mut File, sig: &BlockSig) -> std::io::Result<Option<BlockDiff>> {
+    if !(4096..=(1 << 20)).contains(&sig.block) {
+        return Err(std::io::Error::other("block size out of range"));
+    }
+    let mut buf = vec![0u8; sig.block as usize];
+    let (mut len, mut changed) = (0u64, 0u64);
+    let mut blocks = Vec::new();
+    for i in 0u32.. {
+        let n = read_block(f, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        len += n as u64;
+        if sig.hashes.get(i as usize) != Some(&block_name(&buf[..n])) {
+            changed += n as u64;
+            blocks.push((i, buf[..n].to_vec()));
+        }
+        if n < buf.len() {
+            break;
+        }
+    }
+    if changed > len / 2 && changed > 0 {
+        return Ok(None);
+    }
+    Ok(Some(BlockDiff { len, blocks }))
+}
+
+async fn fetch_blocks(client: &reqwest::Client, addr: &str, root: &SyncRoot, entry: &Entry, base: &RelPath) -> anyhow::Result<Fetched> {
+    let block = fixed_block_size(entry.size);
+    let (root2, base2) = (root.clone(), base.clone());
+    let sig = tokio::task::spawn_blocking(move || -> anyhow::Result<BlockSig> { Ok(block_sig(&mut root2.open_read(&base2)?, block)?) }).await??;
+    let mut body = BLOCKS_MAGIC.to_vec();
+    body.extend(postcard::to_allocvec(&sig)?);
+    let sent = body.len() as u64;
+    let url = format!("https://{addr}/v1/delta?{}", query(&entry.path, &entry.hash));
+    let resp = client.post(url).body(body).send().await?;
+    if !resp.status().is_success() {
+        bail!("{addr} answered {} to a block request", resp.status());
+    }
+    let answer = resp.bytes().await?;
+    let wire = sent + answer.len() as u64;
+    let diff: BlockDiff = postcard::from_bytes(&answer).context("bad block answer")?;
+    let (mut file, tmp) = root.create_temp(&entry.path)?;
+    let (root2, base2, expected, path) = (root.clone(), base.clone(), entry.hash, entry.path.clone());
+    let res = tokio::task::spawn_blocking(move || -> anyhow::Result<File> {
+        let mut src = root2.open_read(&base2)?;
+        let mut buf = vec![0u8; block as usize];
+        let mut changed = diff.blocks.into_iter().peekable();
+        let mut hasher = blake3::Hasher::new();
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+        let mut written = 0u64;
+        let mut i = 0u32;
+        while written < diff.len {
+            let n = read_block(&mut src, &mut buf)?;
+            let piece: &[u8] = match changed.peek() {
+                Some((k, _)) if *k == i => &changed.next().expect("BUG: peeked").1,
+                _ => &buf[..n],
+            };
+            if piece.is_empty() {
+                bail!("block answer ends before the announced length");
+            }
+            hasher.update(piece);
+            std::io::Write::write_all(&mut out, piece).map_err(|e| disk_error(&path, e))?;
+            written += piece.len() as u64;
+            i += 1;
+        }
+        std::io::Write::flush(&mut out).map_err(|e| disk_error(&path, e))?;
+        drop(out);
+        if written != diff.len || *hasher.finalize().as_bytes() != expected {
+            bail!("rebuilt file does not match the announced hash");
+        }
+        Ok(file)
+    })
+    .await?;
+    match res {
+        Ok(file) => Ok(Fetched { file, tmp, wire_bytes: wire, delta: true }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
 fn disk_error(path: &RelPath, e: std::io::Error) -> anyhow::Error {
     if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
         anyhow::anyhow!("{path}: disk full (ENOSPC) on this node")
@@ -142,6 +300,36 @@ fn disk_error(path: &RelPath, e: std::io::Error) -> anyhow::Error {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn changed_blocks_rebuild_the_new_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let old: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let mut new = old.clone();
+        new[150_000..150_100].fill(7);
+        new.extend_from_slice(b"appended");
+        std::fs::write(dir.path().join("old"), &old).unwrap();
+        std::fs::write(dir.path().join("new"), &new).unwrap();
+        let block = super::fixed_block_size(new.len() as u64);
+        assert_eq!(block, 4096);
+        let sig = super::block_sig(&mut std::fs::File::open(dir.path().join("old")).unwrap(), block).unwrap();
+        let diff = super::block_diff(&mut std::fs::File::open(dir.path().join("new")).unwrap(), &sig).unwrap().unwrap();
+        assert_eq!(diff.len, new.len() as u64);
+        // the edited block, the old last (partial) block that grew
+        assert_eq!(diff.blocks.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![36, 73]);
+        // A shifted file is left to the rsync delta.
+        let mut shifted = b"x".to_vec();
+        shifted.extend_from_slice(&old);
+        std::fs::write(dir.path().join("shifted"), &shifted).unwrap();
+        assert!(super::block_diff(&mut std::fs::File::open(dir.path().join("shifted")).unwrap(), &sig).unwrap().is_none());
+    }
+
+    #[test]
+    fn fixed_blocks_grow_with_the_file() {
+        assert_eq!(super::fixed_block_size(1 << 20), 4096);
+        assert_eq!(super::fixed_block_size(256 << 20), 32 * 1024);
+        assert_eq!(super::fixed_block_size(1 << 40), 1 << 20);
+    }
+
     #[test]
     fn block_size_follows_rsync() {
         assert_eq!(super::block_size(1000), 700);

@@ -42,8 +42,68 @@ pub struct ChangesResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Blob {
     pub hash: [u8; 32],
+    /// Encoded as a byte string: in postcard the same bytes as a sequence of `u8` (length,
+    /// then the bytes), but copied in one go instead of one element at a time.
+    #[serde(with = "byte_string")]
     pub data: Vec<u8>,
+}
+
+mod byte_string {
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    use serde::ser::Serializer;
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Bytes;
+        impl<'de> Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_bytes(Bytes)
+    }
 }
 
 /// Why a content request could not be served.
 pub const CONTENT_CHANGED: &str = "content changed since it was announced";
+
+#[cfg(test)]
+mod blob_encoding_tests {
+    use super::Blob;
+
+    /// The byte-string encoding of `Blob::data` is the one a plain `Vec<u8>` had: agents of
+    /// both versions read each other's pages.
+    #[test]
+    fn blob_bytes_encode_like_a_u8_sequence() {
+        #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+        struct Old {
+            hash: [u8; 32],
+            data: Vec<u8>,
+        }
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        let new = postcard::to_allocvec(&Blob { hash: [3; 32], data: data.clone() }).unwrap();
+        let old = postcard::to_allocvec(&Old { hash: [3; 32], data: data.clone() }).unwrap();
+        assert_eq!(new, old);
+        let back: Blob = postcard::from_bytes(&old).unwrap();
+        assert_eq!(back.data, data);
+        let back: Old = postcard::from_bytes(&new).unwrap();
+        assert_eq!(back.data, data);
+    }
+}
