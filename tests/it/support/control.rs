@@ -128,13 +128,17 @@ impl ControlPlane {
         id
     }
 
-    /// Waits until no job of the environment is queued or running; returns the latest jobs.
+    /// Waits until no job of the environment is queued or running and the installation's
+    /// state has followed them (the worker updates it just after the last job ends);
+    /// returns the latest jobs.
     pub async fn wait_jobs(&self, env: &str, timeout: Duration) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let v = self.get(&format!("/api/v1/environments/{env}")).await;
             let jobs = v["jobs"].as_array().cloned().unwrap_or_default();
-            if !jobs.is_empty() && jobs.iter().all(|j| j["state"] == "succeeded" || j["state"] == "failed") {
+            let inst = &v["installation"];
+            let settled = inst.is_null() || inst["state"] == "installed" || inst["state"] == "failed";
+            if settled && !jobs.is_empty() && jobs.iter().all(|j| j["state"] == "succeeded" || j["state"] == "failed") {
                 return jobs;
             }
             assert!(Instant::now() < deadline, "jobs still running after {timeout:?}: {v:#}");
