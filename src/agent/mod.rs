@@ -345,7 +345,10 @@ impl Agent {
     fn on_hint(&mut self, h: Hint) {
         let now = Instant::now();
         match h {
-            Hint::Path(p, k) => self.batcher.add(p, k, now),
+            Hint::Path(p, k) => {
+                tracing::trace!(path = %p, kind = ?k, "hint");
+                self.batcher.add(p, k, now)
+            }
             Hint::Rescan(reason) => {
                 self.warn(reason.clone());
                 let mut st = self.status.lock().expect("BUG: poisoned");

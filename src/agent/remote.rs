@@ -328,13 +328,11 @@ impl Agent {
 
     /// Sets mode (and mtime for files and links) of an existing path; returns its inode.
     pub(super) fn set_meta(&self, e: &Entry) -> Result<u64, RootError> {
-        let full = self.root.full(&e.path);
         if e.kind != EntryKind::Symlink {
             self.root.set_mode(&e.path, e.mode)?;
         }
         if e.kind == EntryKind::File {
-            let t = filetime::FileTime::from_unix_time(e.mtime_ns.div_euclid(1_000_000_000), e.mtime_ns.rem_euclid(1_000_000_000) as u32);
-            filetime::set_file_mtime(&full, t).map_err(|err| RootError::Io { path: e.path.clone(), source: err })?;
+            self.root.set_mtime(&e.path, e.mtime_ns)?;
         }
         Ok(self.root.stat(&e.path)?.map(|d| d.ino).unwrap_or(0))
     }

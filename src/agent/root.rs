@@ -369,6 +369,20 @@ impl SyncRoot {
         fs::set_permissions(self.full(p), fs::Permissions::from_mode(mode & 0o7777)).map_err(|e| RootError::io(p, e))
     }
 
+    /// Sets a file's modification time by path (`utimensat`, a final symlink not followed).
+    /// The access time is set too (to now): the kernel reports a change of the modification
+    /// time alone as IN_MODIFY, which the watcher takes for a write in progress and which
+    /// would hold back remote changes to the path; both times together are IN_ATTRIB.
+    pub fn set_mtime(&self, p: &RelPath, mtime_ns: i64) -> Result<(), RootError> {
+        use rustix::fs::{AtFlags, CWD, Timestamps, UTIME_NOW, utimensat};
+        self.check_parents(p)?;
+        let times = Timestamps {
+            last_access: rustix::fs::Timespec { tv_sec: 0, tv_nsec: UTIME_NOW },
+            last_modification: rustix::fs::Timespec { tv_sec: mtime_ns.div_euclid(1_000_000_000), tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _ },
+        };
+        utimensat(CWD, self.full(p), &times, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| RootError::io(p, io::Error::from(e)))
+    }
+
     /// Creates (or replaces) a symlink. The link is never followed.
     pub fn symlink(&self, p: &RelPath, target: &str, mtime_ns: i64) -> Result<u64, RootError> {
         self.ensure_parents(p)?;

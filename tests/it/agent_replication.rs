@@ -256,3 +256,43 @@ fn metrics_and_status_are_served_to_certificate_holders() {
         if a["tree_digest"] == b["tree_digest"] && a["tree_digest"] != "" { Ok(()) } else { Err(format!("{} vs {}", a["tree_digest"], b["tree_digest"])) }
     });
 }
+
+/// Installing on nodes that already hold the same files (the usual case when the add-on is
+/// added to a running environment) must not move content: every node merges the others'
+/// versions, takes the winning modification time, and fetches nothing.
+#[test]
+fn identical_trees_agree_without_sending_content() {
+    let mut c = Cluster::new(3, Options::default());
+    for (i, n) in c.nodes.iter().enumerate() {
+        for f in 0..300 {
+            let p = n.path(&format!("d{}/f{f}.txt", f % 10));
+            write(&p, format!("same content {f}").as_bytes());
+            // A different modification time on each node, as after independent deploys.
+            let t = filetime::FileTime::from_unix_time(1_700_000_000 + i as i64 * 60 + f, 0);
+            filetime::set_file_mtime(&p, t).unwrap();
+        }
+    }
+    c.start_all();
+    c.converge("same names, contents and modification times", T, |t| if t.len() == 310 { Ok(()) } else { Err(format!("{} entries", t.len())) });
+    until("every node has processed every peer's changes and has nothing pending", T, || {
+        let st: Vec<serde_json::Value> = (0..3).map(|i| serde_json::from_str(&c.ctl(i, "status")).unwrap()).collect();
+        for (i, s) in st.iter().enumerate() {
+            for k in ["pending_local", "pending_remote", "writing"] {
+                if s[k].as_u64() != Some(0) {
+                    return Err(format!("node{}: {k} = {}", i + 1, s[k]));
+                }
+            }
+            for (j, o) in st.iter().enumerate() {
+                let processed = &s["peers"][format!("node{}", j + 1)]["their_seq_processed"];
+                if i != j && processed != &o["last_seq"] {
+                    return Err(format!("node{} processed node{}'s changes up to {processed}, it is at {}", i + 1, j + 1, o["last_seq"]));
+                }
+            }
+        }
+        Ok(())
+    });
+    for n in &c.nodes {
+        let fetched: Vec<String> = n.log().lines().filter(|l| l.contains(" received ")).take(3).map(str::to_owned).collect();
+        assert!(fetched.is_empty(), "{} fetched content it already had:\n{}", n.name, fetched.join("\n"));
+    }
+}
