@@ -1,6 +1,9 @@
 //! One task per peer that keeps a long-poll open to it (`POST /v1/changes`), hands every
-//! page to the event loop and waits until the loop has processed it before asking for the
-//! next. A connect after a failure is the anti-entropy catch-up: the ask starts from the
+//! page to the event loop and waits until the loop has processed it before handing over the
+//! next. While a page that says more follow is being applied, the next one is already asked
+//! for (catch-up is pipelined); it is used only if the page was applied and the recorded
+//! progress is where the early ask started, otherwise it is dropped and asked again. A
+//! connect after a failure is the anti-entropy catch-up: the ask starts from the
 //! last sequence number processed, which is persisted with the index. Failures back off
 //! from 200 ms to 10 s; connect and disconnect are logged once each, not per retry.
 
@@ -47,6 +50,7 @@ async fn run(ctx: Arc<PeerCtx>, name: String, address: String) {
     let mut backoff = Duration::from_millis(200);
     let mut connected = false;
     let mut failures = 0u32;
+    let mut prefetched: Option<(u64, u64, ChangesResponse)> = None;
     loop {
         let progress = match ctx.index.progress(&name) {
             Ok(p) => p,
@@ -63,7 +67,10 @@ async fn run(ctx: Arc<PeerCtx>, name: String, address: String) {
         // The first ask after (re)connecting returns at once, so the link is known to be up.
         let wait_ms = if connected { 20_000 } else { 0 };
         let q = ChangesQuery { since: progress.seq, index_id: progress.index_id, wait_ms, pending, from: ctx.me.clone() };
-        let res = ask(&ctx.client, &address, &q).await;
+        let res = match prefetched.take() {
+            Some((since, index_id, page)) if since == progress.seq && index_id == progress.index_id => Ok(page),
+            _ => ask(&ctx.client, &address, &q).await,
+        };
         match res {
             Ok(page) => {
                 if !connected {
@@ -81,12 +88,24 @@ async fn run(ctx: Arc<PeerCtx>, name: String, address: String) {
                     set(&ctx, &name, &address, |p| p.last_sync = Some(time::OffsetDateTime::now_utc().unix_timestamp()));
                     continue;
                 }
+                // More pages are waiting: ask for the next while this one is applied.
+                let next = page.more.then(|| ChangesQuery { since: page.last_seq, index_id: page.index_id, wait_ms: 0, pending, from: ctx.me.clone() });
                 let (tx, rx) = oneshot::channel();
                 if ctx.events.send(Event::Page { peer: name.clone(), page, done: tx }).await.is_err() {
                     return;
                 }
-                match rx.await {
-                    Ok(Ok(())) => set(&ctx, &name, &address, |p| p.last_sync = Some(time::OffsetDateTime::now_utc().unix_timestamp())),
+                let (done, early) = match next {
+                    Some(q) => {
+                        let (done, early) = tokio::join!(rx, ask(&ctx.client, &address, &q));
+                        (done, early.ok().map(|p| (q.since, q.index_id, p)))
+                    }
+                    None => (rx.await, None),
+                };
+                match done {
+                    Ok(Ok(())) => {
+                        prefetched = early;
+                        set(&ctx, &name, &address, |p| p.last_sync = Some(time::OffsetDateTime::now_utc().unix_timestamp()))
+                    }
                     Ok(Err(e)) => {
                         ctx.log.error(format!("peer {name}: could not process changes: {e:#}"));
                         tokio::time::sleep(Duration::from_secs(1)).await;
