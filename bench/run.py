@@ -1492,27 +1492,26 @@ def run_idle(run, rep, systems, reps, q, slow):
     secs = run.a.idle_seconds or (20 if q else 60)
     mem_files = run.a.mem_files if run.a.mem_files is not None else (20_000 if q else 100_000)
     tmpl = template("idle", files, max(200, files // 100), 64, 512, 3)
-    res, fails = {}, {}
-    for s in systems:
-        t0 = time.time()
-        v, err = run.rep(s, "idle", 0, 3, 10, lambda c: w_idle(c, tmpl, secs))
-        say(f"  idle {s}: {short(v) if v else 'FAILED'} ({time.time() - t0:.0f} s)")
-        if err:
-            fails[s] = [err]
-        else:
-            res[s] = v
+
+    def once_per_system(kind, label, work):
+        """One measurement per system (no repetitions): results and failures by system."""
+        got, failed = {}, {}
+        for s in systems:
+            t0 = time.time()
+            v, err = run.rep(s, kind, 0, 3, 10, work)
+            say(f"  {label} {s}: {short(v) if v else 'FAILED'} ({time.time() - t0:.0f} s)")
+            if err:
+                failed[s] = [err]
+            else:
+                got[s] = v
+        return got, failed
+
+    res, fails = once_per_system("idle", "idle", lambda c: w_idle(c, tmpl, secs))
     mem, mem_fails = {}, {}
     if mem_files:
         say(f"  making a tree of {mem_files} files for the memory per file")
         big = template("idle", mem_files, max(200, mem_files // 100), 64, 512, 3)
-        for s in systems:
-            t0 = time.time()
-            v, err = run.rep(s, "mem", 0, 3, 10, lambda c: w_mem(c, big, mem_files))
-            say(f"  memory with {mem_files} files, {s}: {short(v) if v else 'FAILED'} ({time.time() - t0:.0f} s)")
-            if err:
-                mem_fails[s] = [err]
-            else:
-                mem[s] = v
+        mem, mem_fails = once_per_system("mem", f"memory with {mem_files} files,", lambda c: w_mem(c, big, mem_files))
     ratio_cols = [r for r in ("lsyncd-ring", "syncthing") if r in res]
     lines = [f"\n## idle: {files} files present and watched on each of 3 nodes, {secs} s, delay 10 (the add-on's default)\n",
              "| system | CPU s per node (mean) | min node | max node | RSS per node (mean) | min node | max node | PSS per node | "

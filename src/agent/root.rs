@@ -322,13 +322,7 @@ impl SyncRoot {
             file.set_modified(to_systime(mtime_ns))?;
             file.sync_all()?;
             drop(file);
-            self.check_parents(p).map_err(io::Error::other)?;
-            if let Ok(m) = fs::symlink_metadata(self.full(p))
-                && m.is_dir() {
-                    return Err(io::Error::other("a directory is in the way"));
-                }
-            fs::rename(tmp, self.full(p))?;
-            self.sync_parent(p);
+            self.rename_into_place(tmp, p)?;
             Ok(fs::symlink_metadata(self.full(p))?.ino())
         })();
         if res.is_err() {
