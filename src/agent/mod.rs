@@ -78,6 +78,8 @@ pub enum AdminCmd {
 const MAX_PARALLEL_FETCHES: usize = 8;
 /// Fetches from the other environment in flight at once (see `fetch`).
 const MAX_PARALLEL_LINK_FETCHES: usize = 64;
+/// How long after a directory appeared it is scanned once more (see `Agent::rechecks`).
+const NEW_DIR_RECHECK: Duration = Duration::from_secs(1);
 
 struct Agent {
     s: Settings,
@@ -93,6 +95,10 @@ struct Agent {
     events: mpsc::Sender<Event>,
     fetching: HashSet<RelPath>,
     retry_at: BTreeMap<RelPath, Instant>,
+    /// New directories to scan once more shortly after they appeared: files created in one
+    /// before the watcher had added its watch give no event, and the first scan may have
+    /// run before they existed (`mkdir -p d && cp many d/`).
+    rechecks: BTreeMap<RelPath, Instant>,
     fetch_sem: Arc<Semaphore>,
     link_fetch_sem: Arc<Semaphore>,
     allow_empty_root: bool,
@@ -185,6 +191,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         events: ev_tx.clone(),
         fetching: HashSet::new(),
         retry_at: BTreeMap::new(),
+        rechecks: BTreeMap::new(),
         fetch_sem: Arc::new(Semaphore::new(MAX_PARALLEL_FETCHES)),
         link_fetch_sem: Arc::new(Semaphore::new(MAX_PARALLEL_LINK_FETCHES)),
         allow_empty_root: false,
@@ -262,7 +269,8 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         let now = Instant::now();
         // Retries are due only when a fetch slot is free; a finished fetch wakes the loop.
         let retry = if agent.fetch_sem.available_permits() > 0 && agent.link_fetch_sem.available_permits() > 0 { agent.retry_at.values().min().copied() } else { None };
-        let mut wake = [agent.batcher.deadline(), retry, next_rescan].into_iter().flatten().min().unwrap_or(now + Duration::from_secs(3600));
+        let recheck = agent.rechecks.values().min().copied();
+        let mut wake = [agent.batcher.deadline(), retry, next_rescan, recheck].into_iter().flatten().min().unwrap_or(now + Duration::from_secs(3600));
         if wake < now {
             wake = now;
         }
@@ -315,6 +323,12 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
                 agent.batcher.add_root(Instant::now());
                 next_rescan = if polling { Some(Instant::now() + poll_every) } else { rescan_every.map(|d| Instant::now() + d) };
             }
+        let now = Instant::now();
+        let due_rechecks: Vec<RelPath> = agent.rechecks.iter().filter(|(_, t)| **t <= now).map(|(p, _)| p.clone()).collect();
+        for p in due_rechecks {
+            agent.rechecks.remove(&p);
+            agent.batcher.add(p, HintKind::Tree, now);
+        }
         if !agent.paused.load(Ordering::SeqCst) {
             let due = agent.batcher.take_due(Instant::now());
             if !due.is_empty()
@@ -347,6 +361,9 @@ impl Agent {
         match h {
             Hint::Path(p, k) => {
                 tracing::trace!(path = %p, kind = ?k, "hint");
+                if k == HintKind::Tree {
+                    self.rechecks.insert(p.clone(), now + NEW_DIR_RECHECK);
+                }
                 self.batcher.add(p, k, now)
             }
             Hint::Rescan(reason) => {

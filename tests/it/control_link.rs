@@ -63,6 +63,23 @@ fn tree(n: &SshNode) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
+/// Ok when both nodes hold the same files, else the paths that differ (for the failure message).
+fn differences(x: &SshNode, y: &SshNode) -> Result<(), String> {
+    let (tx, ty) = (tree(x), tree(y));
+    let diff: Vec<String> = tx.keys().chain(ty.keys()).collect::<std::collections::BTreeSet<_>>().into_iter()
+        .filter(|k| tx.get(*k) != ty.get(*k))
+        .map(|k| format!("{k}: {} {}, {} {}", x.spec.name, if tx.contains_key(k) { "has it" } else { "lacks it" }, y.spec.name, if ty.contains_key(k) { "has it" } else { "lacks it" }))
+        .collect();
+    if diff.is_empty() {
+        return Ok(());
+    }
+    let tail = |n: &SshNode| {
+        let log = std::fs::read_to_string(n.webroot().join("lsyncd/var/log/lsyncd.log")).unwrap_or_default();
+        log.lines().rev().take(25).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    };
+    Err(format!("{}\n--- {} lsyncd.log ---\n{}\n--- {} lsyncd.log ---\n{}", diff.join("; "), x.spec.name, tail(x), y.spec.name, tail(y)))
+}
+
 async fn links(s: &Side) -> Vec<Value> {
     let v = s.cp.get(&format!("/api/v1/environments/{}", s.env)).await;
     v["nodes"].as_array().cloned().unwrap_or_default().iter().map(|n| n["link"].clone()).collect()
@@ -121,8 +138,8 @@ async fn control_two_environments_sync_through_a_slow_link_and_survive_a_cut() {
     std::fs::remove_file(root(&b.nodes[1]).join("doomed-b.txt")).unwrap();
     std::fs::remove_file(root(&a.nodes[0]).join("from-b/photo.bin")).unwrap();
     // While cut, each side still syncs internally, and nothing crosses.
-    until("A's nodes agree during the cut", T, || if tree(&a.nodes[0]) == tree(&a.nodes[1]) { Ok(()) } else { Err("A not converged".into()) }).await;
-    until("B's nodes agree during the cut", T, || if tree(&b.nodes[0]) == tree(&b.nodes[1]) { Ok(()) } else { Err("B not converged".into()) }).await;
+    until("A's nodes agree during the cut", T, || differences(&a.nodes[0], &a.nodes[1])).await;
+    until("B's nodes agree during the cut", T, || differences(&b.nodes[0], &b.nodes[1])).await;
     assert!(!root(&b.nodes[0]).join("during-cut/a0.txt").exists(), "a file crossed a cut link");
     to_b.heal();
     to_a.heal();
