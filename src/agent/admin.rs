@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::config::Settings;
 use super::index::Need;
+use super::root::Expect;
 use super::{AdminCmd, Agent};
 use crate::protocol::{EntryKind, RelPath};
 
@@ -71,18 +72,12 @@ impl Agent {
                 let mut n = 0;
                 for p in mods.iter().rev() {
                     let stored = self.index.get(p).ok().flatten().filter(|s| !s.entry.deleted);
+                    let disk = self.root.stat(p).ok().flatten();
                     let r = match stored {
-                        None => {
-                            let full = self.root.full(p);
-                            match std::fs::symlink_metadata(&full) {
-                                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&full).map_err(|e| e.to_string()),
-                                Ok(_) => std::fs::remove_file(&full).map_err(|e| e.to_string()),
-                                Err(_) => Ok(()),
-                            }
-                        }
+                        None => self.root.remove_tree(p).map(|_| ()).map_err(|e| e.to_string()),
                         Some(s) => match s.entry.kind {
                             EntryKind::Dir => self.root.mkdir(p, s.entry.mode).map(|_| ()).map_err(|e| e.to_string()),
-                            EntryKind::Symlink => self.root.symlink(p, &s.entry.target, s.entry.mtime_ns).map(|_| ()).map_err(|e| e.to_string()),
+                            EntryKind::Symlink => self.root.symlink(p, &s.entry.target, s.entry.mtime_ns, &Expect::from_disk(disk)).map(|_| ()).map_err(|e| e.to_string()),
                             EntryKind::File => {
                                 let need = Need { entry: s.entry.clone(), source: self.links.keys().next().cloned().unwrap_or_default(), attempts: 0, last_error: None, force: true, copy_of: None };
                                 let _ = self.index.put_need(&need);

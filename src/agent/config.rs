@@ -48,6 +48,10 @@ pub struct AgentConfig {
     pub peers: Vec<PeerConfig>,
     /// Cross-environment link (two-environment mode); absent in one-environment mode.
     pub link: Option<LinkConfig>,
+    /// Which folder this is (the control plane writes `<environment>:<sync path>:<generation>`).
+    /// Peers syncing another folder are refused, and a node whose folder changed rebuilds
+    /// its index instead of announcing the old folder's files as deleted.
+    pub folder_id: Option<String>,
 }
 
 /// `[link]`: keep this folder identical with another environment's as well.
@@ -113,6 +117,8 @@ pub struct Settings {
     pub tls: TlsConfig,
     pub peers: Vec<PeerConfig>,
     pub link: Option<LinkConfig>,
+    /// `folder_id`, empty if unset.
+    pub folder_id: String,
     pub config_path: Option<PathBuf>,
 }
 
@@ -175,6 +181,11 @@ impl Settings {
                 bail!("link.listen = {}: must differ from listen (the link port is a separate port)", l.listen);
             }
         }
+        if let Some(f) = &c.folder_id
+            && (f.is_empty() || f.len() > 512 || f.chars().any(char::is_control))
+        {
+            bail!("folder_id = {f:?}: use 1-512 printable characters (the control plane writes it; leave it out when running agents by hand)");
+        }
         let tls = TlsConfig { ca: abs(&c.tls.ca), cert: abs(&c.tls.cert), key: abs(&c.tls.key) };
         for (key, p) in [("tls.ca", &tls.ca), ("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
             if !p.is_file() {
@@ -197,6 +208,7 @@ impl Settings {
             tls,
             peers: c.peers,
             link: c.link,
+            folder_id: c.folder_id.unwrap_or_default(),
             config_path: None,
         })
     }
@@ -228,6 +240,7 @@ excludes = ["cache/**", "*.swp"]        # globs relative to root, never synced
 receive_only = false                    # true: never send local changes (workers)
 log_max_bytes = 10485760                # rotate lsyncd.log past 10 MiB
 rescan_interval = 3600                  # full rescan every hour (0 = never)
+# folder_id = "shop-prod:uploads:1"     # written by the control plane: peers of another folder are refused
 
 [tls]
 ca = "/etc/filesync/ca.pem"

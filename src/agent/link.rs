@@ -533,7 +533,7 @@ impl Link {
                 }
             };
             let wait_ms = if connected { 15_000 } else { 0 };
-            let q = ChangesQuery { since: progress.seq, index_id: progress.index_id, wait_ms, pending: 0, from: self.me.clone() };
+            let q = ChangesQuery { since: progress.seq, index_id: progress.index_id, wait_ms, pending: 0, from: self.me.clone(), folder: String::new() };
             match ask(&client, &addr, &q).await {
                 Ok((page, len)) => {
                     failures = 0;
@@ -632,6 +632,7 @@ async fn ask(client: &reqwest::Client, addr: &str, q: &ChangesQuery) -> anyhow::
     let resp = client
         .post(format!("https://{addr}/v1/changes"))
         .timeout(Duration::from_millis(q.wait_ms + 20_000))
+        .header(crate::protocol::wire::PROTOCOL_HEADER, crate::protocol::wire::PROTOCOL.to_string())
         .body(body)
         .send()
         .await

@@ -4,7 +4,7 @@
 //!  inotify ──watch──▶ Hint ──▶ batch (delay, write-quiet) ──▶ scan ──▶ index.commit ──┐
 //!                                                                                       │ seq
 //!  peer A ◀── POST /v1/changes long-poll (pages of entries + small blobs) ◀── server ◀─┘
-//!  peer A ──▶ peers task ──▶ Event::Page ──▶ apply: decide ─▶ write / rename / delete
+//!  peer A ──▶ peers task ──▶ Event::Page ──▶ apply: decide ─▶ journal ─▶ write / rename / delete
 //!                                                     └─▶ need ─▶ transfer (file|delta) ─▶ Event::Fetched
 //! ```
 //!
@@ -20,13 +20,11 @@ pub mod batch;
 pub mod config;
 pub mod enroll;
 pub mod exclude;
-pub mod fetch;
 pub mod identity;
 pub mod index;
 pub mod link;
 pub mod lsyncd_log;
 pub mod peers;
-pub mod remote;
 pub mod root;
 pub mod scan;
 pub mod server;
@@ -34,6 +32,7 @@ pub mod status;
 pub mod tls;
 pub mod transfer;
 pub mod watch;
+mod writers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -110,6 +109,8 @@ struct Agent {
     lag: HashMap<String, u64>,
     /// The cross-environment link, in two-environment mode.
     link: Option<Arc<link::Link>>,
+    /// Names found in the root that cannot be synced (not valid UTF-8), as last seen.
+    unsyncable: BTreeSet<String>,
 }
 
 /// Runs an agent until `shutdown` is cancelled. Fails only on critical errors: the root
@@ -128,7 +129,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         }
         identity::Identity::Clone { of } => return enroll::as_clone(&s, &log, &of, shutdown).await,
     }
-    let index = Arc::new(Index::open(&s.state_dir).inspect_err(|e| log.error(format!("{e:#}")))?);
+    let index = Arc::new(open_index(&s, &log).inspect_err(|e| log.error(format!("{e:#}")))?);
     let listener = TcpListener::bind(s.listen).await.with_context(|| format!("cannot listen on {} (is another agent or program using it?)", s.listen)).inspect_err(|e| log.error(format!("{e:#}")))?;
     let server_tls = tls::server_config(&s.tls).inspect_err(|e| log.error(format!("{e:#}")))?;
     let client = tls::http_client(&s.tls)?;
@@ -175,7 +176,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         Some(l) => Some(TcpListener::bind(l.listen).await.with_context(|| format!("cannot listen on the link port {} (is another program using it?)", l.listen)).inspect_err(|e| log.error(format!("{e:#}")))?),
         None => None,
     };
-    let peer_ctx = Arc::new(peers::PeerCtx { me: s.node_name.clone(), client: client.clone(), index: index.clone(), events: ev_tx.clone(), status: status.clone(), log: log.clone() });
+    let peer_ctx = Arc::new(peers::PeerCtx { me: s.node_name.clone(), folder: s.folder_id.clone(), client: client.clone(), index: index.clone(), events: ev_tx.clone(), status: status.clone(), log: log.clone() });
     let paused = Arc::new(AtomicBool::new(false));
     let mut agent = Agent {
         root: SyncRoot::new(s.root.clone()),
@@ -202,18 +203,16 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         summary_seq: None,
         lag: HashMap::new(),
         link,
+        unsyncable: BTreeSet::new(),
     };
 
     // Temp files left by a crash are garbage: the real names were never touched.
-    let mut stale = 0;
-    for e in walkdir::WalkDir::new(&agent.s.root).into_iter().flatten() {
-        if e.file_name().to_str().is_some_and(root::is_temp_name) && std::fs::remove_file(e.path()).is_ok() {
-            stale += 1;
-        }
-    }
+    let stale = agent.root.sweep_temps();
     if stale > 0 {
         agent.log.normal(format!("removed {stale} temp file(s) left by an interrupted transfer"));
     }
+    // What a peer's page put on disk before a crash is the peer's, not a local edit.
+    agent.reconcile("start-up")?;
     // Start-up: a full scan against the persistent index (unchanged files are not re-hashed).
     let t0 = Instant::now();
     let before = agent.index.len()?;
@@ -232,6 +231,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         events: ev_tx.clone(),
         paused,
         inline_relayed: false,
+        folder: agent.s.folder_id.clone(),
     };
     if let (Some(link), Some(listener)) = (agent.link.clone(), link_listener) {
         let link_app = server::link_router(server::AppState { inline_relayed: true, ..app_state.clone() });
@@ -346,6 +346,33 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Opens the index; one built for another folder (the root or `folder_id` changed, e.g. the
+/// sync path was changed from `uploads` to `ROOT`) is discarded and rebuilt by scanning, so
+/// the old folder's files are never announced as deleted from the new one.
+fn open_index(s: &Settings, log: &LsyncdLog) -> anyhow::Result<Index> {
+    let mut h = blake3::Hasher::new();
+    h.update(s.root.as_os_str().as_encoded_bytes());
+    h.update(b"\0");
+    h.update(s.folder_id.as_bytes());
+    let key = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("BUG: 8 bytes")) >> 1;
+    let index = Index::open(&s.state_dir)?;
+    match index.get_meta("folder")? {
+        Some(k) if k == key => Ok(index),
+        Some(_) => {
+            log.warn(format!("the sync folder changed since the index was built (now {} {:?}): the index is rebuilt by scanning; no file is deleted or announced as deleted", s.root.display(), s.folder_id));
+            drop(index);
+            std::fs::remove_file(s.state_dir.join("index.redb")).context("cannot remove the old index")?;
+            let index = Index::open(&s.state_dir)?;
+            index.set_meta("folder", key)?;
+            Ok(index)
+        }
+        None => {
+            index.set_meta("folder", key)?;
+            Ok(index)
+        }
+    }
+}
+
 impl Agent {
     fn error(&self, msg: String) {
         self.log.error(&msg);
@@ -378,22 +405,32 @@ impl Agent {
         }
     }
 
-    fn scanner(&self) -> Scanner<'_> {
-        Scanner {
+    /// Scans the targets and commits what changed as new local versions.
+    fn local_batch(&mut self, targets: Vec<Target>, why: &str) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        let full = targets.contains(&Target::Root);
+        // A file is held while the batcher saw writes without a close, or while a process
+        // has it open for writing and it changed within the write-quiet period.
+        let writers = std::cell::OnceCell::new();
+        let quiet_ns = self.s.write_quiet.as_nanos() as i64;
+        let now = scan::now_ns();
+        let batcher = &self.batcher;
+        let root = &self.root;
+        let held = |p: &RelPath, m: &DiskMeta| batcher.is_writing(p) || (now - m.mtime_ns < quiet_ns && writers.get_or_init(|| writers::open_for_write(root.canonical())).contains(&m.ino));
+        let scanner = Scanner {
             root: &self.root,
             index: &self.index,
             excludes: &self.excludes,
             node_id: self.index.node_id,
             node_name: &self.s.node_name,
             guard_empty_root: !self.allow_empty_root,
+            held: &held,
+        };
+        let out = tokio::task::block_in_place(|| scanner.scan(&targets))?;
+        self.note_unsyncable(full, &out.unsyncable);
+        if !out.linked_inodes.is_empty() {
+            self.rescan_other_names(&out.linked_inodes, &out.changes)?;
         }
-    }
-
-    /// Scans the targets and commits what changed as new local versions.
-    fn local_batch(&mut self, targets: Vec<Target>, why: &str) -> anyhow::Result<()> {
-        let t0 = Instant::now();
-        let full = targets.contains(&Target::Root);
-        let out = tokio::task::block_in_place(|| self.scanner().scan(&targets))?;
         for (e, _) in &out.changes {
             tracing::debug!(path = %e.path, version = ?e.version, deleted = e.deleted, why, "local change");
         }
@@ -481,6 +518,38 @@ impl Agent {
         }
     }
 
+    /// Reports names that cannot be synced, each once, in the log and the status.
+    fn note_unsyncable(&mut self, full: bool, found: &[String]) {
+        for n in found {
+            if !self.unsyncable.contains(n) {
+                self.log.warn(format!("not synced: {n:?}: the name is not valid UTF-8; rename it to sync it"));
+            }
+        }
+        if full {
+            self.unsyncable = found.iter().cloned().collect();
+        } else {
+            self.unsyncable.extend(found.iter().cloned());
+        }
+    }
+
+    /// A write through one name of a hard-linked file changes its other names too: they are
+    /// scanned as well (each name is replicated as a file of its own).
+    fn rescan_other_names(&mut self, inodes: &[u64], changed: &[(crate::protocol::Entry, u64)]) -> anyhow::Result<()> {
+        let now = Instant::now();
+        for s in self.index.under(None)? {
+            if !s.entry.deleted && s.entry.kind == EntryKind::File && inodes.contains(&s.ino) && !changed.iter().any(|(e, _)| e.path == s.entry.path) {
+                self.batcher.add(s.entry.path, HintKind::Changed, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Inodes under the root that a process has open for writing (only looked up when
+    /// `wanted`: it reads /proc).
+    fn writers_if(&self, wanted: bool) -> std::collections::HashSet<u64> {
+        if wanted { writers::open_for_write(self.root.canonical()) } else { Default::default() }
+    }
+
     /// Whether the disk still shows what the index recorded for `path`.
     fn disk_matches(&self, stored: Option<&Stored>, disk: Option<&DiskMeta>) -> bool {
         match (stored.filter(|s| !s.entry.deleted), disk) {
@@ -510,6 +579,8 @@ impl Agent {
         st.pending_remote = needs.len();
         st.pending_errors = needs.iter().filter_map(|n| n.last_error.clone()).take(5).collect();
         st.held_deletes = self.held_deletes;
+        st.unsyncable = self.unsyncable.iter().take(20).cloned().collect();
+        st.unsyncable_count = self.unsyncable.len();
         st.local_modifications = self.local_mods.iter().map(|p| p.to_string()).collect();
         if let Some(s) = summary {
             st.files = s.files;

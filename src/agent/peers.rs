@@ -27,6 +27,8 @@ pub struct PeerLink {
 
 pub struct PeerCtx {
     pub me: String,
+    /// This node's `folder_id` (empty if unset).
+    pub folder: String,
     pub client: reqwest::Client,
     pub index: Arc<Index>,
     pub events: mpsc::Sender<Event>,
@@ -66,13 +68,28 @@ async fn run(ctx: Arc<PeerCtx>, name: String, address: String) {
         };
         // The first ask after (re)connecting returns at once, so the link is known to be up.
         let wait_ms = if connected { 20_000 } else { 0 };
-        let q = ChangesQuery { since: progress.seq, index_id: progress.index_id, wait_ms, pending, from: ctx.me.clone() };
+        let q = ChangesQuery { since: progress.seq, index_id: progress.index_id, wait_ms, pending, from: ctx.me.clone(), folder: ctx.folder.clone() };
         let res = match prefetched.take() {
             Some((since, index_id, page)) if since == progress.seq && index_id == progress.index_id => Ok(page),
             _ => ask(&ctx.client, &address, &q).await,
         };
         match res {
+            Ok(page) if !crate::protocol::wire::same_folder(&page.folder, &ctx.folder) => {
+                let msg = format!("syncs another folder ({:?}; this node syncs {:?}): refusing its changes", page.folder, ctx.folder);
+                if connected || failures == 0 {
+                    ctx.log.error(format!("peer {name} ({address}) {msg}"));
+                }
+                connected = false;
+                failures += 1;
+                ctx.status.lock().expect("BUG: poisoned").foreign_folders.insert(name.clone(), msg.clone());
+                set(&ctx, &name, &address, |p| {
+                    p.connected = false;
+                    p.last_error = Some(msg.clone());
+                });
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
             Ok(page) => {
+                ctx.status.lock().expect("BUG: poisoned").foreign_folders.remove(&name);
                 if !connected {
                     connected = true;
                     ctx.log.normal(format!("peer {name} ({address}) connected; catching up from its change #{}", progress.seq));
@@ -89,7 +106,7 @@ async fn run(ctx: Arc<PeerCtx>, name: String, address: String) {
                     continue;
                 }
                 // More pages are waiting: ask for the next while this one is applied.
-                let next = page.more.then(|| ChangesQuery { since: page.last_seq, index_id: page.index_id, wait_ms: 0, pending, from: ctx.me.clone() });
+                let next = page.more.then(|| ChangesQuery { since: page.last_seq, index_id: page.index_id, wait_ms: 0, pending, from: ctx.me.clone(), folder: ctx.folder.clone() });
                 let (tx, rx) = oneshot::channel();
                 if ctx.events.send(Event::Page { peer: name.clone(), page, done: tx }).await.is_err() {
                     return;
@@ -146,6 +163,7 @@ async fn ask(client: &reqwest::Client, address: &str, q: &ChangesQuery) -> anyho
     let resp = client
         .post(format!("https://{address}/v1/changes"))
         .timeout(Duration::from_millis(q.wait_ms + 15_000))
+        .header(crate::protocol::wire::PROTOCOL_HEADER, crate::protocol::wire::PROTOCOL.to_string())
         .body(body)
         .send()
         .await

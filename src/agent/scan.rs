@@ -2,15 +2,18 @@
 //! is on disk under the given paths with the index and produces new versions: changed files
 //! are hashed (unless size, mtime, mode and inode match the index), vanished paths become
 //! tombstones, and a file that moved keeps its hash without being re-read (matched by
-//! inode). A file that changes while it is being hashed is reported as unstable and
-//! scanned again later, so a half-written upload is never announced.
+//! inode). A file that changes while it is being hashed, or that a process still has open
+//! for writing (`held`), is reported as unstable and scanned again later, whatever asked for
+//! the scan (watcher, new directory, pre-apply, periodic rescan), so a half-written upload is
+//! never announced. Deletions are produced children first, so a peer paging through them
+//! never meets a directory's deletion before its content's.
 
 use std::collections::{BTreeMap, HashMap};
 
 use super::exclude::Excludes;
 use super::index::{Index, Stored};
 use super::root::{DiskMeta, RootError, SyncRoot, hash_file};
-use crate::protocol::{Entry, EntryKind, NodeId, RelPath, VersionVector};
+use crate::protocol::{Entry, EntryKind, NodeId, RelPath};
 
 /// A scope to scan: one path, or a whole subtree.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,6 +36,11 @@ pub struct Outcome {
     pub held_deletes: usize,
     /// Directories seen (for the status: "watching N directories").
     pub dirs_seen: usize,
+    /// Entries whose names cannot be synced (not valid UTF-8), shown lossily.
+    pub unsyncable: Vec<String>,
+    /// Files with more than one name whose content changed: their other names (same
+    /// inode) must be scanned too.
+    pub linked_inodes: Vec<u64>,
 }
 
 pub struct Scanner<'a> {
@@ -43,6 +51,9 @@ pub struct Scanner<'a> {
     pub node_name: &'a str,
     /// Refuse to turn a whole emptied root into deletions (DESIGN: unmounted volume guard).
     pub guard_empty_root: bool,
+    /// Whether a file is still being written (the batcher saw writes without a close, or a
+    /// process has it open for writing): not announced yet.
+    pub held: &'a dyn Fn(&RelPath, &DiskMeta) -> bool,
 }
 
 impl Scanner<'_> {
@@ -116,9 +127,10 @@ impl Scanner<'_> {
             }
         }
 
-        // Deletions: in scope, live in the index, not on disk.
+        // Deletions: in scope, live in the index, not on disk; children before parents.
         let mut deleted: Vec<Stored> = scope
             .into_values()
+            .rev()
             .filter(|s| !s.entry.deleted && !disk.contains_key(&s.entry.path) && !self.excludes.is_excluded(&s.entry.path))
             .collect();
         if full_root && self.guard_empty_root && disk.is_empty() && !deleted.is_empty() {
@@ -143,6 +155,10 @@ impl Scanner<'_> {
                 if same_meta && (m.kind == EntryKind::Dir || k.ino == m.ino) {
                     continue;
                 }
+            }
+            if m.kind == EntryKind::File && (self.held)(&path, &m) {
+                out.unstable.push(path);
+                continue;
             }
             let (hash, target, meta) = match m.kind {
                 EntryKind::Dir => ([0u8; 32], String::new(), m.clone()),
@@ -185,6 +201,15 @@ impl Scanner<'_> {
                 }
             }
             let base = known.as_ref().map(|k| k.entry.version.clone()).unwrap_or_default();
+            let version = base.bumped(self.node_id);
+            // New content gets a new origin; a metadata-only change keeps the content's.
+            let origin = match live {
+                Some(k) if k.entry.kind == meta.kind && k.entry.hash == hash && k.entry.target == target => k.entry.origin.clone(),
+                _ => version.clone(),
+            };
+            if meta.kind == EntryKind::File && meta.nlink > 1 && live.is_none_or(|k| k.entry.hash != hash) {
+                out.linked_inodes.push(meta.ino);
+            }
             out.changes.push((
                 Entry {
                     path,
@@ -195,9 +220,10 @@ impl Scanner<'_> {
                     mode: meta.mode,
                     hash,
                     target,
-                    version: base.bumped(self.node_id),
+                    version,
                     modified_by: self.node_id,
                     modified_by_name: self.node_name.to_owned(),
+                    origin,
                 },
                 meta.ino,
             ));
@@ -209,7 +235,9 @@ impl Scanner<'_> {
     }
 
     pub fn tombstone(&self, e: &Entry) -> Entry {
+        let version = e.version.bumped(self.node_id);
         Entry {
+            origin: version.clone(),
             path: e.path.clone(),
             kind: e.kind,
             deleted: true,
@@ -218,49 +246,21 @@ impl Scanner<'_> {
             mode: e.mode,
             hash: [0; 32],
             target: String::new(),
-            version: e.version.bumped(self.node_id),
+            version,
             modified_by: self.node_id,
             modified_by_name: self.node_name.to_owned(),
         }
     }
 
     fn walk(&self, dir: Option<&RelPath>, disk: &mut BTreeMap<RelPath, DiskMeta>, out: &mut Outcome) -> anyhow::Result<()> {
-        let start = match dir {
-            Some(d) => self.root.full(d),
-            None => self.root.path().to_owned(),
-        };
-        let root = self.root.path().to_owned();
-        let walker = walkdir::WalkDir::new(&start).follow_links(false).into_iter().filter_entry(|e| {
-            match RelPath::from_fs(&root, e.path()) {
-                Ok(p) => !self.excludes.is_excluded(&p),
-                Err(crate::protocol::PathError::Empty) => true, // the root itself
-                Err(_) => false,
+        let w = self.root.walk(dir, &|p| self.excludes.is_excluded(p))?;
+        out.errors.extend(w.errors.into_iter().map(|e| format!("scan: {e}")));
+        out.unsyncable.extend(w.unsyncable);
+        for (p, m) in w.items {
+            if m.kind == EntryKind::Dir {
+                out.dirs_seen += 1;
             }
-        });
-        for item in walker {
-            let item = match item {
-                Ok(i) => i,
-                Err(e) => {
-                    if e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) {
-                        continue;
-                    }
-                    out.errors.push(format!("scan: {e}"));
-                    continue;
-                }
-            };
-            let Ok(p) = RelPath::from_fs(&root, item.path()) else {
-                if item.path() != root {
-                    out.errors.push(format!("skipped {:?}: name is not valid UTF-8 or too long", item.path()));
-                }
-                continue;
-            };
-            let Ok(m) = item.metadata() else { continue };
-            if let Some(dm) = DiskMeta::from_fs(&m) {
-                if dm.kind == EntryKind::Dir {
-                    out.dirs_seen += 1;
-                }
-                disk.insert(p, dm);
-            }
+            disk.insert(p, m);
         }
         Ok(())
     }
@@ -269,7 +269,3 @@ impl Scanner<'_> {
 pub fn now_ns() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
 }
-
-/// Unused-variable guard for `VersionVector` import in some builds.
-#[allow(dead_code)]
-fn _vv(_: VersionVector) {}

@@ -24,7 +24,7 @@ use super::status::Status;
 use super::tls::PeerName;
 use super::transfer::{INLINE_BUDGET, INLINE_MAX};
 use super::{AdminCmd, Event};
-use crate::protocol::wire::{Blob, CONTENT_CHANGED, ChangesQuery, ChangesResponse};
+use crate::protocol::wire::{Blob, CONTENT_CHANGED, ChangesQuery, ChangesResponse, PROTOCOL, PROTOCOL_HEADER, same_folder};
 use crate::protocol::{EntryKind, RelPath};
 
 #[derive(Clone)]
@@ -38,6 +38,8 @@ pub struct AppState {
     pub paused: Arc<std::sync::atomic::AtomicBool>,
     /// Inline relayed content too (the link port: the other environment has none of it).
     pub inline_relayed: bool,
+    /// This node's `folder_id` (empty if unset); asks from another folder are refused.
+    pub folder: String,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -69,8 +71,17 @@ fn internal(e: impl std::fmt::Display) -> (StatusCode, String) {
     (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
-async fn changes(State(app): State<AppState>, Extension(peer): Extension<PeerName>, body: Bytes) -> HttpResult<Response> {
+async fn changes(State(app): State<AppState>, Extension(peer): Extension<PeerName>, headers: axum::http::HeaderMap, body: Bytes) -> HttpResult<Response> {
+    let proto = headers.get(PROTOCOL_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok()).unwrap_or(1);
+    if proto != PROTOCOL {
+        return Err((StatusCode::CONFLICT, format!("{} speaks filesync protocol {proto}, this node {PROTOCOL}: upgrade every node to the same filesync version", peer.0)));
+    }
     let q: ChangesQuery = postcard::from_bytes(&body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad changes query: {e}")))?;
+    if !same_folder(&q.folder, &app.folder) {
+        let msg = format!("{} syncs another folder ({:?}; this node syncs {:?}): refused", peer.0, q.folder, app.folder);
+        app.status.lock().expect("BUG: poisoned").foreign_folders.insert(peer.0.clone(), msg.clone());
+        return Err((StatusCode::CONFLICT, msg));
+    }
     let since = if q.index_id == app.index.index_id { q.since } else { 0 };
     {
         let mut st = app.status.lock().expect("BUG: poisoned");
@@ -98,7 +109,7 @@ async fn changes(State(app): State<AppState>, Extension(peer): Extension<PeerNam
             r = rx.changed() => if r.is_err() { return Err(internal("agent is shutting down")) },
             _ = tokio::time::sleep_until(deadline) => {
                 if paused {
-                    let page = ChangesResponse { node_id: app.index.node_id, node_name: app.node_name.clone(), index_id: app.index.index_id, entries: vec![], blobs: vec![], last_seq: since, more: false };
+                    let page = ChangesResponse { node_id: app.index.node_id, node_name: app.node_name.clone(), index_id: app.index.index_id, entries: vec![], blobs: vec![], last_seq: since, more: false, folder: app.folder.clone() };
                     return Ok(postcard::to_allocvec(&page).map_err(internal)?.into_response());
                 }
             },
@@ -142,7 +153,7 @@ fn build_page(app: &AppState, since: u64) -> anyhow::Result<ChangesResponse> {
         more = true;
     }
     let last_seq = entries.last().map(|(s, _)| *s).unwrap_or(since);
-    Ok(ChangesResponse { node_id: app.index.node_id, node_name: app.node_name.clone(), index_id: app.index.index_id, entries, blobs, last_seq, more })
+    Ok(ChangesResponse { node_id: app.index.node_id, node_name: app.node_name.clone(), index_id: app.index.index_id, entries, blobs, last_seq, more, folder: app.folder.clone() })
 }
 
 #[derive(serde::Deserialize)]

@@ -86,6 +86,12 @@ pub struct Status {
     pub watches: usize,
     pub warnings: Vec<String>,
     pub held_deletes: usize,
+    /// Names in the root that cannot be synced (not valid UTF-8, shown lossily), up to 20,
+    /// and how many there are.
+    pub unsyncable: Vec<String>,
+    pub unsyncable_count: usize,
+    /// Peers refused because they sync another folder (see `folder_id`), by name.
+    pub foreign_folders: BTreeMap<String, String>,
     pub local_modifications: Vec<String>,
     pub files: u64,
     pub dirs: u64,
@@ -115,6 +121,15 @@ impl Status {
         }
         if self.held_deletes > 0 {
             let _ = writeln!(s, "HOLDING {} deletes: the sync root looks empty or unmounted; nothing is deleted on peers", self.held_deletes);
+        }
+        if self.unsyncable_count > 0 {
+            let _ = writeln!(s, "NOT SYNCED: {} name(s) that are not valid UTF-8 (rename them):", self.unsyncable_count);
+            for n in &self.unsyncable {
+                let _ = writeln!(s, "  {n}");
+            }
+        }
+        for (peer, why) in &self.foreign_folders {
+            let _ = writeln!(s, "REFUSED peer {peer}: {why}");
         }
         let _ = writeln!(s, "Tree: {} files, {} directories, {} symlinks, {} bytes, digest {}", self.files, self.dirs, self.symlinks, self.bytes, self.tree_digest);
         let _ = writeln!(s, "Excluding:");

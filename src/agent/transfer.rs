@@ -5,14 +5,14 @@
 //! block signatures, maintained by Dropbox) and verified by BLAKE3 before use, falling
 //! back to a full transfer if the delta does not reproduce the announced content.
 
-use std::fs::File;
-use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use super::root::SyncRoot;
+use std::fs::File;
+
+use super::root::{RootError, SyncRoot, TempFile};
 use crate::protocol::{Entry, RelPath};
 
 /// Files at most this large travel inline with index pages.
@@ -23,8 +23,9 @@ pub const INLINE_BUDGET: u64 = 32 * 1024 * 1024;
 pub const DELTA_MIN: u64 = 1024 * 1024;
 
 pub struct Fetched {
-    pub file: File,
-    pub tmp: PathBuf,
+    /// The verified content, in a temp file next to the path it was fetched for (removed
+    /// if dropped).
+    pub tmp: TempFile,
     pub wire_bytes: u64,
     pub delta: bool,
 }
@@ -52,17 +53,19 @@ fn urlencode(s: &str) -> String {
     out
 }
 
-/// Fetches `entry`'s content from the peer at `addr` into a temp file next to its path.
-/// `base` is the local file to delta against, if there is one worth using.
-pub async fn fetch(client: &reqwest::Client, addr: &str, root: &SyncRoot, entry: &Entry, base: Option<RelPath>) -> anyhow::Result<Fetched> {
+/// Fetches `entry`'s content from the peer at `addr` into a temp file next to `dest`
+/// (`entry.path`, or the name of a conflict copy of it). `base` is the local file to delta
+/// against, if there is one worth using. A failure of this node's own disk is a
+/// `RootError` (another peer would not help).
+pub async fn fetch(client: &reqwest::Client, addr: &str, root: &SyncRoot, entry: &Entry, dest: &RelPath, base: Option<RelPath>) -> anyhow::Result<Fetched> {
     if let Some(base) = base {
         // Changed blocks in place first (cheap on both sides), then the rsync-style delta
         // that also finds shifted content, then the whole file.
-        match fetch_blocks(client, addr, root, entry, &base).await {
+        match fetch_blocks(client, addr, root, entry, dest, &base).await {
             Ok(f) => return Ok(f),
             Err(e) => tracing::debug!(path = %entry.path, error = %e, "block transfer failed; trying an rsync delta"),
         }
-        match fetch_delta(client, addr, root, entry, &base).await {
+        match fetch_delta(client, addr, root, entry, dest, &base).await {
             Ok(f) => return Ok(f),
             Err(e) => tracing::debug!(path = %entry.path, error = %e, "delta transfer failed; fetching whole file"),
         }
@@ -74,8 +77,8 @@ pub async fn fetch(client: &reqwest::Client, addr: &str, root: &SyncRoot, entry:
         let text = resp.text().await.unwrap_or_default();
         bail!("{addr} answered {status}: {}", text.trim());
     }
-    let (std_file, tmp) = root.create_temp(&entry.path)?;
-    let mut f = tokio::fs::File::from_std(std_file);
+    let tmp = root.create_temp(dest)?;
+    let mut f = tokio::fs::File::from_std(tmp.file.try_clone().map_err(|e| RootError::io(dest, e))?);
     let mut hasher = blake3::Hasher::new();
     let mut n = 0u64;
     let mut body = resp.bytes_stream();
@@ -84,23 +87,21 @@ pub async fn fetch(client: &reqwest::Client, addr: &str, root: &SyncRoot, entry:
             let chunk = chunk.with_context(|| format!("transfer from {addr} broke off"))?;
             hasher.update(&chunk);
             n += chunk.len() as u64;
-            f.write_all(&chunk).await.map_err(|e| disk_error(&entry.path, e))?;
+            f.write_all(&chunk).await.map_err(|e| disk_error(dest, e))?;
         }
-        f.flush().await?;
+        f.flush().await.map_err(|e| disk_error(dest, e))?;
         if *hasher.finalize().as_bytes() != entry.hash {
             bail!("content from {addr} does not match the announced hash (changed while sending); will retry");
         }
         Ok(())
     }
     .await;
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    Ok(Fetched { file: f.into_std().await, tmp, wire_bytes: n, delta: false })
+    res?;
+    drop(f);
+    Ok(Fetched { tmp, wire_bytes: n, delta: false })
 }
 
-async fn fetch_delta(client: &reqwest::Client, addr: &str, root: &SyncRoot, entry: &Entry, base: &RelPath) -> anyhow::Result<Fetched> {
+async fn fetch_delta(client: &reqwest::Client, addr: &str, root: &SyncRoot, entry: &Entry, dest: &RelPath, base: &RelPath) -> anyhow::Result<Fetched> {
     let root2 = root.clone();
     let base2 = base.clone();
     let (base_data, sig) = tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
@@ -130,12 +131,9 @@ async fn fetch_delta(client: &reqwest::Client, addr: &str, root: &SyncRoot, entr
         Ok(out)
     })
     .await??;
-    let (mut file, tmp) = root.create_temp(&entry.path)?;
-    if let Err(e) = std::io::Write::write_all(&mut file, &out) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(disk_error(&entry.path, e));
-    }
-    Ok(Fetched { file, tmp, wire_bytes: wire, delta: true })
+    let mut tmp = root.create_temp(dest)?;
+    std::io::Write::write_all(&mut tmp.file, &out).map_err(|e| disk_error(dest, e))?;
+    Ok(Fetched { tmp, wire_bytes: wire, delta: true })
 }
 
 /// A `POST /v1/delta` body that starts with this asks for changed blocks instead of an
@@ -234,7 +232,7 @@ pub fn block_diff(f: &mut File, sig: &BlockSig) -> std::io::Result<Option<BlockD
     Ok(Some(BlockDiff { len, blocks }))
 }
 
-async fn fetch_blocks(client: &reqwest::Client, addr: &str, root: &SyncRoot, entry: &Entry, base: &RelPath) -> anyhow::Result<Fetched> {
+async fn fetch_blocks(client: &reqwest::Client, addr: &str, root: &SyncRoot, entry: &Entry, dest: &RelPath, base: &RelPath) -> anyhow::Result<Fetched> {
     let block = fixed_block_size(entry.size);
     let (root2, base2) = (root.clone(), base.clone());
     let sig = tokio::task::spawn_blocking(move || -> anyhow::Result<BlockSig> { Ok(block_sig(&mut root2.open_read(&base2)?, block)?) }).await??;
@@ -249,14 +247,14 @@ async fn fetch_blocks(client: &reqwest::Client, addr: &str, root: &SyncRoot, ent
     let answer = resp.bytes().await?;
     let wire = sent + answer.len() as u64;
     let diff: BlockDiff = postcard::from_bytes(&answer).context("bad block answer")?;
-    let (mut file, tmp) = root.create_temp(&entry.path)?;
-    let (root2, base2, expected, path) = (root.clone(), base.clone(), entry.hash, entry.path.clone());
-    let res = tokio::task::spawn_blocking(move || -> anyhow::Result<File> {
+    let mut tmp = root.create_temp(dest)?;
+    let (root2, base2, expected, path) = (root.clone(), base.clone(), entry.hash, dest.clone());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Fetched> {
         let mut src = root2.open_read(&base2)?;
         let mut buf = vec![0u8; block as usize];
         let mut changed = diff.blocks.into_iter().peekable();
         let mut hasher = blake3::Hasher::new();
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut tmp.file);
         let mut written = 0u64;
         let mut i = 0u32;
         while written < diff.len {
@@ -278,24 +276,13 @@ async fn fetch_blocks(client: &reqwest::Client, addr: &str, root: &SyncRoot, ent
         if written != diff.len || *hasher.finalize().as_bytes() != expected {
             bail!("rebuilt file does not match the announced hash");
         }
-        Ok(file)
+        Ok(Fetched { tmp, wire_bytes: wire, delta: true })
     })
-    .await?;
-    match res {
-        Ok(file) => Ok(Fetched { file, tmp, wire_bytes: wire, delta: true }),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    .await?
 }
 
 fn disk_error(path: &RelPath, e: std::io::Error) -> anyhow::Error {
-    if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
-        anyhow::anyhow!("{path}: disk full (ENOSPC) on this node")
-    } else {
-        anyhow::anyhow!("{path}: cannot write: {e}")
-    }
+    RootError::io(path, e).into()
 }
 
 #[cfg(test)]

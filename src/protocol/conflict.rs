@@ -26,40 +26,50 @@ pub fn winner(local: &Entry, remote: &Entry) -> Winner {
     }
 }
 
-/// `photo.jpg` → `photo.sync-conflict-20261122-101502-node2.jpg`, from the losing version's
-/// mtime (UTC) and the name of the node that made it.
+/// `photo.jpg` → `photo.sync-conflict-20261122-101502-node2-3fa9c01b.jpg`, from the losing
+/// version's mtime (UTC), the name of the node that made it and the start of its content
+/// hash, so two losing versions never share a copy (even within one second, from one
+/// node), and one losing version gets the same name on every node. Always a valid name of
+/// at most 255 bytes: the stem is shortened, and an "extension" too long to be one is not
+/// kept apart.
 pub fn conflict_copy_path(path: &RelPath, loser: &Entry) -> RelPath {
-    let ts = OffsetDateTime::from_unix_timestamp_nanos(loser.mtime_ns as i128)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let stamp = format!(
-        "{:04}{:02}{:02}-{:02}{:02}{:02}",
-        ts.year(),
-        u8::from(ts.month()),
-        ts.day(),
-        ts.hour(),
-        ts.minute(),
-        ts.second()
-    );
-    let node: String = loser
-        .modified_by_name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
-        .take(40)
-        .collect();
+    let ts = OffsetDateTime::from_unix_timestamp_nanos(loser.mtime_ns as i128).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let stamp = format!("{:04}{:02}{:02}-{:02}{:02}{:02}", ts.year(), u8::from(ts.month()), ts.day(), ts.hour(), ts.minute(), ts.second());
+    let node = safe_node(&loser.modified_by_name);
+    copy_name(path, loser.kind == EntryKind::File, &format!("{stamp}-{node}-{}", hex::encode(&loser.hash[..4])))
+}
+
+/// The name under which content a local write made while a peer's version replaced it is
+/// kept (the write lost a race with the swap; see `agent::root`). `tag` tells two apart.
+pub fn rescue_copy_path(path: &RelPath, node: &str, now_ns: i64, tag: u32) -> RelPath {
+    let ts = OffsetDateTime::from_unix_timestamp_nanos(now_ns as i128).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    let stamp = format!("{:04}{:02}{:02}-{:02}{:02}{:02}", ts.year(), u8::from(ts.month()), ts.day(), ts.hour(), ts.minute(), ts.second());
+    copy_name(path, true, &format!("{stamp}-{}-{tag:08x}", safe_node(node)))
+}
+
+fn safe_node(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).take(40).collect()
+}
+
+/// Longest extension kept after the conflict marker (`.jpeg`, `.tar.gz`'s `.gz`, ...).
+const MAX_EXT: usize = 16;
+
+fn copy_name(path: &RelPath, has_ext: bool, tail: &str) -> RelPath {
     let name = path.file_name();
     let (stem, ext) = match name.rfind('.') {
-        Some(i) if i > 0 && loser.kind == EntryKind::File => (&name[..i], &name[i..]),
+        Some(i) if i > 0 && has_ext && name.len() - i <= MAX_EXT => (&name[..i], &name[i..]),
         _ => (name, ""),
     };
-    // Keep the result within NAME_MAX by shortening the stem.
-    let suffix = format!(".sync-conflict-{stamp}-{node}{ext}");
+    let suffix = format!(".sync-conflict-{tail}{ext}");
     let room = super::path::MAX_COMPONENT.saturating_sub(suffix.len());
     let mut cut = stem.len().min(room);
     while !stem.is_char_boundary(cut) {
         cut -= 1;
     }
     path.with_file_name(&format!("{}{}", &stem[..cut], suffix))
-        .expect("BUG: conflict copy name built from a valid name is valid")
+        .or_else(|_| path.with_file_name(&suffix))
+        .or_else(|_| RelPath::parse(&format!("sync-conflict-{tail}")))
+        .unwrap_or_else(|_| path.clone())
 }
 
 pub fn is_conflict_copy(name: &str) -> bool {
@@ -84,6 +94,7 @@ mod tests {
             version: VersionVector::new(),
             modified_by: by,
             modified_by_name: format!("node{by}"),
+            origin: VersionVector::new(),
         }
     }
 
@@ -109,8 +120,39 @@ mod tests {
         let mut l = e(EntryKind::File, false, 0, 2, 1);
         l.mtime_ns = 1_795_342_502_000_000_000; // 2026-11-22 10:15:02 UTC
         let p = conflict_copy_path(&RelPath::parse("up/photo.jpg").unwrap(), &l);
-        assert_eq!(p.as_str(), "up/photo.sync-conflict-20261122-101502-node2.jpg");
+        assert_eq!(p.as_str(), "up/photo.sync-conflict-20261122-101502-node2-01010101.jpg");
         let long = RelPath::parse(&"a".repeat(255)).unwrap();
         assert!(conflict_copy_path(&long, &l).as_str().len() <= 255);
+    }
+
+    #[test]
+    fn conflict_copy_names_are_unique_per_content_and_always_fit() {
+        let mut a = e(EntryKind::File, false, 100, 2, 1);
+        let mut b = a.clone();
+        b.hash = [2; 32];
+        let path = RelPath::parse("doc.txt").unwrap();
+        assert_ne!(conflict_copy_path(&path, &a), conflict_copy_path(&path, &b), "same second, same node, different content");
+        // Every shape of name: huge stems, huge "extensions", multi-byte characters, dots.
+        let names = [
+            format!("a.{}", "x".repeat(250)),
+            "資料".repeat(40) + ".pdf",
+            "😀".repeat(63) + "abc",
+            format!("{}.{}", "é".repeat(100), "ü".repeat(20)),
+            ".hidden".to_owned(),
+            "noext".to_owned(),
+            format!(".{}", "z".repeat(254)),
+        ];
+        for n in names {
+            let p = RelPath::parse(&format!("d/{n}")).unwrap();
+            for kind in [EntryKind::File, EntryKind::Symlink] {
+                a.kind = kind;
+                a.modified_by_name = "n".repeat(300);
+                let c = conflict_copy_path(&p, &a);
+                assert!(c.file_name().len() <= 255 && c.as_str().starts_with("d/") && c != p, "{n} -> {c}");
+                assert!(is_conflict_copy(c.file_name()), "{c}");
+            }
+        }
+        let r = rescue_copy_path(&RelPath::parse(&"b".repeat(255)).unwrap(), "node1", 0, 7);
+        assert!(r.file_name().len() <= 255 && is_conflict_copy(r.file_name()));
     }
 }

@@ -35,6 +35,12 @@ pub struct Entry {
     /// copy names so every node derives the same one).
     pub modified_by: NodeId,
     pub modified_by_name: String,
+    /// The version at which this content (or this deletion) was made: set by the scan that
+    /// found new content, kept by conflict resolutions and metadata-only changes, adopted
+    /// with the content by a node that takes another's version. A concurrent version whose
+    /// author had already seen our content (`our.origin` seen by `theirs.version`)
+    /// supersedes it without a conflict copy.
+    pub origin: VersionVector,
 }
 
 impl Entry {

@@ -52,6 +52,11 @@ impl VersionVector {
         Self(v)
     }
 
+    /// Whether `other` has seen everything `self` has (`self <= other`).
+    pub fn seen_by(&self, other: &Self) -> bool {
+        self.0.iter().all(|&(n, c)| other.get(n) >= c)
+    }
+
     pub fn compare(&self, other: &Self) -> Ordering {
         let (mut greater, mut less) = (false, false);
         for &(n, c) in self.0.iter().chain(other.0.iter()) {

@@ -22,6 +22,10 @@ pub struct ChangesQuery {
     pub pending: u64,
     /// The asker's node name, for this node's status and log.
     pub from: String,
+    /// The folder the asker syncs (`folder_id` in its config; empty if unset). A node that
+    /// syncs another folder (another environment, an old sync path, an older generation)
+    /// refuses the ask.
+    pub folder: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,6 +41,21 @@ pub struct ChangesResponse {
     pub last_seq: u64,
     /// More pages are waiting; ask again at once.
     pub more: bool,
+    /// The folder this node syncs (see `ChangesQuery::folder`); the asker refuses a page
+    /// from another folder.
+    pub folder: String,
+}
+
+/// Version of the bodies in this module. Sent as the `x-filesync-protocol` header by askers
+/// and answerers: a node that speaks another version is refused with a message that says
+/// to upgrade, instead of a decoding error.
+pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL_HEADER: &str = "x-filesync-protocol";
+
+/// Whether two folder ids may exchange pages: equal, or either side has none configured
+/// (agents run by hand without a control plane).
+pub fn same_folder(a: &str, b: &str) -> bool {
+    a.is_empty() || b.is_empty() || a == b
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,7 +100,7 @@ mod byte_string {
     }
 }
 
-/// Why a content request could not be served.
+/// Why a content request could not be served (HTTP 409).
 pub const CONTENT_CHANGED: &str = "content changed since it was announced";
 
 #[cfg(test)]

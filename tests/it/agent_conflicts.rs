@@ -26,7 +26,9 @@ fn concurrent_edits_keep_both_versions() {
         if copies.len() == 1 { Ok(()) } else { Err(format!("conflict copies: {copies:?}")) }
     });
     let copy = t.keys().find(|k| k.contains("sync-conflict")).unwrap().clone();
-    assert!(copy.starts_with("photo.sync-conflict-") && copy.ends_with("-node1.jpg"), "{copy}");
+    // Named for the losing node, with the start of the losing content's hash, extension kept.
+    let tag = format!("-node1-{}.jpg", &blake3::hash(b"edited on node1").to_hex()[..8]);
+    assert!(copy.starts_with("photo.sync-conflict-") && copy.ends_with(&tag), "{copy} should end with {tag}");
     assert_eq!(std::fs::read(c.nodes[2].path("photo.jpg")).unwrap(), b"edited on node2, later");
     assert_eq!(std::fs::read(c.nodes[2].path(&copy)).unwrap(), b"edited on node1");
     assert!(c.nodes.iter().any(|n| n.log().contains("Conflict: photo.jpg")));

@@ -6,6 +6,13 @@
 //! before writing the winner. The written version is the merge of both vectors advanced by
 //! the resolving node, so a resolved state never shares a version with another state; two
 //! nodes that resolve the same conflict reach identical content, which then merges silently.
+//!
+//! Before the winner rule, ancestry: a concurrent version whose author had already seen our
+//! content (our `origin` is seen by their version) simply supersedes it, and one whose
+//! content we had already seen and replaced is simply kept out, both without a conflict
+//! copy. Without this, a node that resolved "deleted here, edited there" with its own
+//! counter would see every later edit from the other side as a new conflict and keep copies
+//! of that side's own older content.
 
 use crate::protocol::conflict::{Winner, conflict_copy_path, winner};
 use crate::protocol::{Entry, RelPath, VersionOrdering, VersionVector};
@@ -38,6 +45,14 @@ pub fn decide(local: Option<&Entry>, remote: &Entry, me: crate::protocol::NodeId
             let w = winner(l, remote);
             if l.same_content(remote) {
                 return Decision::Merge { version: merged, meta_from_remote: w == Winner::Remote };
+            }
+            let they_saw_ours = l.origin.seen_by(&remote.version);
+            let we_saw_theirs = remote.origin.seen_by(&l.version);
+            if they_saw_ours && !we_saw_theirs {
+                return Decision::Apply { version: merged.bumped(me), conflict_copy: None, conflict: false };
+            }
+            if we_saw_theirs && !they_saw_ours {
+                return Decision::KeepLocal { version: merged.bumped(me), loser_copy: None };
             }
             match w {
                 Winner::Local => Decision::KeepLocal {
@@ -75,9 +90,10 @@ mod tests {
             mode: 0o644,
             hash: [hash; 32],
             target: String::new(),
-            version: v,
+            version: v.clone(),
             modified_by: by,
             modified_by_name: format!("n{by}"),
+            origin: v,
         }
     }
 
@@ -111,7 +127,7 @@ mod tests {
         // On node 1 (local a, remote b): b wins, a becomes the conflict copy.
         match decide(Some(&a), &b, 9) {
             Decision::Apply { conflict_copy: Some(c), conflict: true, version } => {
-                assert!(c.as_str().contains("sync-conflict") && c.as_str().ends_with("-n1.txt"), "{c}");
+                assert!(c.as_str().contains("sync-conflict") && c.as_str().ends_with(".txt") && c.as_str().contains("-n1-"), "{c}");
                 assert_eq!(version, a.version.merged(&b.version).bumped(9));
             }
             d => panic!("{d:?}"),
@@ -119,7 +135,7 @@ mod tests {
         // On node 2 (local b, remote a): b wins; a is kept as the same conflict copy.
         match decide(Some(&b), &a, 9) {
             Decision::KeepLocal { loser_copy: Some(c), version } => {
-                assert!(c.as_str().ends_with("-n1.txt"), "{c}");
+                assert!(c.as_str().contains("-n1-"), "{c}");
                 assert_eq!(version, a.version.merged(&b.version).bumped(9));
             }
             d => panic!("{d:?}"),
@@ -132,5 +148,39 @@ mod tests {
         let del = e(2, &[(1, 1), (2, 1)], 0, 99, true);
         assert!(matches!(decide(Some(&edit), &del, 9), Decision::KeepLocal { loser_copy: None, .. }));
         assert!(matches!(decide(Some(&del), &edit, 9), Decision::Apply { conflict_copy: None, .. }));
+    }
+
+    /// Node 2 deletes P while node 1 keeps appending to it: node 2 takes each append
+    /// without a conflict copy of node 1's own older content, and node 1 keeps its content
+    /// against node 2's relayed resolutions, also without a copy.
+    #[test]
+    fn later_edits_after_a_resolution_are_not_conflicts() {
+        let (n1, n2) = (1, 2);
+        let a = e(n1, &[(n1, 1)], 1, 10, false);
+        let del = e(n2, &[(n1, 1), (n2, 1)], 0, 20, true);
+        let b = e(n1, &[(n1, 2)], 2, 30, false);
+        let c = e(n1, &[(n1, 3)], 3, 40, false);
+        assert!(matches!(decide(Some(&a), &del, n2), Decision::Apply { .. }));
+        // On node 2: the delete meets the first append: edit beats delete, no copy.
+        let Decision::Apply { version, conflict_copy: None, .. } = decide(Some(&del), &b, n2) else { panic!() };
+        let mut on2 = b.clone();
+        on2.version = version;
+        // The next append descends from the content node 2 now holds: applied, no copy.
+        assert_eq!(decide(Some(&on2), &c, n2), Decision::Apply { version: on2.version.merged(&c.version).bumped(n2), conflict_copy: None, conflict: false });
+        // On node 1 (holding c): node 2's resolution carries b's content, which c replaced.
+        assert_eq!(decide(Some(&c), &on2, n1), Decision::KeepLocal { version: c.version.merged(&on2.version).bumped(n1), loser_copy: None });
+        // A real conflict is still one: neither side saw the other's content.
+        let x = e(n2, &[(n1, 1), (n2, 2)], 9, 50, false);
+        assert!(matches!(decide(Some(&c), &x, n1), Decision::Apply { conflict_copy: Some(_), conflict: true, .. }));
+    }
+
+    /// A delete made by someone who saw exactly this content wins over a version that only
+    /// differs by a resolution counter.
+    #[test]
+    fn a_delete_of_seen_content_is_not_undone_by_a_resolution() {
+        let mut kept = e(1, &[(1, 1), (3, 1)], 1, 10, false);
+        kept.origin = VersionVector::new().bumped(1);
+        let del = e(2, &[(1, 1), (2, 1)], 0, 5, true);
+        assert!(matches!(decide(Some(&kept), &del, 9), Decision::Apply { conflict_copy: None, conflict: false, .. }));
     }
 }

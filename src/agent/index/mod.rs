@@ -3,17 +3,22 @@
 //!
 //! Tables: every path's latest `Entry` (tombstones included) with the local facts needed to
 //! skip re-hashing (inode), a sequence log (`seq -> path`) that peers page through, the
-//! items accepted from peers but not yet written (`needs`), per-peer progress, and meta
-//! (node id, index id, tree digest). Only the agent's event loop writes; the HTTP handlers
-//! read concurrently through redb's MVCC.
+//! items accepted from peers but not yet written (`needs`, see `queue`), the apply journal
+//! (`queue`), per-peer progress, and meta (node id, index id, tree digest, format). Only
+//! the agent's event loop writes; the HTTP handlers read concurrently through redb's MVCC.
+
+mod migrate;
+mod queue;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+pub use self::queue::Need;
 use crate::protocol::{Entry, EntryKind, NodeId, RelPath};
 
 const ENTRIES: TableDefinition<&str, &[u8]> = TableDefinition::new("entries");
@@ -22,6 +27,12 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const DIGEST: TableDefinition<&str, u128> = TableDefinition::new("digest");
 const PROGRESS: TableDefinition<&str, &[u8]> = TableDefinition::new("peer_progress");
 const NEEDS: TableDefinition<&str, &[u8]> = TableDefinition::new("needs");
+/// Entries of a page being applied, recorded before the first file of the page reaches its
+/// name (see `queue` and `agent::apply::journal`).
+const JOURNAL: TableDefinition<&str, &[u8]> = TableDefinition::new("journal");
+
+/// Version of the records' encoding (meta key `format`); older files are migrated at open.
+const FORMAT: u64 = 2;
 
 /// An entry as stored: the replicated `Entry` plus facts only this node cares about.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -30,23 +41,6 @@ pub struct Stored {
     pub seq: u64,
     /// Inode of the file on this node when it was last scanned or written.
     pub ino: u64,
-}
-
-/// An item accepted from a peer that is not written yet (content to fetch, or a failure to
-/// retry). Persisted so a restart does not forget it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Need {
-    pub entry: Entry,
-    pub source: String,
-    pub attempts: u32,
-    pub last_error: Option<String>,
-    /// Write the content whatever the local version (a receive-only node's revert).
-    #[serde(default)]
-    pub force: bool,
-    /// Set for a losing version's content that this node keeps as a conflict copy:
-    /// `entry.path` is the copy's name, this is the path the content is fetched by.
-    #[serde(default)]
-    pub copy_of: Option<RelPath>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -60,6 +54,8 @@ pub struct Index {
     pub node_id: NodeId,
     pub index_id: u64,
     seq_tx: watch::Sender<u64>,
+    /// Set by writes made without an fsync of their own (needs); `flush` makes them durable.
+    dirty: AtomicBool,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -73,6 +69,21 @@ pub struct Summary {
     pub digest: u128,
 }
 
+/// What one page (or one applied need) changes in the index, in one transaction.
+#[derive(Default)]
+pub struct Batch {
+    /// New versions, each with the inode it has on this node.
+    pub commits: Vec<(Entry, u64)>,
+    /// Needs to record (content to fetch, items to retry).
+    pub put_needs: Vec<Need>,
+    /// Needs that are settled.
+    pub remove_needs: Vec<RelPath>,
+    /// Progress through a peer's log.
+    pub progress: Option<(String, Progress)>,
+    /// Empty the apply journal.
+    pub clear_journal: bool,
+}
+
 impl Index {
     pub fn open(dir: &Path) -> anyhow::Result<Index> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create state dir {}", dir.display()))?;
@@ -80,7 +91,8 @@ impl Index {
         let db = Database::builder()
             .set_cache_size(8 * 1024 * 1024)
             .create(&path)
-            .with_context(|| format!("cannot open index {} (is another agent running on it?)", path.display()))?;
+            .with_context(|| format!("cannot open index {} (is another agent running on it? `filesync inspect --config <agent.toml>` asks a running agent)", path.display()))?;
+        migrate::upgrade(&db, FORMAT)?;
         let txn = db.begin_write()?;
         let (node_id, index_id, last_seq);
         {
@@ -101,10 +113,11 @@ impl Index {
             txn.open_table(DIGEST)?;
             txn.open_table(PROGRESS)?;
             txn.open_table(NEEDS)?;
+            txn.open_table(JOURNAL)?;
         }
         txn.commit()?;
         let (seq_tx, _) = watch::channel(last_seq);
-        Ok(Index { db, node_id, index_id, seq_tx })
+        Ok(Index { db, node_id, index_id, seq_tx, dirty: AtomicBool::new(false) })
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -153,47 +166,55 @@ impl Index {
     /// Writes entries in one transaction, giving each a new sequence number, and wakes the
     /// long-polling peers. Returns the stored forms.
     pub fn commit(&self, items: Vec<(Entry, u64)>) -> anyhow::Result<Vec<Stored>> {
-        self.commit_with_progress(items, None)
+        self.apply(Batch { commits: items, ..Batch::default() })
     }
 
-    /// `commit`, plus the progress through a peer's log in the same transaction (one fsync
-    /// per applied page, and never progress without the entries it covers).
-    pub fn commit_with_progress(&self, items: Vec<(Entry, u64)>, progress: Option<(&str, Progress)>) -> anyhow::Result<Vec<Stored>> {
-        if items.is_empty() && progress.is_none() {
+    /// Applies a `Batch` in one durable transaction: never progress without the entries and
+    /// needs it covers, never a need without the journal cleared in the same breath.
+    pub fn apply(&self, b: Batch) -> anyhow::Result<Vec<Stored>> {
+        if b.commits.is_empty() && b.put_needs.is_empty() && b.remove_needs.is_empty() && b.progress.is_none() && !b.clear_journal {
             return Ok(Vec::new());
         }
         let txn = self.db.begin_write()?;
-        if let Some((peer, p)) = progress {
-            txn.open_table(PROGRESS)?.insert(peer, encode(&p).as_slice())?;
+        if let Some((peer, p)) = &b.progress {
+            txn.open_table(PROGRESS)?.insert(peer.as_str(), encode(p).as_slice())?;
         }
-        let mut stored = Vec::with_capacity(items.len());
-        let mut seq = self.last_seq();
-        {
-            let mut entries = txn.open_table(ENTRIES)?;
-            let mut by_seq = txn.open_table(BY_SEQ)?;
-            let mut dig = txn.open_table(DIGEST)?;
-            let mut digest = dig.get("tree")?.map(|v| v.value()).unwrap_or(0);
-            for (entry, ino) in items {
-                let key = entry.path.as_str().to_owned();
-                if let Some(old) = entries.get(key.as_str())? {
-                    let old: Stored = decode(old.value())?;
-                    by_seq.remove(old.seq)?;
-                    digest = digest.wrapping_sub(entry_digest(&old.entry));
-                }
-                seq += 1;
-                digest = digest.wrapping_add(entry_digest(&entry));
-                let s = Stored { entry, seq, ino };
-                entries.insert(key.as_str(), encode(&s).as_slice())?;
-                by_seq.insert(seq, key.as_str())?;
-                stored.push(s);
-            }
-            dig.insert("tree", digest)?;
-            txn.open_table(META)?.insert("last_seq", seq)?;
-        }
+        queue::apply_in(&txn, &b)?;
+        let stored = self.commit_in(&txn, b.commits)?;
         txn.commit()?;
-        if !stored.is_empty() {
-            self.seq_tx.send_replace(seq);
+        self.dirty.store(false, Ordering::SeqCst);
+        if let Some(last) = stored.last() {
+            self.seq_tx.send_replace(last.seq);
         }
+        Ok(stored)
+    }
+
+    fn commit_in(&self, txn: &WriteTransaction, items: Vec<(Entry, u64)>) -> anyhow::Result<Vec<Stored>> {
+        let mut stored = Vec::with_capacity(items.len());
+        if items.is_empty() {
+            return Ok(stored);
+        }
+        let mut seq = self.last_seq();
+        let mut entries = txn.open_table(ENTRIES)?;
+        let mut by_seq = txn.open_table(BY_SEQ)?;
+        let mut dig = txn.open_table(DIGEST)?;
+        let mut digest = dig.get("tree")?.map(|v| v.value()).unwrap_or(0);
+        for (entry, ino) in items {
+            let key = entry.path.as_str().to_owned();
+            if let Some(old) = entries.get(key.as_str())? {
+                let old: Stored = decode(old.value())?;
+                by_seq.remove(old.seq)?;
+                digest = digest.wrapping_sub(entry_digest(&old.entry));
+            }
+            seq += 1;
+            digest = digest.wrapping_add(entry_digest(&entry));
+            let s = Stored { entry, seq, ino };
+            entries.insert(key.as_str(), encode(&s).as_slice())?;
+            by_seq.insert(seq, key.as_str())?;
+            stored.push(s);
+        }
+        dig.insert("tree", digest)?;
+        txn.open_table(META)?.insert("last_seq", seq)?;
         Ok(stored)
     }
 
@@ -234,10 +255,7 @@ impl Index {
     pub fn summary(&self) -> anyhow::Result<Summary> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(ENTRIES)?;
-        let mut s = Summary {
-            digest: txn.open_table(DIGEST)?.get("tree")?.map(|v| v.value()).unwrap_or(0),
-            ..Summary::default()
-        };
+        let mut s = Summary { digest: txn.open_table(DIGEST)?.get("tree")?.map(|v| v.value()).unwrap_or(0), ..Summary::default() };
         for item in t.iter()? {
             let st: Stored = decode(item?.1.value())?;
             if st.entry.deleted {
@@ -281,46 +299,6 @@ impl Index {
         Ok(out)
     }
 
-    /// Needs are written without an fsync of their own: redb makes them durable with the
-    /// next durable commit, which for a page is the one that records the peer's progress,
-    /// so progress is never durable without the needs it covers.
-    pub fn put_need(&self, need: &Need) -> anyhow::Result<()> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(redb::Durability::None)?;
-        txn.open_table(NEEDS)?.insert(need.entry.path.as_str(), encode(need).as_slice())?;
-        txn.commit()?;
-        Ok(())
-    }
-
-    /// Removing a need is not urgent either: a need that reappears after a crash is found
-    /// satisfied and dropped.
-    pub fn remove_need(&self, path: &RelPath) -> anyhow::Result<()> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(redb::Durability::None)?;
-        txn.open_table(NEEDS)?.remove(path.as_str())?;
-        txn.commit()?;
-        Ok(())
-    }
-
-    pub fn get_need(&self, path: &RelPath) -> anyhow::Result<Option<Need>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(NEEDS)?;
-        Ok(match t.get(path.as_str())? {
-            Some(v) => Some(decode(v.value())?),
-            None => None,
-        })
-    }
-
-    pub fn needs(&self) -> anyhow::Result<Vec<Need>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(NEEDS)?;
-        let mut out = Vec::new();
-        for item in t.iter()? {
-            out.push(decode(item?.1.value())?);
-        }
-        Ok(out)
-    }
-
     pub fn get_meta(&self, key: &str) -> anyhow::Result<Option<u64>> {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(META)?.get(key)?.map(|v| v.value()))
@@ -358,3 +336,6 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> anyhow::Result<T> {
     postcard::from_bytes(b).context("index record is corrupt; delete the state dir to rebuild it from peers")
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,249 @@
+//! Applying a peer's page: local changes of its paths are scanned first (so a change still
+//! waiting for its batch is seen as what it is, and may conflict), every entry is decided,
+//! the entries the page will record are journalled durably, then the page is carried out
+//! (parents first, inline content as one durable batch, deletions last, renames matched by
+//! content) and recorded with its needs and the peer's progress in one transaction.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use super::decide::{Decision, decide};
+use super::entry::{Content, Done};
+use crate::agent::Agent;
+use crate::agent::index::{Batch, Need, Progress, Stored};
+use crate::agent::root::durable::Pending;
+use crate::agent::root::{DiskMeta, Expect};
+use crate::agent::scan::{self, Target};
+use crate::protocol::wire::ChangesResponse;
+use crate::protocol::{Entry, EntryKind, RelPath, VersionOrdering};
+
+/// One item of a page with the local state it is decided against.
+struct Item {
+    r: Entry,
+    local: Option<Stored>,
+    disk: Option<DiskMeta>,
+    held: bool,
+}
+
+/// Writes collected for the page's durable batch, with what to record for each.
+#[derive(Default)]
+pub(super) struct Writes {
+    pending: Vec<Pending>,
+    then: Vec<(Option<Entry>, Entry)>,
+}
+
+impl Writes {
+    /// A file to write; `record` once written (`None`: a conflict copy); `remote` is the
+    /// version it came with, retried if the write fails.
+    pub(super) fn push(&mut self, p: Pending, record: Option<Entry>, remote: Entry) {
+        self.pending.push(p);
+        self.then.push((record, remote));
+    }
+}
+
+impl Agent {
+    /// Applies one page of a peer's changes, then records the progress through its log.
+    pub(in crate::agent) fn process_page(&mut self, peer: &str, page: ChangesResponse) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        let blobs: HashMap<[u8; 32], Vec<u8>> = page.blobs.into_iter().map(|b| (b.hash, b.data)).collect();
+        let entries: Vec<Entry> = page.entries.into_iter().map(|(_, e)| e).filter(|e| !self.excludes.is_excluded(&e.path)).collect();
+        let paths: Vec<RelPath> = entries.iter().map(|e| e.path.clone()).collect();
+        self.prescan(&paths)?;
+        let writers = self.writers_if(entries.iter().any(|e| e.deleted || e.kind != EntryKind::Dir));
+        let mut items = Vec::with_capacity(entries.len());
+        let mut batch = Batch::default();
+        for r in entries {
+            let local = self.index.get(&r.path)?;
+            let disk = self.root.stat(&r.path).ok().flatten();
+            let held = self.batcher.is_writing(&r.path)
+                || !self.disk_matches(local.as_ref(), disk.as_ref())
+                || disk.as_ref().is_some_and(|d| d.kind == EntryKind::File && writers.contains(&d.ino));
+            if let Some(n) = self.index.get_need(&r.path)?
+                && !n.force
+                && matches!(r.version.compare(&n.entry.version), VersionOrdering::Newer | VersionOrdering::Equal)
+            {
+                // A newer version supersedes the pending one (decided below, or queued again).
+                batch.remove_needs.push(r.path.clone());
+            }
+            items.push(Item { r, local, disk, held });
+        }
+        let (mut live, mut dead): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|i| !i.r.deleted);
+        live.sort_by(|a, b| a.r.path.cmp(&b.r.path));
+        dead.sort_by(|a, b| b.r.path.cmp(&a.r.path));
+
+        // Decide everything once and journal what will be recorded, before anything is touched.
+        let me = self.index.node_id;
+        let mut decisions: HashMap<RelPath, Decision> = HashMap::new();
+        let mut planned = Vec::new();
+        for i in live.iter().chain(dead.iter()).filter(|i| !i.held) {
+            let d = decide(i.local.as_ref().map(|s| &s.entry), &i.r, me);
+            match &d {
+                Decision::Apply { version, .. } => {
+                    let mut e = i.r.clone();
+                    e.version = version.clone();
+                    planned.push(e);
+                }
+                Decision::Merge { version, meta_from_remote } => {
+                    let mut e = if *meta_from_remote { i.r.clone() } else { i.local.as_ref().expect("BUG: merge needs a local entry").entry.clone() };
+                    e.version = version.clone();
+                    planned.push(e);
+                }
+                _ => {}
+            }
+            decisions.insert(i.r.path.clone(), d);
+        }
+        self.index.journal_put(&planned)?;
+
+        // Files deleted in this page whose content reappears under another name: renames.
+        let mut moves: HashMap<[u8; 32], Vec<(RelPath, Expect)>> = HashMap::new();
+        for d in &dead {
+            if let (Some(l), Some(disk)) = (&d.local, &d.disk)
+                && !l.entry.deleted
+                && l.entry.kind == EntryKind::File
+                && matches!(decisions.get(&d.r.path), Some(Decision::Apply { .. }))
+            {
+                moves.entry(l.entry.hash).or_default().push((d.r.path.clone(), Expect::Is(disk.clone())));
+            }
+        }
+
+        self.root.defer_dir_syncs();
+        let n = live.len() + dead.len();
+        let mut lags = Vec::new();
+        let now_ns = scan::now_ns();
+        let mut writes = Writes::default();
+        let mut result = Ok(());
+        for i in live {
+            if i.r.kind == EntryKind::File && i.r.modified_by == page.node_id && now_ns - i.r.mtime_ns < 60_000_000_000 && now_ns >= i.r.mtime_ns {
+                lags.push(((now_ns - i.r.mtime_ns) / 1_000_000) as u64);
+            }
+            let content = match (blobs.get(&i.r.hash), decisions.get(&i.r.path)) {
+                _ if i.r.kind != EntryKind::File => Content::None,
+                (Some(b), _) => Content::Bytes(b.clone()),
+                (None, Some(Decision::Apply { conflict_copy: None, .. })) if i.local.as_ref().is_none_or(|l| l.entry.deleted || l.entry.hash != i.r.hash) => {
+                    match moves.get_mut(&i.r.hash).and_then(Vec::pop) {
+                        Some((src, expect)) => Content::Move(src, expect),
+                        None => Content::None,
+                    }
+                }
+                _ => Content::None,
+            };
+            result = self.page_item(peer, i, content, &mut batch, &mut writes);
+            if result.is_err() {
+                break;
+            }
+        }
+        if result.is_ok() {
+            // Inline content reaches its names only once all of it is durable, and before the
+            // deletions, which may remove the directories it was written in.
+            self.finish_writes(peer, writes, &mut batch);
+            let mut more = Writes::default();
+            for i in dead {
+                result = self.page_item(peer, i, Content::None, &mut batch, &mut more);
+                if result.is_err() {
+                    break;
+                }
+            }
+            self.finish_writes(peer, more, &mut batch);
+        }
+        // Directories are made durable before the page is recorded as applied.
+        self.root.sync_dirty_dirs();
+        if let Err(e) = result {
+            // What reached the disk is recognised from the journal; the page is asked again.
+            self.reconcile("after a failed page")?;
+            return Err(e);
+        }
+        let applied = batch.commits.len();
+        let queued = batch.put_needs.clone();
+        batch.progress = Some((peer.to_owned(), Progress { index_id: page.index_id, seq: page.last_seq }));
+        batch.clear_journal = true;
+        self.index.apply(batch)?;
+        for need in &queued {
+            self.schedule(need);
+        }
+        let lag = lags.iter().max().copied();
+        if let Some(l) = lag {
+            self.lag.insert(peer.to_owned(), l);
+        }
+        let mut st = self.status.lock().expect("BUG: poisoned");
+        st.counters.applied += applied as u64;
+        let p = st.peers.entry(peer.to_owned()).or_default();
+        p.their_seq_processed = page.last_seq;
+        if lag.is_some() {
+            p.lag_ms = lag;
+        }
+        drop(st);
+        if applied > 0 {
+            self.log.normal(format!("applied {applied} of {n} change(s) from {peer} in {:.1} ms", t0.elapsed().as_secs_f64() * 1000.0));
+        }
+        Ok(())
+    }
+
+    /// One item of a page: held back while a local write is in progress, else applied.
+    fn page_item(&mut self, peer: &str, i: Item, content: Content, batch: &mut Batch, writes: &mut Writes) -> anyhow::Result<()> {
+        if i.held {
+            tracing::debug!(path = %i.r.path, from = peer, "deferred: local write in progress");
+            let p = i.r.path.clone();
+            batch.put_needs.push(Need { entry: i.r, source: peer.to_owned(), attempts: 1, last_error: Some(format!("{p}: a local write is in progress; applying after it completes")), force: false, copy_of: None });
+            return Ok(());
+        }
+        if self.s.receive_only && self.local_mods.contains(&i.r.path) {
+            return Ok(());
+        }
+        let r = i.r.clone();
+        let done = self.apply_entry(peer, i.r, i.local.as_ref(), i.disk, content, false)?;
+        for d in done {
+            match d {
+                Done::Record(e, ino) => batch.commits.push((e, ino)),
+                Done::Queue(need) => batch.put_needs.push(need),
+                Done::Write(p, e) => writes.push(p, e, r.clone()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the collected files as one durable batch and records each.
+    pub(super) fn finish_writes(&mut self, peer: &str, writes: Writes, batch: &mut Batch) {
+        let results = self.root.write_batch(writes.pending);
+        for ((path, res), (then, remote)) in results.into_iter().zip(writes.then) {
+            match (res, then) {
+                (Ok(ino), Some(e)) => batch.commits.push((e, ino)),
+                (Ok(_), None) => self.batcher.add(path, crate::agent::watch::HintKind::Tree, Instant::now()),
+                (Err(err), Some(_)) => batch.put_needs.extend(self.failed(peer, remote, err).and_then(|d| match d {
+                    Done::Queue(n) => Some(n),
+                    _ => None,
+                })),
+                // A conflict copy that could not be written: fetch it again later.
+                (Err(err), None) => {
+                    let mut entry = remote.clone();
+                    entry.path = path;
+                    batch.put_needs.push(Need { entry, source: peer.to_owned(), attempts: 1, last_error: Some(err.to_string()), force: false, copy_of: Some(remote.path) });
+                }
+            }
+        }
+    }
+
+    /// Scans the local changes of `paths` that the index does not know yet (pending in the
+    /// batcher, or on disk but not recorded), so decisions see them.
+    pub(super) fn prescan(&mut self, paths: &[RelPath]) -> anyhow::Result<()> {
+        let mut targets = Vec::new();
+        let mut seen = HashSet::new();
+        for p in paths {
+            if !seen.insert(p.clone()) {
+                continue;
+            }
+            if let Some(t) = self.batcher.take_path(p) {
+                targets.push(t);
+                continue;
+            }
+            let stored = self.index.get(p)?;
+            let disk = self.root.stat(p).ok().flatten();
+            if !self.disk_matches(stored.as_ref(), disk.as_ref()) {
+                targets.push(Target::Path { path: p.clone(), recursive: false });
+            }
+        }
+        if !targets.is_empty() {
+            self.local_batch(targets, "before applying peer changes")?;
+        }
+        Ok(())
+    }
+}

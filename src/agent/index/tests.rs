@@ -1,0 +1,78 @@
+//! Unit tests of the index against a temp dir.
+
+use super::*;
+use crate::protocol::VersionVector;
+
+fn entry(path: &str, mode: u32) -> Entry {
+    let v = VersionVector::new().bumped(7);
+    Entry {
+        path: RelPath::parse(path).unwrap(),
+        kind: EntryKind::File,
+        deleted: false,
+        size: 3,
+        mtime_ns: 1,
+        mode,
+        hash: [9; 32],
+        target: String::new(),
+        origin: v.clone(),
+        version: v,
+        modified_by: 7,
+        modified_by_name: "n7".into(),
+    }
+}
+
+#[test]
+fn a_format_1_index_is_migrated_in_place() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let db = Database::create(d.path().join("index.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert("node_id", 5).unwrap();
+            meta.insert("index_id", 6).unwrap();
+            meta.insert("last_seq", 1).unwrap();
+            let s = Stored { entry: entry("a.txt", 0o4755), seq: 1, ino: 42 };
+            txn.open_table(ENTRIES).unwrap().insert("a.txt", migrate::encode_v1(&s).as_slice()).unwrap();
+            txn.open_table(BY_SEQ).unwrap().insert(1, "a.txt").unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let idx = Index::open(d.path()).unwrap();
+    assert_eq!((idx.node_id, idx.index_id, idx.last_seq()), (5, 6, 1));
+    let s = idx.get(&RelPath::parse("a.txt").unwrap()).unwrap().unwrap();
+    assert_eq!(s.entry.mode, 0o755, "special bits dropped");
+    assert_eq!(s.entry.origin, s.entry.version);
+    assert_eq!(s.ino, 42);
+    assert_ne!(idx.summary().unwrap().digest, 0);
+    drop(idx);
+    // A second open changes nothing.
+    let idx = Index::open(d.path()).unwrap();
+    assert_eq!(idx.get(&RelPath::parse("a.txt").unwrap()).unwrap().unwrap().entry.mode, 0o755);
+}
+
+#[test]
+fn a_page_batch_is_all_or_nothing_and_clears_the_journal() {
+    let d = tempfile::tempdir().unwrap();
+    let idx = Index::open(d.path()).unwrap();
+    idx.journal_put(&[entry("j1", 0o644), entry("j2", 0o644)]).unwrap();
+    assert_eq!(idx.journal().unwrap().len(), 2);
+    let need = Need { entry: entry("big.bin", 0o644), source: "n2".into(), attempts: 0, last_error: None, force: false, copy_of: None };
+    let stored = idx
+        .apply(Batch {
+            commits: vec![(entry("j1", 0o644), 11)],
+            put_needs: vec![need],
+            remove_needs: vec![],
+            progress: Some(("n2".into(), Progress { index_id: 3, seq: 99 })),
+            clear_journal: true,
+        })
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert!(idx.journal().unwrap().is_empty());
+    assert_eq!(idx.needs().unwrap().len(), 1);
+    assert_eq!(idx.progress("n2").unwrap().seq, 99);
+    assert_eq!(idx.needs_under(&RelPath::parse("big.bin").unwrap()).unwrap(), 0);
+    drop(idx);
+    let idx = Index::open(d.path()).unwrap();
+    assert_eq!(idx.needs().unwrap().len(), 1, "durable");
+}

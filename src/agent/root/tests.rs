@@ -1,0 +1,156 @@
+//! Unit tests of the rooted operations against a temp dir.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use super::*;
+
+fn setup() -> (tempfile::TempDir, SyncRoot) {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir(d.path().join("root")).unwrap();
+    let r = SyncRoot::new(d.path().join("root"));
+    (d, r)
+}
+
+fn p(s: &str) -> RelPath {
+    RelPath::parse(s).unwrap()
+}
+
+fn temps(dir: &Path) -> Vec<String> {
+    walkdir::WalkDir::new(dir).into_iter().flatten().filter_map(|e| e.file_name().to_str().map(str::to_owned)).filter(|n| is_temp_name(n)).collect()
+}
+
+#[test]
+fn special_bits_never_reach_the_disk_and_owner_follows_the_directory() {
+    let (d, r) = setup();
+    let sub = d.path().join("root/up");
+    std::fs::create_dir(&sub).unwrap();
+    if rustix::process::geteuid().is_root() {
+        std::os::unix::fs::chown(&sub, Some(65534), Some(65534)).unwrap();
+    }
+    r.write_file(&p("up/x"), b"hi", 0o4755, 1_000_000_000, &Expect::Absent).unwrap();
+    let m = std::fs::metadata(sub.join("x")).unwrap();
+    assert_eq!(m.permissions().mode() & 0o7777, 0o755);
+    if rustix::process::geteuid().is_root() {
+        assert_eq!((m.uid(), m.gid()), (65534, 65534));
+    }
+    r.mkdir(&p("up/d"), 0o2777).unwrap();
+    assert_eq!(std::fs::metadata(sub.join("d")).unwrap().permissions().mode() & 0o7777, 0o777);
+    r.set_meta(&p("up/x"), EntryKind::File, 0o6755, 2_000_000_000, &Expect::Anything).unwrap();
+    assert_eq!(std::fs::metadata(sub.join("x")).unwrap().permissions().mode() & 0o7777, 0o755);
+}
+
+#[test]
+fn a_local_write_after_the_decision_is_never_overwritten() {
+    let (d, r) = setup();
+    let f = d.path().join("root/doc.txt");
+    std::fs::write(&f, b"v1").unwrap();
+    let seen = r.stat(&p("doc.txt")).unwrap().unwrap();
+    // The user appends after the decision was taken.
+    std::fs::OpenOptions::new().append(true).open(&f).unwrap().write_all(b" + local line").unwrap();
+    let e = r.write_file(&p("doc.txt"), b"remote", 0o644, 5, &Expect::Is(seen.clone())).unwrap_err();
+    assert!(matches!(e, RootError::Changed { .. }), "{e}");
+    assert_eq!(std::fs::read(&f).unwrap(), b"v1 + local line");
+    // A write that keeps size and mtime is still seen (ctime moves).
+    let seen = r.stat(&p("doc.txt")).unwrap().unwrap();
+    let mt = std::fs::metadata(&f).unwrap().modified().unwrap();
+    std::fs::write(&f, b"v2 + local line").unwrap();
+    filetime::set_file_mtime(&f, filetime::FileTime::from_system_time(mt)).unwrap();
+    assert!(matches!(r.write_file(&p("doc.txt"), b"remote", 0o644, 5, &Expect::Is(seen)), Err(RootError::Changed { .. })));
+    assert_eq!(std::fs::read(&f).unwrap(), b"v2 + local line");
+    // Unchanged: replaced.
+    let seen = r.stat(&p("doc.txt")).unwrap().unwrap();
+    r.write_file(&p("doc.txt"), b"remote", 0o644, 5, &Expect::Is(seen)).unwrap();
+    assert_eq!(std::fs::read(&f).unwrap(), b"remote");
+    // Something appeared where nothing was expected: kept.
+    std::fs::write(d.path().join("root/new.txt"), b"mine").unwrap();
+    assert!(matches!(r.write_file(&p("new.txt"), b"theirs", 0o644, 5, &Expect::Absent), Err(RootError::Changed { .. })));
+    assert_eq!(std::fs::read(d.path().join("root/new.txt")).unwrap(), b"mine");
+    assert!(temps(d.path()).is_empty(), "{:?}", temps(d.path()));
+}
+
+#[test]
+fn deletes_keep_what_changed_and_directories_with_content() {
+    let (d, r) = setup();
+    let f = d.path().join("root/a.txt");
+    std::fs::write(&f, b"a").unwrap();
+    let seen = r.stat(&p("a.txt")).unwrap().unwrap();
+    std::fs::write(&f, b"changed").unwrap();
+    assert!(matches!(r.remove(&p("a.txt"), &Expect::Is(seen)), Err(RootError::Changed { .. })));
+    assert_eq!(std::fs::read(&f).unwrap(), b"changed");
+    let seen = r.stat(&p("a.txt")).unwrap().unwrap();
+    assert_eq!(r.remove(&p("a.txt"), &Expect::Is(seen)).unwrap(), Removed::Gone);
+    assert!(!f.exists());
+    std::fs::create_dir_all(d.path().join("root/dir")).unwrap();
+    std::fs::write(d.path().join("root/dir/keep"), b"k").unwrap();
+    assert_eq!(r.remove(&p("dir"), &Expect::Anything).unwrap(), Removed::NotEmpty);
+    std::fs::remove_file(d.path().join("root/dir/keep")).unwrap();
+    std::fs::write(d.path().join("root/dir").join(temp_name("x")), b"t").unwrap();
+    assert_eq!(r.remove(&p("dir"), &Expect::Anything).unwrap(), Removed::Gone, "our temp files do not keep a directory");
+    assert!(temps(d.path()).is_empty());
+}
+
+#[test]
+fn symlinks_are_never_followed_anywhere() {
+    let (d, r) = setup();
+    let outside = d.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"s").unwrap();
+    std::fs::set_permissions(outside.join("secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::symlink(&outside, d.path().join("root/link")).unwrap();
+    std::os::unix::fs::symlink(outside.join("secret"), d.path().join("root/file-link")).unwrap();
+    let e = r.write_file(&p("link/x"), b"evil", 0o644, 0, &Expect::Absent).unwrap_err();
+    assert!(e.is_refusal(), "{e}");
+    assert!(!outside.join("x").exists());
+    assert!(r.open_read(&p("link/secret")).is_err());
+    assert!(r.open_read(&p("file-link")).is_err(), "final symlink not followed");
+    assert!(r.set_meta(&p("file-link"), EntryKind::File, 0o777, 0, &Expect::Anything).is_err());
+    assert_eq!(std::fs::metadata(outside.join("secret")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(r.remove(&p("link/secret"), &Expect::Anything).is_err());
+    assert!(outside.join("secret").exists());
+    assert_eq!(r.stat(&p("link/secret")).unwrap(), None);
+    let w = r.walk(None, &|_| false).unwrap();
+    assert!(w.items.iter().all(|(p, _)| !p.as_str().starts_with("link/")), "{:?}", w.items);
+    // The root itself swapped for a symlink: refused, not followed.
+    std::fs::rename(d.path().join("root"), d.path().join("root.old")).unwrap();
+    std::os::unix::fs::symlink(&outside, d.path().join("root")).unwrap();
+    assert!(matches!(r.write_file(&p("y"), b"evil", 0o644, 0, &Expect::Absent), Err(RootError::RootUnsafe(_))));
+    assert!(matches!(r.walk(None, &|_| false), Err(RootError::RootUnsafe(_))));
+    assert!(!outside.join("y").exists());
+}
+
+#[test]
+fn any_valid_name_has_a_temp_name_and_temps_vanish_when_dropped() {
+    let (d, r) = setup();
+    let long = "資料".repeat(40) + ".pdf"; // 244 bytes
+    let emoji = "😀".repeat(63) + "abc"; // 255 bytes
+    for n in [long, emoji] {
+        assert!(temp_name(&n).len() <= 255);
+        r.write_file(&p(&n), b"x", 0o644, 0, &Expect::Absent).unwrap();
+        assert_eq!(std::fs::read(d.path().join("root").join(&n)).unwrap(), b"x");
+    }
+    // A temp file whose directory the user moved away is still removed at once.
+    let tmp = r.create_temp(&p("moving/f")).unwrap();
+    std::fs::rename(d.path().join("root/moving"), d.path().join("root/moved")).unwrap();
+    assert!(matches!(r.install(tmp, &Expect::Absent), Err(RootError::Changed { .. })));
+    assert!(temps(d.path()).is_empty(), "{:?}", temps(d.path()));
+    let tmp = r.create_temp(&p("moved/g")).unwrap();
+    std::fs::rename(d.path().join("root/moved"), d.path().join("root/moved2")).unwrap();
+    drop(tmp);
+    assert!(temps(d.path()).is_empty());
+    // Sweep finds leftovers anywhere.
+    std::fs::write(d.path().join("root/moved2").join(temp_name("z")), b"").unwrap();
+    assert_eq!(r.sweep_temps(), 1);
+}
+
+#[test]
+fn walk_reports_names_that_cannot_be_synced() {
+    let (d, r) = setup();
+    let bad = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+    std::fs::write(d.path().join("root").join(bad), b"x").unwrap();
+    std::fs::create_dir(d.path().join("root/ok")).unwrap();
+    let w = r.walk(None, &|_| false).unwrap();
+    assert_eq!(w.unsyncable, vec!["caf\u{fffd}.txt".to_owned()]);
+    assert_eq!(w.items.len(), 1);
+}
+
+use std::os::unix::ffi::OsStrExt;
