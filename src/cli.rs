@@ -28,11 +28,15 @@ pub enum Command {
     /// Talk to a running agent (status, reload, revert, ...), using its own config.
     Ctl(CtlArgs),
     /// Print what an agent's index knows about a path (versions, tombstones, pending fetch).
-    /// Works on a stopped agent's state dir.
+    /// With `--config` it asks the running agent (or reads its state dir if it is stopped);
+    /// with `--state-dir` it reads a stopped agent's index.
     Inspect {
+        /// The agent's config file.
+        #[arg(long, conflicts_with = "state_dir", required_unless_present = "state_dir")]
+        config: Option<PathBuf>,
         /// The agent's state dir (holds index.redb).
         #[arg(long)]
-        state_dir: PathBuf,
+        state_dir: Option<PathBuf>,
         /// The path relative to the sync root.
         path: String,
     },
@@ -164,19 +168,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             println!("{out}");
             Ok(())
         }
-        Command::Inspect { state_dir, path } => {
-            let index = crate::agent::index::Index::open(&state_dir)?;
+        Command::Inspect { config, state_dir, path } => {
             let p = crate::protocol::RelPath::parse(&path)?;
-            let entry = index.get(&p)?;
-            let need = index.get_need(&p)?;
-            let v = serde_json::json!({
-                "node_id": format!("{:016x}", index.node_id),
-                "index_id": index.index_id,
-                "last_seq": index.last_seq(),
-                "peer_progress": index.all_progress()?.into_iter().map(|(p, g)| (p, serde_json::json!({"index_id": g.index_id, "seq": g.seq}))).collect::<std::collections::BTreeMap<_, _>>(),
-                "entry": entry.map(|s| serde_json::json!({"seq": s.seq, "ino": s.ino, "deleted": s.entry.deleted, "kind": format!("{:?}", s.entry.kind), "size": s.entry.size, "hash": hex::encode(s.entry.hash), "version": s.entry.version.counters().iter().map(|(n, c)| (format!("{n:016x}"), *c)).collect::<std::collections::BTreeMap<_, _>>(), "modified_by": s.entry.modified_by_name})),
-                "pending_fetch": need.map(|n| serde_json::json!({"source": n.source, "attempts": n.attempts, "last_error": n.last_error})),
-            });
+            let v = match (config, state_dir) {
+                (Some(cfg), _) => match ctl_get(&cfg, &format!("/v1/inspect?path={}", crate::agent::transfer::urlencode(p.as_str()))).await {
+                    Ok(text) => serde_json::from_str(&text)?,
+                    Err(e) if e.to_string().contains("is it running?") => {
+                        let s = Settings::load(&cfg)?;
+                        crate::agent::inspect::report(&crate::agent::index::Index::open(&s.state_dir)?, &p)?
+                    }
+                    Err(e) => return Err(e),
+                },
+                (None, Some(dir)) => crate::agent::inspect::report(&crate::agent::index::Index::open(&dir)?, &p)?,
+                (None, None) => unreachable!("clap requires one"),
+            };
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())
         }
@@ -194,14 +199,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 /// Sends one control command to the agent described by `config`, over its own mTLS.
 pub async fn ctl(config: &std::path::Path, command: &str) -> anyhow::Result<String> {
-    crate::agent::tls::install_crypto_provider();
-    let s = Settings::load(config)?;
-    let client = crate::agent::tls::http_client(&s.tls)?;
     let (method, path) = match command {
         "status" => ("GET", "/v1/status".to_owned()),
         "reload" | "rescan" | "revert" | "confirm-empty" | "pause" | "resume" => ("POST", format!("/v1/admin/{command}")),
         other => anyhow::bail!("unknown ctl command {other:?}; use status, reload, rescan, revert, confirm-empty, pause or resume"),
     };
+    agent_request(config, method, &path).await
+}
+
+async fn ctl_get(config: &std::path::Path, path: &str) -> anyhow::Result<String> {
+    agent_request(config, "GET", path).await
+}
+
+async fn agent_request(config: &std::path::Path, method: &str, path: &str) -> anyhow::Result<String> {
+    crate::agent::tls::install_crypto_provider();
+    let s = Settings::load(config)?;
+    let client = crate::agent::tls::http_client(&s.tls)?;
     let url = format!("https://{}{}", s.listen, path);
     let req = if method == "GET" { client.get(&url) } else { client.post(&url) };
     let resp = req.send().await.with_context(|| format!("cannot reach the agent at {} (is it running?)", s.listen))?;

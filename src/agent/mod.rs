@@ -22,6 +22,7 @@ pub mod enroll;
 pub mod exclude;
 pub mod identity;
 pub mod index;
+pub mod inspect;
 pub mod link;
 pub mod lsyncd_log;
 pub mod peers;
@@ -179,7 +180,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     let peer_ctx = Arc::new(peers::PeerCtx { me: s.node_name.clone(), folder: s.folder_id.clone(), client: client.clone(), index: index.clone(), events: ev_tx.clone(), status: status.clone(), log: log.clone() });
     let paused = Arc::new(AtomicBool::new(false));
     let mut agent = Agent {
-        root: SyncRoot::new(s.root.clone()),
+        root: SyncRoot::new(s.root.clone()).with_graveyard(&s.state_dir.join("displaced")).context("cannot create the displaced-files directory in the state dir")?,
         batcher: Batcher::new(s.delay, s.write_quiet, s.max_batch),
         s,
         index,
@@ -270,7 +271,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         // Retries are due only when a fetch slot is free; a finished fetch wakes the loop.
         let retry = if agent.fetch_sem.available_permits() > 0 && agent.link_fetch_sem.available_permits() > 0 { agent.retry_at.values().min().copied() } else { None };
         let recheck = agent.rechecks.values().min().copied();
-        let mut wake = [agent.batcher.deadline(), retry, next_rescan, recheck].into_iter().flatten().min().unwrap_or(now + Duration::from_secs(3600));
+        let mut wake = [agent.batcher.deadline(), retry, next_rescan, recheck, agent.root.next_reap()].into_iter().flatten().min().unwrap_or(now + Duration::from_secs(3600));
         if wake < now {
             wake = now;
         }
@@ -323,6 +324,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
                 agent.batcher.add_root(Instant::now());
                 next_rescan = if polling { Some(Instant::now() + poll_every) } else { rescan_every.map(|d| Instant::now() + d) };
             }
+        agent.reap(false);
         let now = Instant::now();
         let due_rechecks: Vec<RelPath> = agent.rechecks.iter().filter(|(_, t)| **t <= now).map(|(p, _)| p.clone()).collect();
         for p in due_rechecks {
@@ -338,6 +340,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         }
         agent.start_due_fetches();
     }
+    agent.reap(true);
     agent.log.normal("shutting down (signal received); pending changes stay in the index and are sent on the next start");
     for l in agent.links.values() {
         l.cancel.cancel();
@@ -515,6 +518,16 @@ impl Agent {
         if let Some(p) = self.status.lock().expect("BUG: poisoned").peers.get_mut(name) {
             p.removed = true;
             p.connected = false;
+        }
+    }
+
+    /// Ends the grace period of files that peers' versions displaced: one written to after
+    /// the swap is kept as a conflict copy and announced.
+    fn reap(&mut self, all: bool) {
+        for copy in self.root.reap(all, &self.s.node_name) {
+            self.log.warn(format!("Conflict: a local write landed in a file after a peer's version had replaced it; the written content is kept as {copy}"));
+            self.status.lock().expect("BUG: poisoned").counters.conflicts += 1;
+            self.batcher.add(copy, HintKind::Tree, Instant::now());
         }
     }
 

@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/file", get(file))
         .route("/v1/delta", post(delta))
         .route("/v1/status", get(status))
+        .route("/v1/inspect", get(inspect))
         .route("/v1/admin/{cmd}", post(admin))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
@@ -215,6 +216,19 @@ async fn delta(State(app): State<AppState>, Extension(peer): Extension<PeerName>
     .map_err(internal)??;
     app.status.lock().expect("BUG: poisoned").counters.bytes_sent += out.len() as u64;
     Ok(out.into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct InspectQuery {
+    path: String,
+}
+
+/// `filesync inspect` against a running agent (its index cannot be opened by another process).
+async fn inspect(State(app): State<AppState>, Query(q): Query<InspectQuery>) -> HttpResult<Response> {
+    let path = RelPath::parse(&q.path).map_err(|e| (StatusCode::BAD_REQUEST, format!("path {:?}: {e}", q.path)))?;
+    let index = app.index.clone();
+    let v = tokio::task::spawn_blocking(move || super::inspect::report(&index, &path)).await.map_err(internal)?.map_err(internal)?;
+    Ok(axum::Json(v).into_response())
 }
 
 async fn status(State(app): State<AppState>) -> Response {

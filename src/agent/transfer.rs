@@ -41,7 +41,7 @@ pub fn query(path: &RelPath, hash: &[u8; 32]) -> String {
     format!("path={}&hash={}", urlencode(path.as_str()), hex::encode(hash))
 }
 
-fn urlencode(s: &str) -> String {
+pub fn urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {

@@ -4,6 +4,7 @@
 mod support;
 
 mod agent_config;
+mod agent_churn;
 mod agent_conflicts;
 mod agent_crash;
 mod agent_hostile_input;

@@ -120,6 +120,14 @@ impl Agent {
         }
         let f = match result {
             Ok(f) => f,
+            Err(e) if need.copy_of.is_some() && format!("{e:#}").contains(crate::protocol::wire::CONTENT_CHANGED) => {
+                // No peer holds that losing version under its original name any more: the node
+                // that held it kept it as this very conflict copy and announces it (it arrives,
+                // or was moved or deleted since, like any file).
+                tracing::debug!(path = %path, "conflict copy left to the node that kept the losing version");
+                self.index.remove_need(&path)?;
+                return Ok(());
+            }
             Err(e) => {
                 need.attempts += 1;
                 let msg = format!("{path}: {e:#}");

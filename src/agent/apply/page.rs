@@ -60,9 +60,11 @@ impl Agent {
                 || disk.as_ref().is_some_and(|d| d.kind == EntryKind::File && writers.contains(&d.ino));
             if let Some(n) = self.index.get_need(&r.path)?
                 && !n.force
-                && matches!(r.version.compare(&n.entry.version), VersionOrdering::Newer | VersionOrdering::Equal)
+                && (matches!(r.version.compare(&n.entry.version), VersionOrdering::Newer | VersionOrdering::Equal) || n.copy_of.is_some())
             {
-                // A newer version supersedes the pending one (decided below, or queued again).
+                // A newer version supersedes the pending one (decided below, or queued again);
+                // a conflict copy announced by the node that held the losing content replaces
+                // this node's own attempt to make it (same name, same content).
                 batch.remove_needs.push(r.path.clone());
             }
             items.push(Item { r, local, disk, held });

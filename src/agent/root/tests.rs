@@ -7,7 +7,7 @@ use super::*;
 fn setup() -> (tempfile::TempDir, SyncRoot) {
     let d = tempfile::tempdir().unwrap();
     std::fs::create_dir(d.path().join("root")).unwrap();
-    let r = SyncRoot::new(d.path().join("root"));
+    let r = SyncRoot::new(d.path().join("root")).with_graveyard(&d.path().join("displaced")).unwrap();
     (d, r)
 }
 
@@ -65,6 +65,32 @@ fn a_local_write_after_the_decision_is_never_overwritten() {
     std::fs::write(d.path().join("root/new.txt"), b"mine").unwrap();
     assert!(matches!(r.write_file(&p("new.txt"), b"theirs", 0o644, 5, &Expect::Absent), Err(RootError::Changed { .. })));
     assert_eq!(std::fs::read(d.path().join("root/new.txt")).unwrap(), b"mine");
+    assert!(r.reap(true, "n1").is_empty());
+    assert!(temps(d.path()).is_empty(), "{:?}", temps(d.path()));
+}
+
+/// A writer that opened the file before a peer's version replaced it, and writes after:
+/// its write lands in the displaced inode, which is kept as a copy instead of vanishing.
+#[test]
+fn a_write_into_a_replaced_file_is_kept_as_a_copy() {
+    let (d, r) = setup();
+    let f = d.path().join("root/log.txt");
+    std::fs::write(&f, b"line 1\n").unwrap();
+    let mut writer = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+    let seen = r.stat(&p("log.txt")).unwrap().unwrap();
+    r.write_file(&p("log.txt"), b"remote", 0o644, 5, &Expect::Is(seen)).unwrap();
+    writer.write_all(b"line 2\n").unwrap();
+    drop(writer);
+    assert_eq!(std::fs::read(&f).unwrap(), b"remote");
+    assert!(r.next_reap().is_some());
+    let kept = r.reap(true, "node1");
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(kept[0].as_str().starts_with("log.sync-conflict-") && kept[0].as_str().contains("-node1-") && kept[0].as_str().ends_with(".txt"), "{}", kept[0]);
+    assert_eq!(std::fs::read(d.path().join("root").join(kept[0].as_str())).unwrap(), b"line 1\nline 2\n");
+    // An untouched displaced file is simply removed.
+    let seen = r.stat(&p("log.txt")).unwrap().unwrap();
+    r.write_file(&p("log.txt"), b"remote 2", 0o644, 6, &Expect::Is(seen)).unwrap();
+    assert!(r.reap(true, "node1").is_empty());
     assert!(temps(d.path()).is_empty(), "{:?}", temps(d.path()));
 }
 
@@ -80,6 +106,7 @@ fn deletes_keep_what_changed_and_directories_with_content() {
     let seen = r.stat(&p("a.txt")).unwrap().unwrap();
     assert_eq!(r.remove(&p("a.txt"), &Expect::Is(seen)).unwrap(), Removed::Gone);
     assert!(!f.exists());
+    assert!(r.reap(true, "n1").is_empty());
     std::fs::create_dir_all(d.path().join("root/dir")).unwrap();
     std::fs::write(d.path().join("root/dir/keep"), b"k").unwrap();
     assert_eq!(r.remove(&p("dir"), &Expect::Anything).unwrap(), Removed::NotEmpty);
@@ -153,4 +180,5 @@ fn walk_reports_names_that_cannot_be_synced() {
     assert_eq!(w.items.len(), 1);
 }
 
+use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt;
