@@ -396,6 +396,14 @@ impl Agent {
                 }
                 self.batcher.add(p, k, now)
             }
+            Hint::Unsyncable(full) => {
+                let name = full.strip_prefix(&self.s.root).unwrap_or(&full).to_string_lossy().into_owned();
+                if std::fs::symlink_metadata(&full).is_ok() {
+                    self.note_unsyncable(false, std::slice::from_ref(&name));
+                } else {
+                    self.unsyncable.remove(&name);
+                }
+            }
             Hint::Rescan(reason) => {
                 self.warn(reason.clone());
                 let mut st = self.status.lock().expect("BUG: poisoned");
@@ -438,7 +446,11 @@ impl Agent {
             tracing::debug!(path = %e.path, version = ?e.version, deleted = e.deleted, why, "local change");
         }
         for p in out.unstable {
-            self.batcher.add(p, HintKind::Writing, Instant::now());
+            // A path the batcher already holds keeps its timer: a scan asked for by a peer's
+            // change must not restart the quiet period it is waiting for.
+            if !self.batcher.is_writing(&p) {
+                self.batcher.add(p, HintKind::Writing, Instant::now());
+            }
         }
         for e in &out.errors {
             self.error(e.clone());

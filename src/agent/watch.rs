@@ -40,6 +40,9 @@ pub enum Hint {
     Path(RelPath, HintKind),
     /// Events were lost or cannot be trusted; the reason goes to the log.
     Rescan(String),
+    /// Something happened to an entry whose name cannot be synced (not UTF-8): its full
+    /// path, for the log and the status.
+    Unsyncable(PathBuf),
 }
 
 pub struct FsWatcher {
@@ -71,11 +74,11 @@ pub fn start(root: PathBuf, excludes: Excludes, tx: mpsc::Sender<Hint>, shared: 
                 for (i, kind) in classify(&ev).into_iter().enumerate() {
                     let Some(path) = ev.paths.get(i) else { break };
                     let Some(kind) = kind else { continue };
-                    if let Some(rel) = relative(&cb_root, path)
-                        && !excludes.is_excluded(&rel) {
-                            let kind = refine(path, kind);
-                            send(Hint::Path(rel, kind));
-                        }
+                    match RelPath::from_fs(&cb_root, path) {
+                        Ok(rel) if !excludes.is_excluded(&rel) => send(Hint::Path(rel, refine(path, kind))),
+                        Err(crate::protocol::PathError::NotUtf8) => send(Hint::Unsyncable(path.clone())),
+                        _ => {}
+                    }
                 }
             }
             Err(e) => {
@@ -116,10 +119,6 @@ fn refine(path: &Path, kind: HintKind) -> HintKind {
                 return HintKind::Changed;
             }
     kind
-}
-
-fn relative(root: &Path, p: &Path) -> Option<RelPath> {
-    RelPath::from_fs(root, p).ok()
 }
 
 /// Turns notify's errors into text that says what to do (after watchexec's habit).

@@ -65,3 +65,66 @@ fn kill9_receiver_mid_transfer_leaves_no_partial_file() {
 fn kill9_sender_mid_transfer_leaves_no_partial_file() {
     kill_mid_transfer(false);
 }
+
+/// A receiver is killed -9 at a random moment while it applies a page of 900 files; the
+/// sender then deletes the directory; the receiver restarts. Over 20 seeds, nothing comes
+/// back: what the page had already put on disk is recognised as the sender's version, not
+/// announced as the receiver's own edits.
+#[test]
+fn kill9_while_applying_a_page_then_delete_resurrects_nothing() {
+    let iterations: u64 = std::env::var("FILESYNC_KILL9_ITERATIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
+    let mut c = Cluster::new(2, Options::default());
+    c.start_all();
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut resurrected = Vec::new();
+    for k in 0..iterations {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let dir = format!("batch{k}");
+        for i in 0..900 {
+            write(&c.nodes[0].path(&format!("{dir}/sub{}/f{i:03}.txt", i % 7)), format!("iteration {k} file {i} {}", "y".repeat(i % 500)).as_bytes());
+        }
+        let recv = c.nodes[1].path(&dir);
+        until("the page to start arriving", Duration::from_secs(60), || if recv.exists() { Ok(()) } else { Err("not yet".into()) });
+        std::thread::sleep(Duration::from_micros(rng % 250_000));
+        c.kill9(1);
+        std::fs::remove_dir_all(c.nodes[0].path(&dir)).unwrap();
+        until("node1 to record the delete", Duration::from_secs(30), || {
+            let v: serde_json::Value = serde_json::from_str(&c.ctl(0, "status")).map_err(|e| e.to_string())?;
+            if v["pending_local"].as_u64() == Some(0) { Ok(()) } else { Err(v["pending_local"].to_string()) }
+        });
+        c.start(1);
+        c.converge(&format!("iteration {k}"), Duration::from_secs(60), |t| {
+            let back: Vec<&String> = t.keys().filter(|p| p.starts_with(&dir)).collect();
+            if back.is_empty() { Ok(()) } else { Err(format!("{} path(s) of {dir} on node1", back.len())) }
+        });
+        let back: Vec<String> = c.snapshot(1).into_keys().filter(|p| p.starts_with(&dir)).collect();
+        resurrected.extend(back);
+    }
+    assert!(resurrected.is_empty(), "resurrected: {resurrected:?}");
+    eprintln!("kill -9 during a page, {iterations} iterations: 0 paths came back");
+}
+
+/// A node is down while 5,000 files in 100 directories are deleted on another; when it
+/// restarts, nothing comes back, not even empty directories.
+#[test]
+fn a_mass_delete_while_a_node_is_down_stays_deleted_with_its_directories() {
+    let mut c = Cluster::new(3, Options::default());
+    c.start_all();
+    for i in 0..5000 {
+        write(&c.nodes[0].path(&format!("wp-content/uploads/d{:02}/img{i:04}.jpg", i % 100)), &[(i % 251) as u8; 64]);
+    }
+    c.converge("5,000 files everywhere", Duration::from_secs(120), |t| {
+        let n = t.keys().filter(|k| k.ends_with(".jpg")).count();
+        if n == 5000 { Ok(()) } else { Err(format!("{n} files")) }
+    });
+    c.stop(2);
+    std::fs::remove_dir_all(c.nodes[0].path("wp-content/uploads")).unwrap();
+    c.converge("deleted on the running nodes", Duration::from_secs(60), |t| if t.contains_key("wp-content/uploads") { Err("still there".into()) } else { Ok(()) });
+    c.start(2);
+    let t = c.converge("the restarted node catches up", Duration::from_secs(120), |t| if t.contains_key("wp-content/uploads") { Err("uploads came back".into()) } else { Ok(()) });
+    let t3 = c.snapshot(2);
+    assert!(!t3.contains_key("wp-content/uploads"), "{:?}", t3.keys().take(5).collect::<Vec<_>>());
+    assert_eq!(t.keys().filter(|k| k.starts_with("wp-content/uploads")).count(), 0);
+}

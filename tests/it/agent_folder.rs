@@ -1,0 +1,119 @@
+//! Folder identity and what a peer's file may become on disk: agents syncing different
+//! folders refuse each other; a node whose sync folder changed rebuilds its index instead of
+//! announcing the old folder's files as deleted; a setuid file arrives without its special
+//! bits and owned like its directory; a sync root swapped for a symlink is never written
+//! through.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::time::Duration;
+
+use crate::support::cluster::{Cluster, Options, write};
+use crate::support::poll::until;
+
+const T: Duration = Duration::from_secs(60);
+
+fn set_folder(c: &Cluster, i: usize, folder: &str, root: Option<&std::path::Path>) {
+    c.write_config(i, &Options { delay: 0, extra: format!("folder_id = \"{folder}\"") });
+    if let Some(r) = root {
+        let text = std::fs::read_to_string(&c.nodes[i].config).unwrap();
+        let text = text.replace(&format!("root = \"{}\"", c.nodes[i].root.display()), &format!("root = \"{}\"", r.display()));
+        std::fs::write(&c.nodes[i].config, text).unwrap();
+    }
+}
+
+#[test]
+fn peers_of_another_folder_are_refused_and_a_changed_folder_deletes_nothing() {
+    let mut c = Cluster::new(2, Options::default());
+    for i in 0..2 {
+        set_folder(&c, i, "shop:uploads:1", None);
+    }
+    c.start_all();
+    write(&c.nodes[0].path("img/a.jpg"), b"a");
+    write(&c.nodes[1].path("img/b.jpg"), b"b");
+    c.converge("uploads synced", T, |t| if t.contains_key("img/a.jpg") && t.contains_key("img/b.jpg") { Ok(()) } else { Err("missing".into()) });
+
+    // Node 2 moves to another folder (a new sync path holding other files), node 1 does not yet.
+    let new2 = c.nodes[1].home.join("webroot/NEWROOT");
+    std::fs::create_dir_all(new2.join("core")).unwrap();
+    std::fs::write(new2.join("core/index.php"), b"<?php").unwrap();
+    c.stop(1);
+    set_folder(&c, 1, "shop:ROOT:2", Some(&new2));
+    c.start(1);
+    until("node2 refuses node1's folder", T, || {
+        let log = c.nodes[1].log();
+        if log.contains("syncs another folder") && log.contains("rebuilt by scanning") { Ok(()) } else { Err(log) }
+    });
+    until("node1 is told too", T, || {
+        let s = c.nodes[0].status_file();
+        if s.contains("REFUSED peer node2") || c.nodes[0].log().contains("syncs another folder") { Ok(()) } else { Err(s) }
+    });
+    write(&c.nodes[0].path("img/c.jpg"), b"c");
+    std::thread::sleep(Duration::from_secs(2)); // give a wrong exchange every chance to happen
+    assert!(!new2.join("img").exists(), "node1's old-folder files were written into node2's new folder");
+    assert!(!c.nodes[0].path("core").exists(), "node2's new folder leaked into node1's old one");
+    for f in ["img/a.jpg", "img/b.jpg", "img/c.jpg"] {
+        assert!(c.nodes[0].path(f).exists(), "{f} deleted on node1");
+    }
+    assert!(c.nodes[1].path("img/a.jpg").exists() && c.nodes[1].path("img/b.jpg").exists(), "node2's old folder was emptied");
+
+    // Node 1 follows: both sync the new folder; nothing in either old folder is deleted.
+    let new1 = c.nodes[0].home.join("webroot/NEWROOT");
+    std::fs::create_dir_all(&new1).unwrap();
+    c.stop(0);
+    set_folder(&c, 0, "shop:ROOT:2", Some(&new1));
+    c.start(0);
+    until("the new folder syncs", T, || if new1.join("core/index.php").exists() { Ok(()) } else { Err("not yet".into()) });
+    for f in ["img/a.jpg", "img/b.jpg", "img/c.jpg"] {
+        assert!(c.nodes[0].path(f).exists(), "{f} deleted from node1's old folder");
+    }
+    assert!(!new1.join("img").exists() && !new2.join("img").exists(), "old-folder files in the new folder");
+}
+
+#[test]
+fn a_setuid_file_arrives_without_special_bits_owned_like_its_directory() {
+    let mut c = Cluster::new(2, Options::default());
+    c.start_all();
+    std::fs::create_dir_all(c.nodes[1].path("up")).unwrap();
+    std::os::unix::fs::chown(c.nodes[1].path("up"), Some(65534), Some(65534)).unwrap();
+    std::fs::create_dir_all(c.nodes[0].path("up")).unwrap();
+    c.converge("up", T, |t| if t.contains_key("up") { Ok(()) } else { Err("missing".into()) });
+    let evil = c.nodes[0].path("up/shell");
+    write(&evil, b"#!/bin/sh\nid\n");
+    std::os::unix::fs::chown(&evil, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&evil, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    std::fs::create_dir(c.nodes[0].path("up/shared")).unwrap();
+    std::fs::set_permissions(c.nodes[0].path("up/shared"), std::fs::Permissions::from_mode(0o2777)).unwrap();
+    until("shell on node2", T, || if c.nodes[1].path("up/shell").exists() && c.nodes[1].path("up/shared").exists() { Ok(()) } else { Err("missing".into()) });
+    let m = std::fs::metadata(c.nodes[1].path("up/shell")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o755, "special bits replicated");
+    assert_eq!((m.uid(), m.gid()), (65534, 65534), "not owned like its directory");
+    let d = std::fs::metadata(c.nodes[1].path("up/shared")).unwrap();
+    assert_eq!(d.mode() & 0o7777, 0o777, "setgid directory replicated");
+    assert_eq!(d.uid(), 65534);
+}
+
+#[test]
+fn a_sync_root_swapped_for_a_symlink_is_never_written_through() {
+    let mut c = Cluster::new(2, Options::default());
+    c.start_all();
+    write(&c.nodes[0].path("first.txt"), b"1");
+    c.converge("first", T, |t| if t.contains_key("first.txt") { Ok(()) } else { Err("missing".into()) });
+    // The web user replaces node2's ROOT with a link to a directory it must not reach.
+    let outside = c.dir.path().join("etc-like");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("passwd"), b"root:x:0:0").unwrap();
+    let root2 = c.nodes[1].root.clone();
+    std::fs::rename(&root2, c.nodes[1].home.join("webroot/ROOT.old")).unwrap();
+    std::os::unix::fs::symlink(&outside, &root2).unwrap();
+    write(&c.nodes[0].path("passwd"), b"evil");
+    write(&c.nodes[0].path("planted.txt"), b"evil");
+    until("node2 refuses the swapped root", T, || {
+        let log = c.nodes[1].log();
+        if log.contains("cannot be opened safely") { Ok(()) } else { Err(log) }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(std::fs::read(outside.join("passwd")).unwrap(), b"root:x:0:0");
+    assert!(!outside.join("planted.txt").exists(), "written through the swapped root");
+    // Nothing of the outside directory is announced to node1 either.
+    assert!(std::fs::read(c.nodes[0].path("passwd")).unwrap() == b"evil");
+}
