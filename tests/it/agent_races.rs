@@ -32,56 +32,54 @@ fn conflict_copies(c: &Cluster, i: usize) -> Vec<String> {
     c.snapshot(i).keys().filter(|k| k.contains(".sync-conflict-")).cloned().collect()
 }
 
-/// Node 2 overwrites (or deletes) P in the same batch as 900 new files; node 1 keeps
-/// appending lines to P while it applies that batch. Node 1's last append survives on every
-/// node (as P, or as a conflict copy next to node 2's version).
+/// Node 2 overwrites (or deletes) P in the same batch as 900 new files (delay 1 s: one
+/// batch, one page); node 1 appends a line to P the moment it starts applying that page (P
+/// was quiet before, so nothing holds it back). Node 1's appended content survives on every
+/// node (as P, or as a conflict copy next to node 2's version), five times over.
 fn append_during_big_page(delete: bool) {
-    let mut c = Cluster::new(2, Options::default());
+    let mut c = Cluster::new(2, Options { delay: 1, extra: String::new() });
     c.start_all();
-    let p0 = c.nodes[0].path("doc/P.txt");
-    write(&p0, b"base\n");
-    c.converge("P everywhere", T, |t| if t.contains_key("doc/P.txt") { Ok(()) } else { Err("missing".into()) });
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let last = std::thread::scope(|s| {
-        let appender = s.spawn(|| {
-            let mut last = None;
-            let mut n = 0;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                n += 1;
-                if let Some(c) = append(&p0, &format!("local line {n}\n")) {
-                    last = Some(c);
-                }
-                std::thread::sleep(Duration::from_millis(3));
-            }
-            last
-        });
-        // Node 2: 900 files and the change of P in one batch.
+    for k in 0..5 {
+        let rel = format!("doc/P{k}.txt");
+        let p0 = c.nodes[0].path(&rel);
+        write(&p0, b"base\n");
+        c.converge("P everywhere", T, |t| if t.contains_key(&rel) { Ok(()) } else { Err("missing".into()) });
+        std::thread::sleep(Duration::from_millis(2100)); // quiet for longer than write_quiet
         let r1 = c.root(1).to_owned();
-        for i in 0..900 {
-            write(&r1.join(format!("batch/f{i:03}.txt")), format!("file {i} {}", "x".repeat(i % 300)).as_bytes());
-        }
-        if delete {
-            std::fs::remove_file(r1.join("doc/P.txt")).unwrap();
-        } else {
-            std::fs::write(r1.join("doc/P.txt"), b"node2's version\n").unwrap();
-        }
-        until("node1 to hold the batch", T, || {
-            let n = std::fs::read_dir(c.nodes[0].path("batch")).map(|d| d.count()).unwrap_or(0);
-            if n >= 900 { Ok(()) } else { Err(format!("{n} files")) }
+        let batch = c.nodes[0].path(&format!("batch{k}"));
+        let appended = std::thread::scope(|s| {
+            let t = s.spawn(|| {
+                let deadline = Instant::now() + T;
+                while !batch.exists() {
+                    assert!(Instant::now() < deadline, "batch never arrived");
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                append(&p0, "local line\n").expect("append")
+            });
+            for i in 0..900 {
+                write(&r1.join(format!("batch{k}/f{i:03}.txt")), format!("file {i} {}", "x".repeat(i % 300)).as_bytes());
+            }
+            // What node 2 replaces is what its user saw: the race is only real if that is
+            // not node 1's appended content yet.
+            let replaced = std::fs::read(r1.join(&rel)).unwrap();
+            if delete {
+                std::fs::remove_file(r1.join(&rel)).unwrap();
+            } else {
+                std::fs::write(r1.join(&rel), format!("node2's version {k}\n")).unwrap();
+            }
+            assert_eq!(replaced, b"base\n", "round {k}: node 2 already had node 1's append; no race");
+            t.join().unwrap()
         });
-        std::thread::sleep(Duration::from_millis(300));
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        appender.join().unwrap()
-    });
-    let last = last.expect("at least one append landed");
-    c.converge("after the race", T, |_| Ok(()));
-    until("node1's last append on every node", T, || {
-        let all = all_contents(&c);
-        if all.iter().any(|x| *x == last) { Ok(()) } else { Err(format!("last append ({} bytes) exists nowhere; copies {:?}", last.len(), conflict_copies(&c, 0))) }
-    });
-    if !delete {
-        let all = all_contents(&c);
-        assert!(all.iter().any(|x| x == b"node2's version\n") || String::from_utf8_lossy(&last).contains("node2's version"), "node2's version lost: neither kept nor appended to");
+        c.converge("after the race", T, |_| Ok(()));
+        until("node1's append on every node", T, || {
+            let all = all_contents(&c);
+            if all.iter().any(|x| *x == appended) { Ok(()) } else { Err(format!("round {k}: the append ({:?}) exists nowhere; copies {:?}", String::from_utf8_lossy(&appended), conflict_copies(&c, 0))) }
+        });
+        if !delete {
+            let mine = format!("node2's version {k}\n").into_bytes();
+            let all = all_contents(&c);
+            assert!(all.contains(&mine) || String::from_utf8_lossy(&appended).contains("node2's version"), "round {k}: node2's version lost");
+        }
     }
 }
 
