@@ -194,9 +194,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 
 /// Sends one control command to the agent described by `config`, over its own mTLS.
 pub async fn ctl(config: &std::path::Path, command: &str) -> anyhow::Result<String> {
-    crate::agent::tls::install_crypto_provider();
+    crate::pki::tls::install_crypto_provider();
     let s = Settings::load(config)?;
-    let client = crate::agent::tls::http_client(&s.tls)?;
+    let client = crate::pki::tls::http_client(&s.tls)?;
     let (method, path) = match command {
         "status" => ("GET", "/v1/status".to_owned()),
         "reload" | "rescan" | "revert" | "confirm-empty" | "pause" | "resume" => ("POST", format!("/v1/admin/{command}")),

@@ -7,10 +7,10 @@ use std::time::Duration;
 use crate::support::cluster::{Cluster, Options, write};
 
 fn client(c: &Cluster, cert_dir: &std::path::Path, name: &str, ca: &std::path::Path) -> reqwest::Client {
-    filesync::agent::tls::install_crypto_provider();
+    filesync::pki::tls::install_crypto_provider();
     let _ = c;
-    let tls = filesync::agent::config::TlsConfig { ca: ca.to_owned(), cert: cert_dir.join(format!("{name}.pem")), key: cert_dir.join(format!("{name}.key")) };
-    filesync::agent::tls::http_client(&tls).unwrap()
+    let tls = filesync::pki::tls::TlsFiles { ca: ca.to_owned(), cert: cert_dir.join(format!("{name}.pem")), key: cert_dir.join(format!("{name}.key")) };
+    filesync::pki::tls::http_client(&tls).unwrap()
 }
 
 fn rt() -> tokio::runtime::Runtime {
