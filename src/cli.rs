@@ -196,7 +196,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
 pub async fn ctl(config: &std::path::Path, command: &str) -> anyhow::Result<String> {
     crate::pki::tls::install_crypto_provider();
     let s = Settings::load(config)?;
-    let client = crate::pki::tls::http_client(&s.tls)?;
+    // From the agent's own address: its connection limits count it as known, not as a stranger.
+    let client = crate::pki::tls::http_client_from(&s.tls, Some(s.listen.ip()))?;
     let (method, path) = match command {
         "status" => ("GET", "/v1/status".to_owned()),
         "reload" | "rescan" | "revert" | "confirm-empty" | "pause" | "resume" => ("POST", format!("/v1/admin/{command}")),

@@ -10,6 +10,7 @@ mod agent_hostile_input;
 mod agent_link;
 mod agent_operations;
 mod agent_replication;
+mod agent_security;
 mod control_auth;
 mod control_browser;
 mod control_clone;

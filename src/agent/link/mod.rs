@@ -42,7 +42,7 @@ use super::lsyncd_log::LsyncdLog;
 use super::status::{LinkStatus, Status};
 use crate::private_fs::PrivateDir;
 
-pub use pairing::{PairError, password_tag};
+pub use pairing::{PairError, Remote, password_tag};
 pub use session::attempt_pairing;
 pub use throttle::time_for_guesses;
 
