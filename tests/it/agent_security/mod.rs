@@ -289,7 +289,13 @@ fn two_thousand_idle_sockets_do_not_stop_replication() {
             })
         })
     };
-    until("the flood is on", T, || if opened.load(std::sync::atomic::Ordering::Relaxed) > 4000 { Ok(()) } else { Err("ramping up".into()) });
+    // Let it run past the handshake timeout, so the agent has closed and the flood reopened
+    // sockets many times, before and while the checks below run.
+    let started = Instant::now();
+    until("the flood is on for 10 s", T, || {
+        let n = opened.load(std::sync::atomic::Ordering::Relaxed);
+        if n >= 2000 && started.elapsed() >= Duration::from_secs(10) { Ok(()) } else { Err(format!("{n} sockets opened")) }
+    });
     // Replication goes on both ways, and the agent's own control still answers.
     for round in 0..3 {
         write(&c.nodes[1].path(&format!("from-2-{round}.txt")), b"during the flood");
