@@ -165,6 +165,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Inspect { state_dir, path } => {
+            // Opening the index verifies the state dir as the agent's own and repairs what is
+            // not (private_fs): only as the user that owns it, never someone else's.
+            crate::private_fs::ensure_owned_by_me(&state_dir)?;
             let index = crate::agent::index::Index::open(&state_dir)?;
             let p = crate::protocol::RelPath::parse(&path)?;
             let entry = index.get(&p)?;

@@ -335,6 +335,19 @@ fn move_aside(parent: &OwnedFd, name: &OsStr, path: &Path, why: &str) -> io::Res
     Ok(())
 }
 
+/// Fails unless `dir` exists as a real directory owned by this process's user (tools that
+/// open the agent's state, like `filesync inspect`, must not repair someone else's).
+pub fn ensure_owned_by_me(dir: &Path) -> anyhow::Result<()> {
+    let st = rustix::fs::lstat(dir).map_err(|e| anyhow::anyhow!("cannot use {}: {e}", dir.display()))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        anyhow::bail!("{} is not a directory", dir.display());
+    }
+    if st.st_uid != euid() {
+        anyhow::bail!("{} belongs to uid {}; run this as that user (this is uid {})", dir.display(), st.st_uid, euid());
+    }
+    Ok(())
+}
+
 /// Splits `dir` into the part the administrator chose (trusted as configured) and the
 /// components the agent owns (verified one by one).
 fn split_owned(dir: &Path) -> (PathBuf, Vec<std::ffi::OsString>) {
