@@ -194,7 +194,7 @@ impl Conn {
         let idle = self.limits.idle;
         let idle_for = || {
             let last = *activity.last.lock().expect("BUG: poisoned");
-            (activity.in_flight.load(Ordering::SeqCst) == 0).then(|| last.elapsed()).unwrap_or_default()
+            if activity.in_flight.load(Ordering::SeqCst) == 0 { last.elapsed() } else { Duration::ZERO }
         };
         let mut tick = tokio::time::interval(Duration::from_secs(5).min(idle));
         loop {

@@ -63,7 +63,7 @@ pub fn decode_page(bytes: &[u8]) -> anyhow::Result<ChangesResponse> {
     if n > PAGE_ENTRIES as u64 {
         bail!("a page of {n} entries is more than the {PAGE_ENTRIES} a page may hold; refused");
     }
-    Ok(postcard::from_bytes(bytes).context("bad page of changes")?)
+    postcard::from_bytes(bytes).context("bad page of changes")
 }
 
 pub struct Fetched {

@@ -252,7 +252,7 @@ fn link_pairing_guesses_are_counted_throttled_and_do_not_lock_out_the_other_side
                         let mut i = 0u32;
                         while !stop.is_cancelled() {
                             i += 1;
-                            match attempt_pairing(local, &target, &format!("guess {k}-{i}"), "not a CA", vec![], None, i % 2 == 0).await {
+                            match attempt_pairing(local, &target, &format!("guess {k}-{i}"), "not a CA", vec![], None, i.is_multiple_of(2)).await {
                                 Err(PairError::Mismatch) => answered.lock().unwrap().push(Instant::now()),
                                 Err(PairError::Unreachable(e)) if e == "gave up" => answered.lock().unwrap().push(Instant::now()),
                                 Err(PairError::Busy(_)) => {

@@ -153,7 +153,7 @@ impl Link {
         let roots = crate::pki::tls::roots_from_pem(&p.remote_ca_pem)?;
         let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots.clone())).build()?;
         *self.server.lock().expect("BUG: poisoned") = tls::server_config(&self.tls, Some(roots.clone()))?;
-        *self.client.lock().expect("BUG: poisoned") = Some(tls::link_client(&self.tls, roots, self.cfg.listen.ip())?);
+        *self.client.lock().expect("BUG: poisoned") = Some(tls::link_client(&self.tls, roots, self.source_ip())?);
         if save {
             PrivateDir::state(&self.state_dir)?.write_atomic(PAIRING_FILE, serde_json::to_string_pretty(&p)?.as_bytes(), true)?;
         }
@@ -211,6 +211,16 @@ impl Link {
             }
         }
         out
+    }
+
+    /// The address connections to the other environment leave from: the kernel's choice,
+    /// except for a loopback link address (both environments on one host), where the link
+    /// address itself is used so the other side recognises this node's connections. Across
+    /// networks the other side may see a NAT's address anyway, and binding a private
+    /// address could make the connection unroutable.
+    fn source_ip(&self) -> IpAddr {
+        let ip = self.cfg.listen.ip();
+        if ip.is_loopback() { ip } else { std::net::Ipv4Addr::UNSPECIFIED.into() }
     }
 
     /// Whether `ip` is one of the other environment's known node addresses (its pairing

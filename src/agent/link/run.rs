@@ -183,7 +183,7 @@ impl Link {
                     failures += 1;
                     // The other side may have changed its password or CA, which shows as a
                     // refused handshake (or a plain disconnect): pair again to find out.
-                    if is_trust_error(&e) || failures % 3 == 0 {
+                    if is_trust_error(&e) || failures.is_multiple_of(3) {
                         match self.pair_with(&addr, true).await {
                             Ok(()) => {
                                 self.log.normal(format!("link: paired again with {addr} after: {e}"));

@@ -117,7 +117,7 @@ impl Link {
         if self.paired() && !force {
             return Ok(());
         }
-        let remote = attempt_pairing(self.cfg.listen.ip(), addr, &self.cfg.password, &self.own_ca_pem, self.own_nodes(), Some(self.bytes.clone()), false).await?;
+        let remote = attempt_pairing(self.source_ip(), addr, &self.cfg.password, &self.own_ca_pem, self.own_nodes(), Some(self.bytes.clone()), false).await?;
         self.keep_pairing(remote).map_err(|e| PairError::Refused(format!("{e:#}")))
     }
 }

@@ -34,7 +34,7 @@ pub fn server_config(tls: &TlsFiles, remote: Option<RootCertStore>) -> anyhow::R
 /// The HTTP client for the other environment: this node's certificate, and servers must
 /// chain to the paired CA. Host names are not checked: the other side may be reached
 /// through a NAT or relay address its certificates do not name; the pinned CA is the
-/// identity. Connections leave from `local` (this node's link address).
+/// identity. Connections leave from `local` unless it is unspecified.
 pub fn link_client(tls: &TlsFiles, remote: RootCertStore, local: IpAddr) -> anyhow::Result<reqwest::Client> {
     let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(remote), provider()).build()?;
     let mut cfg = ClientConfig::builder().dangerous().with_custom_certificate_verifier(Arc::new(PinnedCa(inner))).with_client_auth_cert(load_certs(&tls.cert)?, load_key(&tls.key)?)?;
