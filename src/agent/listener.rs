@@ -331,7 +331,7 @@ mod tests {
     fn strangers_share_a_total_and_known_peers_keep_their_own_budget() {
         let peer: IpAddr = "10.0.0.2".parse().unwrap();
         let limits = Limits { per_source: 2, per_known_source: 3, strangers: 3, ..LIMITS };
-        let gate = Gate::new(limits, Arc::new(move |ip| ip == peer), Refusals::new(Arc::new(|_| {})));
+        let gate = Gate::new(limits, Arc::new(move |ip| ip == peer), Refusals::new(Arc::new(|_| {}), Arc::new(|| {})));
         let a: IpAddr = "10.9.9.1".parse().unwrap();
         let b: IpAddr = "10.9.9.2".parse().unwrap();
         let s1 = gate.admit(a).unwrap();

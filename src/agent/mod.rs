@@ -178,10 +178,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     };
     // Who may use this node's routes: peers hold grants while their tasks run (`server::Access`).
     let (log2, st2) = (log.clone(), status.clone());
-    let refusals = refusals::Refusals::new(Arc::new(move |m: String| {
-        log2.warn(&m);
-        st2.lock().expect("BUG: poisoned").counters.refused += 1;
-    }));
+    let refusals = refusals::Refusals::new(Arc::new(move |m: String| log2.warn(m)), Arc::new(move || st2.lock().expect("BUG: poisoned").counters.refused += 1));
     let access = server::Access::new(&s.node_name, refusals);
     let peer_ctx = Arc::new(peers::PeerCtx { me: s.node_name.clone(), client: client.clone(), index: index.clone(), events: ev_tx.clone(), status: status.clone(), log: log.clone(), access: access.clone() });
     let paused = Arc::new(AtomicBool::new(false));

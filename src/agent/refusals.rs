@@ -12,18 +12,21 @@ const WINDOW: Duration = Duration::from_secs(60);
 const MAX_SOURCES: usize = 256;
 const OTHERS: &str = "other addresses";
 
-/// Where lines go (`lsyncd.log`), and the status counter of refusals.
+/// Where lines go (`lsyncd.log`).
 pub type Sink = Arc<dyn Fn(String) + Send + Sync>;
+/// Called once per refusal (the status counter).
+pub type Counter = Arc<dyn Fn() + Send + Sync>;
 
 pub struct Refusals {
     agg: Mutex<Aggregator>,
     sink: Sink,
+    count: Counter,
 }
 
 impl Refusals {
     /// Starts the aggregator; a background task flushes the counts while it is alive.
-    pub fn new(sink: Sink) -> Arc<Refusals> {
-        let r = Arc::new(Refusals { agg: Mutex::new(Aggregator::default()), sink });
+    pub fn new(sink: Sink, count: Counter) -> Arc<Refusals> {
+        let r = Arc::new(Refusals { agg: Mutex::new(Aggregator::default()), sink, count });
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(flush_loop(Arc::downgrade(&r)));
         }
@@ -32,6 +35,7 @@ impl Refusals {
 
     /// Counts one refusal of a `what` ("connection", "request") from `who`.
     pub fn note(&self, who: &str, what: &str, why: &str) {
+        (self.count)();
         let line = self.agg.lock().expect("BUG: poisoned").note(who, what, why, Instant::now());
         if let Some(l) = line {
             (self.sink)(l);

@@ -234,10 +234,7 @@ impl Link {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, app: axum::Router, shutdown: CancellationToken) {
         let log = self.log.clone();
         let status = self.status.clone();
-        let refusals = Refusals::new(Arc::new(move |m: String| {
-            log.warn(format!("link: {m}"));
-            status.lock().expect("BUG: poisoned").counters.refused += 1;
-        }));
+        let refusals = Refusals::new(Arc::new(move |m: String| log.warn(format!("link: {m}"))), Arc::new(move || status.lock().expect("BUG: poisoned").counters.refused += 1));
         let me = self.clone();
         let gate = Gate::new(LIMITS, Arc::new(move |ip| me.known_ip(ip)), refusals);
         let me = self.clone();
