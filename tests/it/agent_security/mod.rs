@@ -2,8 +2,8 @@
 //! written through a planted link; a CA-signed certificate is authorised by its name
 //! (admin for the control plane and the node itself, replication for the current peers);
 //! a node removed from the peer lists is refused at once; 2,000 idle sockets do not stop
-//! replication; an oversized page or file from a peer is refused without the agent's
-//! memory or disk growing with it.
+//! replication; stalled handshakes and headers are closed; an oversized page or file from a
+//! peer is refused without the agent's memory or disk growing with it.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -316,4 +316,41 @@ fn two_thousand_idle_sockets_do_not_stop_replication() {
     let lines = log.lines().filter(|l| l.contains("refused")).count();
     eprintln!("{total} connections opened by the flood; {lines} refusal lines in lsyncd.log");
     assert!(lines <= 60, "{lines} refusal lines for 20 sources:\n{log}");
+}
+
+/// A connection that never finishes its TLS handshake, or its request headers, is closed
+/// by the agent (5 s and 10 s) instead of holding a descriptor for ever.
+#[test]
+fn stalled_handshakes_and_headers_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = Cluster::new(1, Options::default());
+    c.start(0);
+    let addr: std::net::SocketAddr = c.nodes[0].addr().parse().unwrap();
+    let tls = node_tls(&c, 0);
+    let (handshake, headers) = rt().block_on(async move {
+        // Connect and say nothing.
+        let t0 = Instant::now();
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 1024];
+        while tokio::time::timeout(Duration::from_secs(20), tcp.read(&mut buf)).await.expect("still open after 20 s").unwrap() > 0 {}
+        let handshake = t0.elapsed();
+        // A valid certificate, HTTP/1.1, and headers that never end.
+        let mut cfg = filesync::pki::tls::client_config(&tls).unwrap();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut s = connector.connect(rustls::pki_types::ServerName::IpAddress(addr.ip().into()), tcp).await.unwrap();
+        let t1 = Instant::now();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await.expect("still open after 30 s") {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        (handshake, t1.elapsed())
+    });
+    eprintln!("silent connection closed after {} ms, unfinished headers after {} ms", handshake.as_millis(), headers.as_millis());
+    assert!(handshake < Duration::from_secs(8), "{handshake:?}");
+    assert!(headers < Duration::from_secs(15), "{headers:?}");
 }
