@@ -124,12 +124,14 @@ pub enum RouteClass {
 }
 
 impl RouteClass {
+    /// Anything not named here counts as replication: a route added later is closed to
+    /// non-peers until it is classified.
     pub fn of(path: &str) -> RouteClass {
         match path {
+            "/healthz" => RouteClass::Open,
             p if p.starts_with("/v1/admin/") => RouteClass::Admin,
             "/v1/status" | "/metrics" => RouteClass::Observe,
-            "/v1/changes" | "/v1/file" | "/v1/delta" => RouteClass::Replicate,
-            _ => RouteClass::Open,
+            _ => RouteClass::Replicate,
         }
     }
 }
@@ -381,4 +383,34 @@ async fn admin(State(app): State<AppState>, Extension(peer): Extension<PeerName>
     let (tx, rx) = oneshot::channel();
     app.events.send(Event::Admin(cmd, tx)).await.map_err(|_| internal("agent is shutting down"))?;
     rx.await.map_err(|_| internal("agent is shutting down"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_authorised_by_certificate_name() {
+        let access = Access::new("node1", Refusals::new(Arc::new(|_| {}), Arc::new(|| {})));
+        let grant = access.grant("node2", "10.0.0.2".parse().unwrap());
+        let table = [
+            ("/v1/admin/pause", [false, true, true, false]),
+            ("/v1/status", [true, true, true, false]),
+            ("/metrics", [true, true, true, false]),
+            ("/v1/changes", [true, false, false, false]),
+            ("/v1/file", [true, false, false, false]),
+            ("/v1/something-new", [true, false, false, false]),
+            ("/healthz", [true, true, true, true]),
+        ];
+        for (path, allowed) in table {
+            for (name, want) in ["node2", CONTROL_PLANE_NAME, "node1", "stranger"].into_iter().zip(allowed) {
+                assert_eq!(access.check(RouteClass::of(path), name).is_ok(), want, "{name} on {path}");
+            }
+        }
+        assert!(access.known_ip("10.0.0.2".parse().unwrap()));
+        // Dropping the peer's grant (a reload without it) revokes it at once.
+        drop(grant);
+        assert!(access.check(RouteClass::Replicate, "node2").is_err());
+        assert!(!access.known_ip("10.0.0.2".parse().unwrap()));
+    }
 }
