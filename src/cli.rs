@@ -175,11 +175,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     Ok(text) => serde_json::from_str(&text)?,
                     Err(e) if e.to_string().contains("is it running?") => {
                         let s = Settings::load(&cfg)?;
-                        crate::agent::inspect::report(&crate::agent::index::Index::open(&s.state_dir)?, &p)?
+                        inspect_stopped(&s.state_dir, &p)?
                     }
                     Err(e) => return Err(e),
                 },
-                (None, Some(dir)) => crate::agent::inspect::report(&crate::agent::index::Index::open(&dir)?, &p)?,
+                (None, Some(dir)) => inspect_stopped(&dir, &p)?,
                 (None, None) => unreachable!("clap requires one"),
             };
             println!("{}", serde_json::to_string_pretty(&v)?);
@@ -211,10 +211,18 @@ async fn ctl_get(config: &std::path::Path, path: &str) -> anyhow::Result<String>
     agent_request(config, "GET", path).await
 }
 
+/// Reads a stopped agent's index. Opening it verifies the state dir as the agent's own and
+/// repairs what is not (private_fs): only as the user that owns it, never someone else's.
+fn inspect_stopped(state_dir: &std::path::Path, p: &crate::protocol::RelPath) -> anyhow::Result<serde_json::Value> {
+    crate::private_fs::ensure_owned_by_me(state_dir)?;
+    crate::agent::inspect::report(&crate::agent::index::Index::open(state_dir)?, p)
+}
+
 async fn agent_request(config: &std::path::Path, method: &str, path: &str) -> anyhow::Result<String> {
-    crate::agent::tls::install_crypto_provider();
+    crate::pki::tls::install_crypto_provider();
     let s = Settings::load(config)?;
-    let client = crate::agent::tls::http_client(&s.tls)?;
+    // From the agent's own address: its connection limits count it as known, not as a stranger.
+    let client = crate::pki::tls::http_client_from(&s.tls, Some(s.listen.ip()))?;
     let url = format!("https://{}{}", s.listen, path);
     let req = if method == "GET" { client.get(&url) } else { client.post(&url) };
     let resp = req.send().await.with_context(|| format!("cannot reach the agent at {} (is it running?)", s.listen))?;

@@ -90,7 +90,7 @@ pub async fn agents_only(args: DemoArgs, shutdown: CancellationToken) -> anyhow:
 
 /// The control-plane demo.
 pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    crate::agent::tls::install_crypto_provider();
+    crate::pki::tls::install_crypto_provider();
     let dir = args.dir.clone();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;

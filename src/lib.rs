@@ -1,7 +1,8 @@
 //! filesync: keeps the files of several app-server nodes identical.
 //!
 //! `protocol` is the shared vocabulary (no IO); `agent` is the node agent; `pki` issues
-//! certificates; `control` is the control plane (`filesync serve`); `sandbox` runs local
+//! certificates and loads TLS material; `private_fs` writes the process's own files without
+//! following links; `control` is the control plane (`filesync serve`); `sandbox` runs local
 //! PostgreSQL and sshd nodes for `demo` and tests; `cli` parses the command line; `demo` is the first-run experience.
 #![forbid(unsafe_code)]
 
@@ -10,5 +11,6 @@ pub mod cli;
 pub mod control;
 pub mod demo;
 pub mod pki;
+pub mod private_fs;
 pub mod protocol;
 pub mod sandbox;

@@ -55,7 +55,7 @@ pub struct AgentConfig {
 }
 
 /// `[link]`: keep this folder identical with another environment's as well.
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct LinkConfig {
     /// This node's cross-environment port (pairing and replication with the other side).
@@ -66,21 +66,21 @@ pub struct LinkConfig {
     pub password: String,
 }
 
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// CA certificate (PEM) that signed every peer's certificate.
-    pub ca: PathBuf,
-    /// This node's certificate and key (PEM).
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
+/// `[tls]`: the CA and this node's certificate and key (loaded by `pki::tls`).
+pub use crate::pki::tls::TlsFiles as TlsConfig;
 
 #[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
     pub name: String,
     pub address: SocketAddr,
+}
+
+/// The password is never printed, not even in a debug dump of the settings.
+impl std::fmt::Debug for LinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkConfig").field("listen", &self.listen).field("remote", &self.remote).field("password", &"<redacted>").finish()
+    }
 }
 
 fn default_delay() -> u64 {
@@ -220,7 +220,12 @@ fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
             let start = span.start.min(text.len());
             let line = text[..start].matches('\n').count() + 1;
             let src = text.lines().nth(line - 1).unwrap_or("").trim();
-            format!("line {line} (`{src}`)")
+            // The line may hold the link password: never repeat it in an error.
+            if src.to_ascii_lowercase().contains("password") {
+                format!("line {line} (the password line; not repeated here)")
+            } else {
+                format!("line {line} (`{src}`)")
+            }
         }
         None => "config".to_owned(),
     }
@@ -261,3 +266,24 @@ address = "10.0.0.12:7755"
 name = "web3"
 address = "10.0.0.13:7755"
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_link_password_never_appears_in_debug_output_or_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("root")).unwrap();
+        for f in ["ca.pem", "n.pem", "n.key"] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        let base = format!("node_name = \"n1\"\nlisten = \"127.0.0.1:7755\"\nroot = \"{}\"\n[tls]\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"n.key\"\n", dir.path().join("root").display());
+        let s = Settings::parse(&format!("{base}[link]\nlisten = \"127.0.0.1:7756\"\nremote = \"10.0.0.1:7756\"\npassword = \"hunter2-secret\"\n"), dir.path()).unwrap();
+        let dump = format!("{s:?}");
+        assert!(dump.contains("<redacted>") && !dump.contains("hunter2-secret"), "{dump}");
+        let e = Settings::parse(&format!("{base}[link]\nlisten = \"127.0.0.1:7756\"\nremote = \"10.0.0.1:7756\"\npassword = \"hunter2-secret\n"), dir.path()).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(!msg.contains("hunter2-secret") && msg.contains("password line"), "{msg}");
+    }
+}

@@ -51,14 +51,16 @@ pub async fn as_clone(s: &Settings, log: &LsyncdLog, of: &str, shutdown: Cancell
     ));
     let mut last_error = String::new();
     loop {
-        if let Ok(name) = std::fs::read_to_string(s.state_dir.join(MARKER)) {
+        let state = crate::private_fs::PrivateDir::state(&s.state_dir)?;
+        if let Some(name) = state.read(MARKER)? {
+            let name = String::from_utf8_lossy(&name);
             log.normal(format!("enrolled as {}; waiting for the control plane to install this node's own configuration and certificate", name.trim()));
             shutdown.cancelled().await;
             return Ok(());
         }
         match try_enroll(s, of).await {
             Ok(name) => {
-                crate::pki::write_private(&s.state_dir.join(MARKER), &name)?;
+                state.write_atomic(MARKER, name.as_bytes(), true)?;
                 continue;
             }
             Err(e) => {

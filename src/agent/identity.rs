@@ -10,6 +10,10 @@
 //! - other name: the control plane gave this node a new identity (after enrolling a clone):
 //!   the index describes another node's history, so it is discarded and rebuilt by a scan
 //!   (files on disk are kept and reconciled with the peers; identical content is no conflict).
+//!
+//! The check is also where the state dir is first opened at start-up: it is created and
+//! verified (mode 0700, owned by the agent, never through a link; see `private_fs`)
+//! before the index or anything else is put in it.
 
 use std::path::Path;
 
@@ -18,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::config::Settings;
+use crate::private_fs::PrivateDir;
 
 const FILE: &str = "identity.toml";
 
@@ -53,10 +58,10 @@ pub fn fingerprint(state_dir: &Path) -> String {
 
 pub fn check(s: &Settings) -> anyhow::Result<Identity> {
     let path = s.state_dir.join(FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Identity::Fresh),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    let dir = PrivateDir::state(&s.state_dir).with_context(|| format!("cannot use state dir {}", s.state_dir.display()))?;
+    let text = match dir.read(FILE).with_context(|| format!("cannot read {}", path.display()))? {
+        Some(t) => String::from_utf8_lossy(&t).into_owned(),
+        None => return Ok(Identity::Fresh),
     };
     let stored: Stored = toml::from_str(&text).with_context(|| format!("{} is damaged; remove it to start afresh", path.display()))?;
     Ok(if stored.node_name != s.node_name {
@@ -69,18 +74,17 @@ pub fn check(s: &Settings) -> anyhow::Result<Identity> {
 }
 
 pub fn record(s: &Settings) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&s.state_dir).with_context(|| format!("cannot create {}", s.state_dir.display()))?;
+    let dir = PrivateDir::state(&s.state_dir).with_context(|| format!("cannot use state dir {}", s.state_dir.display()))?;
     let text = toml::to_string(&Stored { node_name: s.node_name.clone(), fingerprint: fingerprint(&s.state_dir) })?;
-    crate::pki::write_private(&s.state_dir.join(FILE), &format!("# Written by the filesync agent: which node owns this state dir.\n{text}"))
+    dir.write_atomic(FILE, format!("# Written by the filesync agent: which node owns this state dir.\n{text}").as_bytes(), true)
+        .with_context(|| format!("cannot write {}", s.state_dir.join(FILE).display()))
 }
 
 /// Drops another node's index (and the enrollment marker) so this node starts its own.
 pub fn reset_state(s: &Settings) -> anyhow::Result<()> {
+    let dir = PrivateDir::state(&s.state_dir).with_context(|| format!("cannot use state dir {}", s.state_dir.display()))?;
     for f in ["index.redb", super::enroll::MARKER] {
-        match std::fs::remove_file(s.state_dir.join(f)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("cannot remove {}", s.state_dir.join(f).display())),
-            _ => {}
-        }
+        dir.remove(f).with_context(|| format!("cannot remove {}", s.state_dir.join(f).display()))?;
     }
     Ok(())
 }

@@ -24,13 +24,14 @@ pub mod identity;
 pub mod index;
 pub mod inspect;
 pub mod link;
+pub mod listener;
 pub mod lsyncd_log;
 pub mod peers;
+pub mod refusals;
 pub mod root;
 pub mod scan;
 pub mod server;
 pub mod status;
-pub mod tls;
 pub mod transfer;
 pub mod watch;
 mod writers;
@@ -117,7 +118,7 @@ struct Agent {
 /// Runs an agent until `shutdown` is cancelled. Fails only on critical errors: the root
 /// missing at start, the index unusable, the port taken.
 pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    tls::install_crypto_provider();
+    crate::pki::tls::install_crypto_provider();
     let log = Arc::new(LsyncdLog::open(&s.log_dir, s.log_max_bytes)?);
     log.normal(format!("filesync {} agent {} starting: root {}, delay {} s, {} peer(s)", env!("CARGO_PKG_VERSION"), s.node_name, s.root.display(), s.delay.as_secs(), s.peers.len()));
     match identity::check(&s).inspect_err(|e| log.error(format!("{e:#}")))? {
@@ -132,8 +133,8 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     }
     let index = Arc::new(open_index(&s, &log).inspect_err(|e| log.error(format!("{e:#}")))?);
     let listener = TcpListener::bind(s.listen).await.with_context(|| format!("cannot listen on {} (is another agent or program using it?)", s.listen)).inspect_err(|e| log.error(format!("{e:#}")))?;
-    let server_tls = tls::server_config(&s.tls).inspect_err(|e| log.error(format!("{e:#}")))?;
-    let client = tls::http_client(&s.tls)?;
+    let server_tls = crate::pki::tls::server_config(&s.tls).inspect_err(|e| log.error(format!("{e:#}")))?;
+    let client = crate::pki::tls::http_client_from(&s.tls, Some(s.listen.ip()))?;
 
     let mut fixed = Vec::new();
     for dir in [s.root.parent().map(|p| p.join("lsyncd")), Some(s.log_dir.clone()), Some(s.state_dir.clone())].into_iter().flatten() {
@@ -177,7 +178,11 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         Some(l) => Some(TcpListener::bind(l.listen).await.with_context(|| format!("cannot listen on the link port {} (is another program using it?)", l.listen)).inspect_err(|e| log.error(format!("{e:#}")))?),
         None => None,
     };
-    let peer_ctx = Arc::new(peers::PeerCtx { me: s.node_name.clone(), folder: s.folder_id.clone(), client: client.clone(), index: index.clone(), events: ev_tx.clone(), status: status.clone(), log: log.clone() });
+    // Who may use this node's routes: peers hold grants while their tasks run (`server::Access`).
+    let (log2, st2) = (log.clone(), status.clone());
+    let refusals = refusals::Refusals::new(Arc::new(move |m: String| log2.warn(m)), Arc::new(move || st2.lock().expect("BUG: poisoned").counters.refused += 1));
+    let access = server::Access::new(&s.node_name, refusals);
+    let peer_ctx = Arc::new(peers::PeerCtx { me: s.node_name.clone(), folder: s.folder_id.clone(), client: client.clone(), index: index.clone(), events: ev_tx.clone(), status: status.clone(), log: log.clone(), access: access.clone() });
     let paused = Arc::new(AtomicBool::new(false));
     let mut agent = Agent {
         root: SyncRoot::new(s.root.clone()).with_graveyard(&s.state_dir.join("displaced")).context("cannot create the displaced-files directory in the state dir")?,
@@ -233,20 +238,15 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         paused,
         inline_relayed: false,
         folder: agent.s.folder_id.clone(),
+        access: Some(access.clone()),
     };
     if let (Some(link), Some(listener)) = (agent.link.clone(), link_listener) {
-        let link_app = server::link_router(server::AppState { inline_relayed: true, ..app_state.clone() });
+        let link_app = server::link_router(server::AppState { inline_relayed: true, access: None, ..app_state.clone() });
         tokio::spawn(link.clone().serve(listener, link_app, shutdown.clone()));
         tokio::spawn(link.run(agent.index.clone(), ev_tx.clone(), shutdown.clone()));
     }
     let app = server::router(app_state);
-    let log2 = agent.log.clone();
-    let st2 = agent.status.clone();
-    let on_refused: Arc<dyn Fn(String) + Send + Sync> = Arc::new(move |m: String| {
-        log2.warn(&m);
-        st2.lock().expect("BUG: poisoned").counters.refused += 1;
-    });
-    tokio::spawn(tls::serve(listener, server_tls, app, shutdown.clone(), on_refused));
+    tokio::spawn(server::serve(listener, server_tls, app, access, agent.s.listen.ip(), shutdown.clone()));
     let peers = agent.s.peers.clone();
     for p in peers {
         agent.add_peer(p.name, p.address.to_string());

@@ -6,6 +6,11 @@
 //! connect after a failure is the anti-entropy catch-up: the ask starts from the
 //! last sequence number processed, which is persisted with the index. Failures back off
 //! from 200 ms to 10 s; connect and disconnect are logged once each, not per retry.
+//!
+//! A peer task also holds the peer's place in the peer list the server authorises
+//! ([`super::server::Grant`]): the task and the authorisation end together, so a reload
+//! that removes a node revokes its certificate at once. [`ask`] is the one changes client,
+//! used by the peer tasks and by the cross-environment link.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::index::Index;
 use super::lsyncd_log::LsyncdLog;
+use super::server::{Access, Grant};
 use super::status::Status;
+use super::transfer::{MAX_PAGE_BYTES, decode_page, read_limited};
 use super::Event;
 use crate::protocol::wire::{ChangesQuery, ChangesResponse};
 
@@ -23,6 +30,8 @@ pub struct PeerLink {
     pub name: String,
     pub address: String,
     pub cancel: CancellationToken,
+    /// This peer's authorisation on this node's server, dropped with the link.
+    _grant: Grant,
 }
 
 pub struct PeerCtx {
@@ -34,11 +43,15 @@ pub struct PeerCtx {
     pub events: mpsc::Sender<Event>,
     pub status: Arc<Mutex<Status>>,
     pub log: Arc<LsyncdLog>,
+    /// Who may use this node's routes; each peer task holds its peer's grant.
+    pub access: Access,
 }
 
 pub fn spawn(ctx: Arc<PeerCtx>, name: String, address: String, parent: &CancellationToken) -> PeerLink {
     let cancel = parent.child_token();
-    let link = PeerLink { name: name.clone(), address: address.clone(), cancel: cancel.clone() };
+    let ip = address.parse::<std::net::SocketAddr>().map(|a| a.ip()).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+    let grant = ctx.access.grant(&name, ip);
+    let link = PeerLink { name: name.clone(), address: address.clone(), cancel: cancel.clone(), _grant: grant };
     tokio::spawn(async move {
         tokio::select! {
             _ = cancel.cancelled() => {}
@@ -71,7 +84,7 @@ async fn run(ctx: Arc<PeerCtx>, name: String, address: String) {
         let q = ChangesQuery { since: progress.seq, index_id: progress.index_id, wait_ms, pending, from: ctx.me.clone(), folder: ctx.folder.clone() };
         let res = match prefetched.take() {
             Some((since, index_id, page)) if since == progress.seq && index_id == progress.index_id => Ok(page),
-            _ => ask(&ctx.client, &address, &q).await,
+            _ => ask(&ctx.client, &address, &q, Duration::from_secs(15)).await.map(|(p, _)| p),
         };
         match res {
             Ok(page) if !crate::protocol::wire::same_folder(&page.folder, &ctx.folder) => {
@@ -113,8 +126,8 @@ async fn run(ctx: Arc<PeerCtx>, name: String, address: String) {
                 }
                 let (done, early) = match next {
                     Some(q) => {
-                        let (done, early) = tokio::join!(rx, ask(&ctx.client, &address, &q));
-                        (done, early.ok().map(|p| (q.since, q.index_id, p)))
+                        let (done, early) = tokio::join!(rx, ask(&ctx.client, &address, &q, Duration::from_secs(15)));
+                        (done, early.ok().map(|(p, _)| (q.since, q.index_id, p)))
                     }
                     None => (rx.await, None),
                 };
@@ -158,11 +171,14 @@ fn set(ctx: &PeerCtx, name: &str, address: &str, f: impl FnOnce(&mut super::stat
     f(p);
 }
 
-async fn ask(client: &reqwest::Client, address: &str, q: &ChangesQuery) -> anyhow::Result<ChangesResponse> {
+/// Asks `address` for its changes after `q.since` (holding up to `q.wait_ms`), with `slack`
+/// more for the answer to arrive. Returns the page and its size on the wire. The answer
+/// is read with a limit and its entries counted before they are decoded.
+pub async fn ask(client: &reqwest::Client, address: &str, q: &ChangesQuery, slack: Duration) -> anyhow::Result<(ChangesResponse, u64)> {
     let body = postcard::to_allocvec(q)?;
     let resp = client
         .post(format!("https://{address}/v1/changes"))
-        .timeout(Duration::from_millis(q.wait_ms + 15_000))
+        .timeout(Duration::from_millis(q.wait_ms) + slack)
         .header(crate::protocol::wire::PROTOCOL_HEADER, crate::protocol::wire::PROTOCOL.to_string())
         .body(body)
         .send()
@@ -170,10 +186,11 @@ async fn ask(client: &reqwest::Client, address: &str, q: &ChangesQuery) -> anyho
         .map_err(|e| anyhow::anyhow!("{}", describe(&e)))?;
     if !resp.status().is_success() {
         let st = resp.status();
-        anyhow::bail!("answered {st}: {}", resp.text().await.unwrap_or_default().trim());
+        let text = read_limited(resp, 64 * 1024, "error answer").await.unwrap_or_default();
+        anyhow::bail!("answered {st}: {}", String::from_utf8_lossy(&text).trim());
     }
-    let bytes = resp.bytes().await.map_err(|e| anyhow::anyhow!("{}", describe(&e)))?;
-    Ok(postcard::from_bytes(&bytes)?)
+    let bytes = read_limited(resp, MAX_PAGE_BYTES, "page of changes").await?;
+    Ok((decode_page(&bytes)?, bytes.len() as u64))
 }
 
 /// reqwest's errors nest their cause; show the innermost, which says what went wrong

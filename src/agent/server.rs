@@ -1,12 +1,19 @@
-//! The agent's HTTP surface, reachable only over mutual TLS (see `tls`):
+//! The agent's HTTP surface, reachable only over mutual TLS (see `listener`):
 //! `POST /v1/changes` (the replication long-poll), `GET /v1/file` and `POST /v1/delta`
 //! (content), `GET /v1/status` (JSON), `GET /healthz`, `GET /metrics` (Prometheus), and
-//! `POST /v1/admin/{reload,revert,rescan,confirm-empty}` for `filesync ctl` and the
-//! control plane. Every path a peer sends is parsed into a `RelPath` first; a hostile one
-//! is refused with 400 and logged.
+//! `POST /v1/admin/{reload,revert,rescan,confirm-empty,pause,resume}` for `filesync ctl`
+//! and the control plane. Every path a peer sends is parsed into a `RelPath` first; a
+//! hostile one is refused with 400 and logged.
+//!
+//! A certificate from the environment's CA proves membership, not a role. Who may do what
+//! is decided by the certificate's name ([`Access`]): the admin routes only for the
+//! control plane (`pki::CONTROL_PLANE_NAME`) and this node's own certificate (`filesync
+//! ctl`); the replication routes only for the nodes in the *current* peer list; status and
+//! metrics for both. Anything else is 403 with the reason, logged once a minute per name.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -20,10 +27,12 @@ use tokio::sync::{mpsc, oneshot};
 use super::index::Index;
 use super::lsyncd_log::LsyncdLog;
 use super::root::SyncRoot;
+use super::listener::PeerName;
+use super::refusals::Refusals;
 use super::status::Status;
-use super::tls::PeerName;
-use super::transfer::{INLINE_BUDGET, INLINE_MAX};
+use super::transfer::{INLINE_BUDGET, INLINE_MAX, MAX_RSYNC_DELTA_FILE, PAGE_ENTRIES};
 use super::{AdminCmd, Event};
+use crate::pki::CONTROL_PLANE_NAME;
 use crate::protocol::wire::{Blob, CONTENT_CHANGED, ChangesQuery, ChangesResponse, PROTOCOL, PROTOCOL_HEADER, same_folder};
 use crate::protocol::{EntryKind, RelPath};
 
@@ -40,9 +49,14 @@ pub struct AppState {
     pub inline_relayed: bool,
     /// This node's `folder_id` (empty if unset); asks from another folder are refused.
     pub folder: String,
+    /// Who may use which route on the peer port; `None` on the link port, where a
+    /// certificate from the paired environment's pinned CA is the authorisation.
+    pub access: Option<Access>,
 }
 
+/// The peer port's routes, each checked against [`Access`].
 pub fn router(state: AppState) -> Router {
+    let access = state.access.clone().expect("BUG: the peer port needs its access rules");
     Router::new()
         .route("/v1/changes", post(changes))
         .route("/v1/file", get(file))
@@ -52,7 +66,129 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/{cmd}", post(admin))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(access, authorize))
         .with_state(state)
+}
+
+/// Serves the peer port until `shutdown`, within `listener::LIMITS`; the addresses of the
+/// current peers (and `own_ip`, for `filesync ctl`) are not counted as strangers.
+pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, app: Router, access: Access, own_ip: IpAddr, shutdown: tokio_util::sync::CancellationToken) {
+    use super::listener::{self, Gate, LIMITS};
+    let a = access.clone();
+    let gate = Gate::new(LIMITS, Arc::new(move |ip| ip == own_ip || a.known_ip(ip)), access.refusals.clone());
+    listener::serve(listener, gate, move || tls.clone(), None, shutdown, move |conn| {
+        let app = app.clone();
+        async move {
+            // Mutual TLS is required here, so a certificate was verified; one without a
+            // name gets nothing but the open routes.
+            let name = conn.peer_name().unwrap_or_else(|| "?".into());
+            conn.serve_http(app, name).await
+        }
+    })
+    .await;
+}
+
+/// Who may use which route, by certificate name. The peer list is the agent's current
+/// one: each peer task holds a [`Grant`] for its peer, so a reload that drops a node
+/// revokes it at once (see `peers::spawn`).
+#[derive(Clone)]
+pub struct Access {
+    me: Arc<str>,
+    /// Peer name → (its address, grants held).
+    peers: Arc<RwLock<HashMap<String, (IpAddr, usize)>>>,
+    refusals: Arc<Refusals>,
+}
+
+/// A peer's place in the peer list; dropping it (the peer task ends) removes the peer.
+pub struct Grant {
+    access: Access,
+    name: String,
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        let mut p = self.access.peers.write().expect("BUG: poisoned");
+        if let Some((_, n)) = p.get_mut(&self.name) {
+            *n -= 1;
+            if *n == 0 {
+                p.remove(&self.name);
+            }
+        }
+    }
+}
+
+/// The kinds of route, as far as authorisation goes.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum RouteClass {
+    Admin,
+    Observe,
+    Replicate,
+    Open,
+}
+
+impl RouteClass {
+    /// Anything not named here counts as replication: a route added later is closed to
+    /// non-peers until it is classified.
+    pub fn of(path: &str) -> RouteClass {
+        match path {
+            "/healthz" => RouteClass::Open,
+            p if p.starts_with("/v1/admin/") || p == "/v1/inspect" => RouteClass::Admin,
+            "/v1/status" | "/metrics" => RouteClass::Observe,
+            _ => RouteClass::Replicate,
+        }
+    }
+}
+
+impl Access {
+    pub fn new(me: &str, refusals: Arc<Refusals>) -> Access {
+        Access { me: me.into(), peers: Arc::default(), refusals }
+    }
+
+    /// Adds `name` (at `ip`) to the peer list for as long as the grant lives.
+    pub fn grant(&self, name: &str, ip: IpAddr) -> Grant {
+        let mut p = self.peers.write().expect("BUG: poisoned");
+        let e = p.entry(name.to_owned()).or_insert((ip, 0));
+        e.0 = ip;
+        e.1 += 1;
+        Grant { access: self.clone(), name: name.to_owned() }
+    }
+
+    pub fn is_peer(&self, name: &str) -> bool {
+        self.peers.read().expect("BUG: poisoned").contains_key(name)
+    }
+
+    /// Whether `ip` is a peer's address or this node's (their connections are not counted
+    /// as strangers').
+    pub fn known_ip(&self, ip: IpAddr) -> bool {
+        self.peers.read().expect("BUG: poisoned").values().any(|(a, _)| *a == ip)
+    }
+
+    /// `Err(reason)` when `name` may not use routes of `class`.
+    pub fn check(&self, class: RouteClass, name: &str) -> Result<(), String> {
+        let control = name == CONTROL_PLANE_NAME;
+        let me = name == &*self.me;
+        match class {
+            RouteClass::Open => Ok(()),
+            RouteClass::Admin if control || me => Ok(()),
+            RouteClass::Admin => Err(format!("certificate {name:?} may not run admin commands: only the control plane ({CONTROL_PLANE_NAME}) and this node's own certificate may")),
+            RouteClass::Observe if control || me || self.is_peer(name) => Ok(()),
+            RouteClass::Observe => Err(format!("certificate {name:?} is neither a peer of this node nor the control plane: status refused")),
+            RouteClass::Replicate if self.is_peer(name) => Ok(()),
+            RouteClass::Replicate => Err(format!("certificate {name:?} is not in this node's peer list: replication refused")),
+        }
+    }
+
+    fn refuse(&self, name: &str, why: &str) -> (StatusCode, String) {
+        self.refusals.note(&format!("certificate {name:?}"), "request", why);
+        (StatusCode::FORBIDDEN, why.to_owned())
+    }
+}
+
+async fn authorize(State(access): State<Access>, Extension(peer): Extension<PeerName>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match access.check(RouteClass::of(req.uri().path()), &peer.0) {
+        Ok(()) => next.run(req).await,
+        Err(why) => access.refuse(&peer.0, &why).into_response(),
+    }
 }
 
 /// The routes the other environment may use on the link port: replication only, no
@@ -94,6 +230,13 @@ async fn changes(State(app): State<AppState>, Extension(peer): Extension<PeerNam
     let mut rx = app.index.subscribe();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms.min(30_000));
     loop {
+        // A long-poll outlives a reload: a node dropped from the peer list meanwhile gets
+        // nothing more.
+        if let Some(a) = &app.access
+            && let Err(why) = a.check(RouteClass::Replicate, &peer.0)
+        {
+            return Err(a.refuse(&peer.0, &why));
+        }
         let paused = app.paused.load(std::sync::atomic::Ordering::SeqCst);
         if !paused {
             let app2 = app.clone();
@@ -119,9 +262,8 @@ async fn changes(State(app): State<AppState>, Extension(peer): Extension<PeerNam
 }
 
 fn build_page(app: &AppState, since: u64) -> anyhow::Result<ChangesResponse> {
-    const PAGE: usize = 2000;
-    let mut entries = app.index.changes_since(since, PAGE)?;
-    let mut more = entries.len() >= PAGE;
+    let mut entries = app.index.changes_since(since, PAGE_ENTRIES)?;
+    let mut more = entries.len() >= PAGE_ENTRIES;
     let mut blobs = Vec::new();
     let mut budget = INLINE_BUDGET;
     let mut seen = std::collections::HashSet::new();
@@ -202,6 +344,13 @@ async fn delta(State(app): State<AppState>, Extension(peer): Extension<PeerName>
             let diff = super::transfer::block_diff(&mut f, &sig).map_err(internal)?;
             return diff.ok_or((StatusCode::UNPROCESSABLE_ENTITY, "mostly different: ask for an rsync delta".to_owned())).and_then(|d| postcard::to_allocvec(&d).map_err(internal));
         }
+        // An rsync delta holds the whole file in memory, a few at a time: larger files go
+        // by changed blocks or whole (the asker falls back by itself).
+        let len = f.metadata().map_err(internal)?.len();
+        if len > MAX_RSYNC_DELTA_FILE {
+            return Err((StatusCode::UNPROCESSABLE_ENTITY, format!("{len} bytes is too large for an rsync delta; fetch it whole")));
+        }
+        let _permit = RSYNC_DELTAS.try_acquire().map_err(|_| (StatusCode::SERVICE_UNAVAILABLE, "too many rsync deltas at once; fetch it whole".to_owned()))?;
         let mut data = Vec::new();
         std::io::Read::read_to_end(&mut f, &mut data).map_err(internal)?;
         // No hash check here: the receiver verifies the rebuilt file's BLAKE3 and refuses a
@@ -217,6 +366,9 @@ async fn delta(State(app): State<AppState>, Extension(peer): Extension<PeerName>
     app.status.lock().expect("BUG: poisoned").counters.bytes_sent += out.len() as u64;
     Ok(out.into_response())
 }
+
+/// rsync deltas computed at once (each holds its file in memory).
+static RSYNC_DELTAS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 #[derive(serde::Deserialize)]
 struct InspectQuery {
@@ -256,4 +408,34 @@ async fn admin(State(app): State<AppState>, Extension(peer): Extension<PeerName>
     let (tx, rx) = oneshot::channel();
     app.events.send(Event::Admin(cmd, tx)).await.map_err(|_| internal("agent is shutting down"))?;
     rx.await.map_err(|_| internal("agent is shutting down"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_authorised_by_certificate_name() {
+        let access = Access::new("node1", Refusals::new(Arc::new(|_| {}), Arc::new(|| {})));
+        let grant = access.grant("node2", "10.0.0.2".parse().unwrap());
+        let table = [
+            ("/v1/admin/pause", [false, true, true, false]),
+            ("/v1/status", [true, true, true, false]),
+            ("/metrics", [true, true, true, false]),
+            ("/v1/changes", [true, false, false, false]),
+            ("/v1/file", [true, false, false, false]),
+            ("/v1/something-new", [true, false, false, false]),
+            ("/healthz", [true, true, true, true]),
+        ];
+        for (path, allowed) in table {
+            for (name, want) in ["node2", CONTROL_PLANE_NAME, "node1", "stranger"].into_iter().zip(allowed) {
+                assert_eq!(access.check(RouteClass::of(path), name).is_ok(), want, "{name} on {path}");
+            }
+        }
+        assert!(access.known_ip("10.0.0.2".parse().unwrap()));
+        // Dropping the peer's grant (a reload without it) revokes it at once.
+        drop(grant);
+        assert!(access.check(RouteClass::Replicate, "node2").is_err());
+        assert!(!access.known_ip("10.0.0.2".parse().unwrap()));
+    }
 }

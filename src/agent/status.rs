@@ -1,7 +1,8 @@
 //! The agent's live state as users see it: `lsyncd.status` (rewritten every five seconds,
 //! lsyncd's shape plus peers), the `/v1/status` JSON for the control plane, and the
 //! Prometheus text on `/metrics`. The event loop and the peer tasks update one `Status`
-//! behind a short-held mutex; renderers take a snapshot.
+//! behind a short-held mutex; renderers take a snapshot. `lsyncd.status` is written through
+//! the verified log directory (`private_fs`), mode 0640.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -184,9 +185,10 @@ impl Status {
             let _ = writeln!(s, "\nWARNING: {w}");
         }
         let _ = writeln!(s, "\nInotify watching {} directories", self.watches);
-        let tmp = dir.join("lsyncd.status.tmp");
-        std::fs::write(&tmp, s)?;
-        std::fs::rename(tmp, dir.join("lsyncd.status"))
+        // Through the verified log dir: `lsyncd.status.tmp` is created exclusively and never
+        // followed, then renamed over `lsyncd.status` inside the directory (`private_fs`).
+        let d = crate::private_fs::PrivateDir::log(dir).map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+        d.write_atomic("lsyncd.status", s.as_bytes(), false)
     }
 
     pub fn metrics(&self) -> String {

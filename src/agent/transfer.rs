@@ -4,6 +4,12 @@
 //! older version is fetched as an rsync-style delta (fast_rsync: rolling checksum + MD4
 //! block signatures, maintained by Dropbox) and verified by BLAKE3 before use, falling
 //! back to a full transfer if the delta does not reproduce the announced content.
+//!
+//! A peer is not trusted with this node's memory or disk: every answer is read with a
+//! limit ([`read_limited`]), a page may hold at most [`PAGE_ENTRIES`] entries in
+//! [`MAX_PAGE_BYTES`], a file or a rebuilt delta may not grow past the size its entry
+//! announced, and rsync deltas (which hold a file in memory) only for files up to
+//! [`MAX_RSYNC_DELTA_FILE`].
 
 
 use anyhow::{Context, bail};
@@ -13,6 +19,7 @@ use tokio::io::AsyncWriteExt;
 use std::fs::File;
 
 use super::root::{RootError, SyncRoot, TempFile};
+use crate::protocol::wire::ChangesResponse;
 use crate::protocol::{Entry, RelPath};
 
 /// Files at most this large travel inline with index pages.
@@ -21,6 +28,43 @@ pub const INLINE_MAX: u64 = 128 * 1024;
 pub const INLINE_BUDGET: u64 = 32 * 1024 * 1024;
 /// Below this size a delta is not worth its round trip.
 pub const DELTA_MIN: u64 = 1024 * 1024;
+/// Entries per page of changes (the server's page size; a page with more is refused).
+pub const PAGE_ENTRIES: usize = 2000;
+/// A page's encoded size: the inline budget plus the entries (paths and symlink targets
+/// of at most 4 KiB each), with room to spare. A larger answer is refused unread.
+pub const MAX_PAGE_BYTES: u64 = 64 * 1024 * 1024;
+/// rsync deltas only for files up to this size (both sides hold the file in memory).
+pub const MAX_RSYNC_DELTA_FILE: u64 = 128 * 1024 * 1024;
+
+/// Reads an answer's body, refusing (and no longer reading) one larger than `limit`.
+pub async fn read_limited(resp: reqwest::Response, limit: u64, what: &str) -> anyhow::Result<Vec<u8>> {
+    if let Some(n) = resp.content_length()
+        && n > limit
+    {
+        bail!("{what} of {n} bytes is larger than the limit of {limit} bytes; refused");
+    }
+    let mut out = Vec::with_capacity(resp.content_length().unwrap_or(0) as usize);
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| anyhow::anyhow!("{what} broke off: {}", super::peers::describe(&e)))?;
+        if (out.len() + chunk.len()) as u64 > limit {
+            bail!("{what} is larger than the limit of {limit} bytes; refused (stopped reading)");
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// Decodes a page of changes, refusing one with more entries than a page may have before
+/// decoding them (small entries take more memory decoded than encoded).
+pub fn decode_page(bytes: &[u8]) -> anyhow::Result<ChangesResponse> {
+    // The fields before `entries` (node id, node name, index id), then the sequence length.
+    let ((_, _, _, n), _): ((u64, String, u64, u64), _) = postcard::take_from_bytes(bytes).context("bad page of changes")?;
+    if n > PAGE_ENTRIES as u64 {
+        bail!("a page of {n} entries is more than the {PAGE_ENTRIES} a page may hold; refused");
+    }
+    postcard::from_bytes(bytes).context("bad page of changes")
+}
 
 pub struct Fetched {
     /// The verified content, in a temp file next to the path it was fetched for (removed
@@ -77,6 +121,11 @@ pub async fn fetch(client: &reqwest::Client, addr: &str, root: &SyncRoot, entry:
         let text = resp.text().await.unwrap_or_default();
         bail!("{addr} answered {status}: {}", text.trim());
     }
+    if let Some(n) = resp.content_length()
+        && n != entry.size
+    {
+        bail!("{addr} offered {n} bytes for {} where its entry announced {}; refused", entry.path, entry.size);
+    }
     let tmp = root.create_temp(dest)?;
     let mut f = tokio::fs::File::from_std(tmp.file.try_clone().map_err(|e| RootError::io(dest, e))?);
     let mut hasher = blake3::Hasher::new();
@@ -85,8 +134,11 @@ pub async fn fetch(client: &reqwest::Client, addr: &str, root: &SyncRoot, entry:
     let res: anyhow::Result<()> = async {
         while let Some(chunk) = body.next().await {
             let chunk = chunk.with_context(|| format!("transfer from {addr} broke off"))?;
-            hasher.update(&chunk);
             n += chunk.len() as u64;
+            if n > entry.size {
+                bail!("{addr} sent more than the {} bytes its entry for {} announced; refused (stopped reading)", entry.size, entry.path);
+            }
+            hasher.update(&chunk);
             f.write_all(&chunk).await.map_err(|e| disk_error(dest, e))?;
         }
         f.flush().await.map_err(|e| disk_error(dest, e))?;
@@ -102,12 +154,16 @@ pub async fn fetch(client: &reqwest::Client, addr: &str, root: &SyncRoot, entry:
 }
 
 async fn fetch_delta(client: &reqwest::Client, addr: &str, root: &SyncRoot, entry: &Entry, dest: &RelPath, base: &RelPath) -> anyhow::Result<Fetched> {
+    if entry.size > MAX_RSYNC_DELTA_FILE {
+        bail!("{} bytes is too large for an rsync delta", entry.size);
+    }
     let root2 = root.clone();
     let base2 = base.clone();
     let (base_data, sig) = tokio::task::spawn_blocking(move || -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
-        let mut f = root2.open_read(&base2)?;
+        let f = root2.open_read(&base2)?;
         let mut data = Vec::new();
-        std::io::Read::read_to_end(&mut f, &mut data)?;
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_RSYNC_DELTA_FILE + 1), &mut data)?;
+        anyhow::ensure!(data.len() as u64 <= MAX_RSYNC_DELTA_FILE, "the local version is too large for an rsync delta");
         let opts = fast_rsync::SignatureOptions { block_size: block_size(data.len() as u64), crypto_hash_size: 4 };
         let sig = fast_rsync::Signature::calculate(&data, opts).into_serialized();
         Ok((data, sig))
@@ -119,12 +175,14 @@ async fn fetch_delta(client: &reqwest::Client, addr: &str, root: &SyncRoot, entr
     if !resp.status().is_success() {
         bail!("{addr} answered {} to a delta request", resp.status());
     }
-    let delta = resp.bytes().await?;
+    // A delta is at most the new content as literals plus its commands.
+    let delta = read_limited(resp, entry.size + entry.size / 8 + (1 << 20), "rsync delta").await?;
     let wire = sig_len + delta.len() as u64;
-    let expected = entry.hash;
+    let (expected, size) = (entry.hash, entry.size as usize);
     let out = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
         let mut out = Vec::new();
-        fast_rsync::apply(&base_data, &delta, &mut out).map_err(|e| anyhow::anyhow!("delta does not apply: {e}"))?;
+        // Never rebuild more than the announced size.
+        fast_rsync::apply_limited(&base_data, &delta, &mut out, size).map_err(|e| anyhow::anyhow!("delta does not apply: {e}"))?;
         if *blake3::hash(&out).as_bytes() != expected {
             bail!("delta result does not match the announced hash");
         }
@@ -244,9 +302,13 @@ async fn fetch_blocks(client: &reqwest::Client, addr: &str, root: &SyncRoot, ent
     if !resp.status().is_success() {
         bail!("{addr} answered {} to a block request", resp.status());
     }
-    let answer = resp.bytes().await?;
+    // The changed blocks are at most the whole new content, plus a few bytes per block.
+    let answer = read_limited(resp, entry.size + (entry.size / u64::from(block) + 1) * 16 + 4096, "block answer").await?;
     let wire = sent + answer.len() as u64;
     let diff: BlockDiff = postcard::from_bytes(&answer).context("bad block answer")?;
+    if diff.len != entry.size {
+        bail!("block answer rebuilds {} bytes where the entry announced {}", diff.len, entry.size);
+    }
     let mut tmp = root.create_temp(dest)?;
     let (root2, base2, expected, path) = (root.clone(), base.clone(), entry.hash, dest.clone());
     tokio::task::spawn_blocking(move || -> anyhow::Result<Fetched> {
@@ -287,6 +349,48 @@ fn disk_error(path: &RelPath, e: std::io::Error) -> anyhow::Error {
 
 #[cfg(test)]
 mod tests {
+    use crate::protocol::wire::ChangesResponse;
+
+    fn page(n: usize) -> Vec<u8> {
+        let e = crate::protocol::Entry {
+            path: crate::protocol::RelPath::parse("a").unwrap(),
+            kind: crate::protocol::EntryKind::File,
+            deleted: false,
+            size: 0,
+            mtime_ns: 0,
+            mode: 0o644,
+            hash: [0; 32],
+            target: String::new(),
+            version: Default::default(),
+            modified_by: 1,
+            modified_by_name: "n".into(),
+            origin: Default::default(),
+        };
+        let p = ChangesResponse { node_id: 7, node_name: "node1".into(), index_id: 9, entries: (0..n as u64).map(|i| (i, e.clone())).collect(), blobs: vec![], last_seq: n as u64, more: false, folder: String::new() };
+        postcard::to_allocvec(&p).unwrap()
+    }
+
+    #[test]
+    fn pages_with_too_many_entries_are_refused_before_decoding() {
+        assert_eq!(super::decode_page(&page(3)).unwrap().entries.len(), 3);
+        assert_eq!(super::decode_page(&page(super::PAGE_ENTRIES)).unwrap().entries.len(), super::PAGE_ENTRIES);
+        let e = super::decode_page(&page(super::PAGE_ENTRIES + 1)).unwrap_err();
+        assert!(format!("{e:#}").contains("more than the 2000"), "{e:#}");
+    }
+
+    #[test]
+    fn a_delta_never_rebuilds_more_than_announced() {
+        let base = vec![1u8; 10_000];
+        let new = vec![2u8; 50_000];
+        let sig = fast_rsync::Signature::calculate(&base, fast_rsync::SignatureOptions { block_size: 1024, crypto_hash_size: 8 });
+        let mut delta = Vec::new();
+        fast_rsync::diff(&sig.index(), &new, &mut delta).unwrap();
+        let mut out = Vec::new();
+        assert!(fast_rsync::apply_limited(&base, &delta, &mut out, 49_999).is_err());
+        out.clear();
+        fast_rsync::apply_limited(&base, &delta, &mut out, 50_000).unwrap();
+        assert_eq!(out, new);
+    }
     #[test]
     fn changed_blocks_rebuild_the_new_version() {
         let dir = tempfile::tempdir().unwrap();

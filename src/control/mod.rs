@@ -73,7 +73,7 @@ pub struct AppState {
 
 /// Runs `filesync serve` until `shutdown`, on a database that is already reachable.
 pub async fn serve(args: ServeArgs, pool: PgPool, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
-    crate::agent::tls::install_crypto_provider();
+    crate::pki::tls::install_crypto_provider();
     let secrets = Secrets::from_env();
     let manifest = Arc::new(Manifest::load()?);
     bootstrap_admin(&pool, args.admin_password.clone()).await?;

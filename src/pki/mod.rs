@@ -1,13 +1,20 @@
 //! Certificates: a CA per environment and a certificate per node, both with rcgen (a
 //! maintained, pure-Rust certificate builder on the same `ring` provider as rustls).
 //! Used by `filesync ca` for standalone set-ups and by the control plane, which is the CA
-//! of every environment it manages.
+//! of every environment it manages. `tls` loads the material for rustls and builds the
+//! HTTP client that talks to agents.
+
+pub mod tls;
 
 use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::Context;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+
+/// The certificate name of the control plane's client certificate. Agents give
+/// `/v1/admin/*` to it (and to their own name) only, so no node may carry it.
+pub const CONTROL_PLANE_NAME: &str = "filesync-control-plane";
 
 pub struct CaFiles {
     pub cert_pem: String,
@@ -70,20 +77,11 @@ pub fn pem_identity(pem: &str) -> Option<(String, Vec<IpAddr>)> {
     Some((cn, ips))
 }
 
-/// Writes a file readable only by its owner (keys, and by habit certificates too).
+/// Writes a file readable only by its owner (keys, and by habit certificates too): a temp
+/// file created exclusively without following links, synced, renamed into place (see
+/// `private_fs::write_private_file`).
 pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp-write");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
+    crate::private_fs::write_private_file(path, contents.as_bytes())
 }
 
 pub fn load_ca(dir: &Path) -> anyhow::Result<CaFiles> {

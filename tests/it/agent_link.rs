@@ -212,3 +212,106 @@ fn link_conflict_across_environments_keeps_both_versions_everywhere() {
     let contents: Vec<Vec<u8>> = [copy.as_str(), "shared/page.html"].iter().map(|p| std::fs::read(b.nodes[1].path(p)).unwrap()).collect();
     assert!(contents.contains(&b"edited in environment A".to_vec()) && contents.contains(&b"edited in environment B, longer".to_vec()), "a version was lost: {contents:?}");
 }
+
+/// Online guessing of the link password (issue 12): attempts that give up right after the
+/// server's reply are counted like wrong confirmations, all unknown addresses share one
+/// ceiling, and the real other environment still pairs again meanwhile (its addresses have
+/// their own budget) and keeps replicating over mutual TLS.
+#[test]
+fn link_pairing_guesses_are_counted_throttled_and_do_not_lock_out_the_other_side() {
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+    use filesync::agent::link::{PairError, attempt_pairing, time_for_guesses};
+
+    let mut a = Cluster::new(2, Options::default());
+    let mut b = Cluster::new(2, Options::default());
+    link(&a, &link_addr(&b, 0), "guess me if you can");
+    link(&b, &link_addr(&a, 0), "guess me if you can");
+    a.start_all();
+    b.start_all();
+    write(&b.nodes[1].path("before.txt"), b"paired");
+    wait_file(&a, 1, "before.txt", b"paired", "B's file on A before the attack");
+
+    // Ten addresses guess as fast as the port answers, half of the attempts leaving right
+    // after the server's reply (never confirming).
+    let target = link_addr(&a, 0);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let answered: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let busy = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let window = Duration::from_secs(40);
+    let t0 = Instant::now();
+    let attack = {
+        let (stop, answered, busy, target) = (stop.clone(), answered.clone(), busy.clone(), target.clone());
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap().block_on(async move {
+                let mut tasks = Vec::new();
+                for k in 0..10u8 {
+                    let (stop, answered, busy, target) = (stop.clone(), answered.clone(), busy.clone(), target.clone());
+                    tasks.push(tokio::spawn(async move {
+                        let local = std::net::IpAddr::from([127, 0, 77, k + 1]);
+                        let mut i = 0u32;
+                        while !stop.is_cancelled() {
+                            i += 1;
+                            match attempt_pairing(local, &target, &format!("guess {k}-{i}"), "not a CA", vec![], None, i.is_multiple_of(2)).await {
+                                Err(PairError::Mismatch) => answered.lock().unwrap().push(Instant::now()),
+                                Err(PairError::Unreachable(e)) if e == "gave up" => answered.lock().unwrap().push(Instant::now()),
+                                Err(PairError::Busy(_)) => {
+                                    busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                }
+                                // The agent under test was stopped (the test failed) or a
+                                // connection broke: not a guess either way.
+                                _ => {}
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }));
+                }
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            })
+        })
+    };
+
+    // Meanwhile the link keeps working, and the other side pairs again from scratch.
+    write(&b.nodes[1].path("during.txt"), b"during the attack");
+    wait_file(&a, 1, "during.txt", b"during the attack", "B's file on A during the attack");
+    for i in 0..2 {
+        b.stop(i);
+        std::fs::remove_file(b.nodes[i].home.join("webroot/lsyncd/var/state/link-pairing.json")).unwrap();
+    }
+    let repair = Instant::now();
+    b.start_all();
+    until("B paired again during the attack", Duration::from_secs(20), || {
+        let n = b.nodes[0].log().matches("link: paired with the other environment at").count();
+        if n >= 2 { Ok(()) } else { Err(b.nodes[0].log().lines().rev().take(5).collect::<Vec<_>>().join("\n")) }
+    });
+    let repaired_in = repair.elapsed();
+    write(&a.nodes[0].path("after-repair.txt"), b"A to B after B paired again");
+    wait_file(&b, 1, "after-repair.txt", b"A to B after B paired again", "A's file on B after re-pairing");
+
+    until("the measuring window", window + Duration::from_secs(5), || if t0.elapsed() >= window { Ok(()) } else { Err("attacking".into()) });
+    stop.cancel();
+    attack.join().unwrap();
+    let elapsed = t0.elapsed();
+    let answered = answered.lock().unwrap().clone();
+    let after_burst = answered.iter().filter(|t| t.duration_since(t0) > Duration::from_secs(5)).count();
+    let per_hour = after_burst as f64 * 3600.0 / (elapsed.as_secs_f64() - 5.0);
+    eprintln!(
+        "pairing guesses answered: {} in {:.1} s from 10 addresses ({} after the first 5 s: {per_hour:.0} an hour), {} refused as busy; B paired again in {} ms; 1,000 guesses need {:.1} h",
+        answered.len(),
+        elapsed.as_secs_f64(),
+        after_burst,
+        busy.load(std::sync::atomic::Ordering::Relaxed),
+        repaired_in.as_millis(),
+        time_for_guesses(1000).as_secs_f64() / 3600.0
+    );
+    // The ceiling: a burst of 20, then one guess every 10 s (360 an hour), from any number
+    // of addresses; without counting the ones that leave early this was hundreds a minute.
+    assert!(answered.len() <= 20 + (elapsed.as_secs() as usize) / 10 + 2, "{} guesses answered in {elapsed:?}", answered.len());
+    assert!(per_hour <= 600.0, "{per_hour:.0} guesses an hour");
+    assert!(time_for_guesses(1000) > Duration::from_secs(3600));
+    let log = a.nodes[0].log();
+    let lines = log.lines().filter(|l| l.contains("pairing attempt")).count();
+    assert!(lines <= 30, "{lines} log lines about pairing attempts from 10 addresses:\n{log}");
+}

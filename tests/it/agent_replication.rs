@@ -239,9 +239,9 @@ fn metrics_and_status_are_served_to_certificate_holders() {
         if v["files"] == 1 && v["peers"]["node2"]["connected"] == true { Ok(v) } else { Err(v.to_string()) }
     });
     assert_eq!(v["node_name"], "node1");
-    filesync::agent::tls::install_crypto_provider();
-    let tls = filesync::agent::config::TlsConfig { ca: c.pki.join("ca.pem"), cert: c.nodes[1].home.join("tls/node.pem"), key: c.nodes[1].home.join("tls/node.key") };
-    let client = filesync::agent::tls::http_client(&tls).unwrap();
+    filesync::pki::tls::install_crypto_provider();
+    let tls = filesync::pki::tls::TlsFiles { ca: c.pki.join("ca.pem"), cert: c.nodes[1].home.join("tls/node.pem"), key: c.nodes[1].home.join("tls/node.key") };
+    let client = filesync::pki::tls::http_client(&tls).unwrap();
     let addr = c.nodes[0].addr();
     let text = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
         client.get(format!("https://{addr}/metrics")).send().await.unwrap().text().await.unwrap()

@@ -14,6 +14,7 @@ mod agent_names;
 mod agent_operations;
 mod agent_races;
 mod agent_replication;
+mod agent_security;
 mod control_auth;
 mod control_browser;
 mod control_clone;

@@ -86,11 +86,12 @@ pub struct Batch {
 
 impl Index {
     pub fn open(dir: &Path) -> anyhow::Result<Index> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create state dir {}", dir.display()))?;
         let path = dir.join("index.redb");
+        // Opened through the verified state dir: mode 0600, never through a link (`private_fs`).
+        let file = crate::private_fs::PrivateDir::state(dir)?.open_rw("index.redb").with_context(|| format!("cannot open index {}", path.display()))?;
         let db = Database::builder()
             .set_cache_size(8 * 1024 * 1024)
-            .create(&path)
+            .create_with_backend(redb::backends::FileBackend::new(file)?)
             .with_context(|| format!("cannot open index {} (is another agent running on it? `filesync inspect --config <agent.toml>` asks a running agent)", path.display()))?;
         migrate::upgrade(&db, FORMAT)?;
         let txn = db.begin_write()?;

@@ -488,13 +488,13 @@ async fn health_check(st: &AppState, ctx: &Ctx) -> StepResult {
 /// An mTLS client holding the environment's control-plane certificate.
 pub fn agent_client(st: &AppState, env: &EnvironmentRow) -> anyhow::Result<reqwest::Client> {
     let dir = st.runtime_dir.path().join(env.environment_id.to_string());
-    let tls = crate::agent::config::TlsConfig { ca: dir.join("ca.pem"), cert: dir.join("client.pem"), key: dir.join("client.key") };
+    let tls = crate::pki::tls::TlsFiles { ca: dir.join("ca.pem"), cert: dir.join("client.pem"), key: dir.join("client.key") };
     if !tls.key.exists() {
         crate::pki::write_private(&tls.ca, &env.ca_cert_pem)?;
         crate::pki::write_private(&tls.cert, &env.client_cert_pem)?;
         crate::pki::write_private(&tls.key, &st.secrets.open(&env.client_key_secret)?)?;
     }
-    crate::agent::tls::http_client(&tls)
+    crate::pki::tls::http_client(&tls)
 }
 
 fn agent_config(ctx: &Ctx, inst: &InstallationRow, link: Option<&LinkSettings>, root: &str, prefix: &str) -> Result<String, String> {

@@ -41,7 +41,7 @@ impl ControlPlane {
     /// A `filesync serve` on the database of `shared` (a fresh database when None), with
     /// extra environment variables (e.g. FILESYNC_HEARTBEAT_SECONDS).
     pub async fn start_with(shared: Option<&ControlPlane>, vars: &[(&str, &str)]) -> ControlPlane {
-        filesync::agent::tls::install_crypto_provider();
+        filesync::pki::tls::install_crypto_provider();
         let pg = postgres();
         let db = match shared {
             Some(cp) => cp.db.clone(),

@@ -1,0 +1,115 @@
+//! TLS material loaded for use: rustls configs from PEM files (a node's or the control
+//! plane's certificate and key, the environment's CA), the HTTP/2 client every agent and
+//! the control plane use to reach agents, and the name a verified certificate carries.
+//! rustls with the `ring` provider (no C toolchain needed beyond ring's own).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use serde::Deserialize;
+
+/// Where a party's TLS files are: `[tls]` in `agent.toml`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// CA certificate (PEM) that signed every peer's certificate.
+    pub ca: PathBuf,
+    /// This node's certificate and key (PEM).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn load_certs(p: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let data = std::fs::read(p).with_context(|| format!("cannot read certificate {}", p.display()))?;
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut data.as_slice()).collect();
+    let certs = certs.with_context(|| format!("{} is not a PEM certificate", p.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", p.display());
+    Ok(certs)
+}
+
+pub fn load_key(p: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    let data = std::fs::read(p).with_context(|| format!("cannot read key {}", p.display()))?;
+    rustls_pemfile::private_key(&mut data.as_slice())
+        .with_context(|| format!("{} is not a PEM private key", p.display()))?
+        .with_context(|| format!("{} holds no private key", p.display()))
+}
+
+/// Trust roots from PEM text (a CA the other environment sent, or a file's content).
+pub fn roots_from_pem(pem: &str) -> anyhow::Result<RootCertStore> {
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut pem.as_bytes()).collect();
+    let certs = certs.context("not a PEM certificate")?;
+    anyhow::ensure!(!certs.is_empty(), "no certificate");
+    let mut roots = RootCertStore::empty();
+    for c in certs {
+        roots.add(c).context("not a usable CA certificate")?;
+    }
+    Ok(roots)
+}
+
+pub fn roots(ca: &Path) -> anyhow::Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots.add(c).with_context(|| format!("{} is not a usable CA certificate", ca.display()))?;
+    }
+    Ok(roots)
+}
+
+/// A server that requires a client certificate chaining to `tls.ca`.
+pub fn server_config(tls: &TlsFiles) -> anyhow::Result<Arc<ServerConfig>> {
+    let verifier = WebPkiClientVerifier::builder(Arc::new(roots(&tls.ca)?)).build()?;
+    let mut cfg = ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(&tls.cert)?, load_key(&tls.key)?)
+        .context("node certificate and key do not match")?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+pub fn client_config(tls: &TlsFiles) -> anyhow::Result<ClientConfig> {
+    let mut cfg = ClientConfig::builder()
+        .with_root_certificates(roots(&tls.ca)?)
+        .with_client_auth_cert(load_certs(&tls.cert)?, load_key(&tls.key)?)
+        .context("node certificate and key do not match")?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// An HTTP client for talking to agents: HTTP/2 over mutual TLS, pooled connections.
+pub fn http_client(tls: &TlsFiles) -> anyhow::Result<reqwest::Client> {
+    http_client_from(tls, None)
+}
+
+/// The same, with outgoing connections bound to `local` (an agent binds to the address it
+/// listens on, so its peers see it arrive from the address they know it by).
+pub fn http_client_from(tls: &TlsFiles, local: Option<std::net::IpAddr>) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(client_config(tls)?)
+        .local_address(local.filter(|ip| !ip.is_unspecified()))
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(15))
+        .http2_keep_alive_timeout(Duration::from_secs(10))
+        .http2_keep_alive_while_idle(true)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(None)
+        .build()?)
+}
+
+/// The subject CN of a DER certificate (already verified by rustls).
+pub fn common_name(der: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+    cert.subject().iter_common_name().next()?.as_str().ok().map(str::to_owned)
+}
