@@ -95,10 +95,10 @@ fn writer(root: &Path, trash: &Path, w: usize, seed: u64, ops: usize, ledger: &L
             1..=3 => {
                 let data = content(&mut rng, &tag);
                 let p = dir.join(format!("f{step}-n{w}.txt"));
-                if let Ok(mut f) = std::fs::OpenOptions::new().create_new(true).read(true).write(true).open(&p) {
-                    if f.write_all(&data).is_ok() {
-                        ledger.wrote(&read_all(&mut f), tag);
-                    }
+                if let Ok(mut f) = std::fs::OpenOptions::new().create_new(true).read(true).write(true).open(&p)
+                    && f.write_all(&data).is_ok()
+                {
+                    ledger.wrote(&read_all(&mut f), tag);
                 }
             }
             4 | 5 if !files.is_empty() => {
@@ -155,10 +155,10 @@ fn writer(root: &Path, trash: &Path, w: usize, seed: u64, ops: usize, ledger: &L
                 let data = content(&mut rng, &tag);
                 let p = root.join(format!("uploads/n{w}/u{step}.bin"));
                 std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-                if let Ok(mut f) = std::fs::OpenOptions::new().create_new(true).read(true).write(true).open(&p) {
-                    if f.write_all(&data).is_ok() {
-                        ledger.wrote(&read_all(&mut f), tag);
-                    }
+                if let Ok(mut f) = std::fs::OpenOptions::new().create_new(true).read(true).write(true).open(&p)
+                    && f.write_all(&data).is_ok()
+                {
+                    ledger.wrote(&read_all(&mut f), tag);
                 }
             }
         }

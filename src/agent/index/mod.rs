@@ -274,6 +274,10 @@ impl Index {
         Ok(s)
     }
 
+    pub fn is_empty(&self) -> anyhow::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
     pub fn len(&self) -> anyhow::Result<u64> {
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(ENTRIES)?.len()?)

@@ -1,0 +1,187 @@
+//! The outbound path: watch hints go to the batcher, due batches are scanned, and what the
+//! scanner found is committed as new local versions (which peers then page through). Files
+//! still being written are held here, names that cannot be synced are reported, and a write
+//! through one name of a hard-linked file makes its other names be scanned.
+
+use std::time::Instant;
+
+use super::index::Stored;
+use super::root::DiskMeta;
+use super::scan::{self, Scanner, Target};
+use super::watch::{Hint, HintKind};
+use super::{Agent, NEW_DIR_RECHECK, writers};
+use crate::protocol::{EntryKind, RelPath};
+
+impl Agent {
+    pub(super) fn on_hint(&mut self, h: Hint) {
+        let now = Instant::now();
+        match h {
+            Hint::Path(p, k) => {
+                tracing::trace!(path = %p, kind = ?k, "hint");
+                if k == HintKind::Tree {
+                    self.rechecks.insert(p.clone(), now + NEW_DIR_RECHECK);
+                }
+                self.batcher.add(p, k, now)
+            }
+            Hint::Unsyncable(full) => {
+                let name = full.strip_prefix(&self.s.root).unwrap_or(&full).to_string_lossy().into_owned();
+                if std::fs::symlink_metadata(&full).is_ok() {
+                    self.note_unsyncable(false, std::slice::from_ref(&name));
+                } else {
+                    self.unsyncable.remove(&name);
+                }
+            }
+            Hint::Rescan(reason) => {
+                self.warn(reason.clone());
+                let mut st = self.status.lock().expect("BUG: poisoned");
+                if !st.warnings.contains(&reason) {
+                    st.warnings.push(reason);
+                }
+                drop(st);
+                self.batcher.add_root(now);
+            }
+        }
+    }
+
+    /// Scans the targets and commits what changed as new local versions.
+    pub(super) fn local_batch(&mut self, targets: Vec<Target>, why: &str) -> anyhow::Result<()> {
+        let t0 = Instant::now();
+        let full = targets.contains(&Target::Root);
+        // A file is held while the batcher saw writes without a close, or while a process
+        // has it open for writing and it changed within the write-quiet period.
+        let writers = std::cell::OnceCell::new();
+        let quiet_ns = self.s.write_quiet.as_nanos() as i64;
+        let now = scan::now_ns();
+        let batcher = &self.batcher;
+        let root = &self.root;
+        let held = |p: &RelPath, m: &DiskMeta| batcher.is_writing(p) || (now - m.mtime_ns < quiet_ns && writers.get_or_init(|| writers::open_for_write(root.canonical())).contains(&m.ino));
+        let scanner = Scanner {
+            root: &self.root,
+            index: &self.index,
+            excludes: &self.excludes,
+            node_id: self.index.node_id,
+            node_name: &self.s.node_name,
+            guard_empty_root: !self.allow_empty_root,
+            held: &held,
+        };
+        let out = tokio::task::block_in_place(|| scanner.scan(&targets))?;
+        self.note_unsyncable(full, &out.unsyncable);
+        if !out.linked_inodes.is_empty() {
+            self.rescan_other_names(&out.linked_inodes, &out.changes)?;
+        }
+        for (e, _) in &out.changes {
+            tracing::debug!(path = %e.path, version = ?e.version, deleted = e.deleted, why, "local change");
+        }
+        for p in out.unstable {
+            // A path the batcher already holds keeps its timer: a scan asked for by a peer's
+            // change must not restart the quiet period it is waiting for.
+            if !self.batcher.is_writing(&p) {
+                self.batcher.add(p, HintKind::Writing, Instant::now());
+            }
+        }
+        for e in &out.errors {
+            self.error(e.clone());
+        }
+        for (p, ino) in &out.inode_updates {
+            self.index.set_ino(p, *ino)?;
+        }
+        if full {
+            if out.held_deletes > 0 {
+                if self.held_deletes != out.held_deletes {
+                    self.error(format!(
+                        "sync root {} is empty but the index lists {} entries: holding all deletes (is a volume unmounted?). If you really emptied it, run `filesync ctl --config <agent.toml> confirm-empty`",
+                        self.s.root.display(),
+                        out.held_deletes
+                    ));
+                }
+            } else if self.held_deletes > 0 {
+                self.log.normal("sync root has content again; no longer holding deletes");
+            }
+            self.held_deletes = out.held_deletes;
+            self.allow_empty_root = false;
+        }
+        if out.changes.is_empty() {
+            return Ok(());
+        }
+        if self.s.receive_only {
+            if full {
+                self.local_mods.clear();
+            }
+            for (e, _) in &out.changes {
+                self.local_mods.insert(e.path.clone());
+            }
+            return Ok(());
+        }
+        let (mut files, mut dirs, mut links, mut dels, mut bytes) = (0, 0, 0, 0, 0u64);
+        for (e, _) in &out.changes {
+            match (e.deleted, e.kind) {
+                (true, _) => dels += 1,
+                (false, EntryKind::File) => {
+                    files += 1;
+                    bytes += e.size;
+                }
+                (false, EntryKind::Dir) => dirs += 1,
+                (false, EntryKind::Symlink) => links += 1,
+            }
+        }
+        let n = out.changes.len();
+        let sample: Vec<String> = out.changes.iter().take(3).map(|(e, _)| e.path.to_string()).collect();
+        self.index.commit(out.changes)?;
+        let mut st = self.status.lock().expect("BUG: poisoned");
+        st.counters.batches += 1;
+        st.counters.local_changes += n as u64;
+        drop(st);
+        self.log.normal(format!(
+            "{why}: {n} local change(s): {files} file(s) ({bytes} bytes), {dirs} dir(s), {links} symlink(s), {dels} delete(s) [{}{}] in {:.1} ms",
+            sample.join(", "),
+            if n > 3 { ", ..." } else { "" },
+            t0.elapsed().as_secs_f64() * 1000.0
+        ));
+        Ok(())
+    }
+
+    /// Reports names that cannot be synced, each once, in the log and the status.
+    pub(super) fn note_unsyncable(&mut self, full: bool, found: &[String]) {
+        for n in found {
+            if !self.unsyncable.contains(n) {
+                self.log.warn(format!("not synced: {n:?}: the name is not valid UTF-8; rename it to sync it"));
+            }
+        }
+        if full {
+            self.unsyncable = found.iter().cloned().collect();
+        } else {
+            self.unsyncable.extend(found.iter().cloned());
+        }
+    }
+
+    /// A write through one name of a hard-linked file changes its other names too: they are
+    /// scanned as well (each name is replicated as a file of its own).
+    pub(super) fn rescan_other_names(&mut self, inodes: &[u64], changed: &[(crate::protocol::Entry, u64)]) -> anyhow::Result<()> {
+        let now = Instant::now();
+        for s in self.index.under(None)? {
+            if !s.entry.deleted && s.entry.kind == EntryKind::File && inodes.contains(&s.ino) && !changed.iter().any(|(e, _)| e.path == s.entry.path) {
+                self.batcher.add(s.entry.path, HintKind::Changed, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Inodes under the root that a process has open for writing (only looked up when
+    /// `wanted`: it reads /proc).
+    pub(super) fn writers_if(&self, wanted: bool) -> std::collections::HashSet<u64> {
+        if wanted { writers::open_for_write(self.root.canonical()) } else { Default::default() }
+    }
+
+    /// Whether the disk still shows what the index recorded for `path`.
+    pub(super) fn disk_matches(&self, stored: Option<&Stored>, disk: Option<&DiskMeta>) -> bool {
+        match (stored.filter(|s| !s.entry.deleted), disk) {
+            (None, None) => true,
+            (Some(s), Some(d)) => {
+                s.entry.kind == d.kind
+                    && s.entry.mode == d.mode
+                    && (d.kind == EntryKind::Dir || (s.entry.size == d.size && s.entry.mtime_ns == d.mtime_ns && s.ino == d.ino))
+            }
+            _ => false,
+        }
+    }
+}
