@@ -3,7 +3,9 @@
 //! `protocol` is the shared vocabulary (no IO); `agent` is the node agent; `pki` issues
 //! certificates; `control` is the control plane (`filesync serve`); `sandbox` runs local
 //! PostgreSQL and sshd nodes for `demo` and tests; `cli` parses the command line; `demo` is the first-run experience.
-#![forbid(unsafe_code)]
+// Denied, not forbidden: `cli::take_secret_env` removes secrets from the environment at
+// start (std::env::remove_var is unsafe in edition 2024), the one reviewed exception.
+#![deny(unsafe_code)]
 
 pub mod agent;
 pub mod cli;
