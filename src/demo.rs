@@ -128,6 +128,7 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
             port: 2222,
             dir: dir.join(format!("node{i}")),
             authorized_key: public_key.clone(),
+            view: Vec::new(),
         };
         nodes.push(tokio::task::spawn_blocking(move || crate::sandbox::SshNode::start(spec)).await??);
     }

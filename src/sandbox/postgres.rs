@@ -142,7 +142,7 @@ impl Postgres {
         self.create_database(database)?;
         run(&mut self.psql(
             "postgres",
-            &format!("do $$ begin if not exists (select 1 from pg_roles where rolname = '{role}') then create role {role} login nosuperuser nocreatedb nocreaterole noreplication; end if; end $$"),
+            &format!("do $$ begin create role {role} login nosuperuser nocreatedb nocreaterole noreplication; exception when duplicate_object or unique_violation then null; end $$"),
         ))
         .context("cannot create the application role")?;
         run(&mut self.psql("postgres", &format!("alter database {database} owner to {role}")))?;
