@@ -141,7 +141,7 @@ impl Secrets {
             return Ok(());
         }
         let mut tx = pool.begin().await?;
-        sqlx::query("select pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK).execute(&mut *tx).await?;
+        db::advisory_xact_lock(&mut tx, MIGRATION_LOCK).await?;
         let v1 = legacy_v1_key(passphrase);
         let mut n = 0;
         for (name, value) in db::all_secrets(pool).await? {
@@ -158,7 +158,7 @@ impl Secrets {
                 n += 1;
             }
         }
-        sqlx::query("insert into control_secret (name, value) values ('secrets_format', 'v2') on conflict (name) do update set value = 'v2'").execute(&mut *tx).await?;
+        db::set_secret(&mut tx, "secrets_format", "v2").await?;
         tx.commit().await?;
         if n > 0 {
             println!("filesync: re-sealed {n} secret(s) stored in an older format (salted key, bound to their rows)");

@@ -44,6 +44,18 @@ pub async fn replace_secret(db: &mut sqlx::PgConnection, name: &str, value: &str
     Ok(())
 }
 
+/// Sets a control-plane setting row, replacing its value.
+pub async fn set_secret(db: &mut sqlx::PgConnection, name: &str, value: &str) -> sqlx::Result<()> {
+    sqlx::query("insert into control_secret (name, value) values ($1, $2) on conflict (name) do update set value = excluded.value").bind(name).bind(value).execute(db).await?;
+    Ok(())
+}
+
+/// Takes a transaction-level advisory lock (released at commit or rollback).
+pub async fn advisory_xact_lock(db: &mut sqlx::PgConnection, key: i64) -> sqlx::Result<()> {
+    sqlx::query("select pg_advisory_xact_lock($1)").bind(key).execute(db).await?;
+    Ok(())
+}
+
 /// Every control-plane secret row, as (name, value).
 pub async fn all_secrets(db: &PgPool) -> sqlx::Result<Vec<(String, String)>> {
     sqlx::query_as::<_, (String, String)>("select name, value from control_secret order by name").fetch_all(db).await
