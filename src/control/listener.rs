@@ -1,8 +1,9 @@
 //! The dashboard's and API's accept loop, built to face strangers: a cap on connections in
-//! total and per client address (over the cap a connection is closed at once), a deadline
-//! for the TLS handshake and for each request's headers (a slow-loris connection is closed),
-//! a deadline for each whole request, and TLS (rustls) when configured. HTTP/1.1 only, so
-//! the header deadline covers every request. Each request learns its client address
+//! total and per client address (over the cap a connection is closed at once), deadlines
+//! for the TLS handshake, for the first byte of the request and for its headers (an idle
+//! or slow-loris connection is closed), a deadline for the whole request, and TLS (rustls)
+//! when configured. One request per connection (HTTP/1.1 without keep-alive), so no
+//! connection idles between requests. Each request learns its client address
 //! (`ConnectInfo`) for login throttling.
 
 use std::collections::HashMap;
@@ -109,11 +110,11 @@ pub async fn serve(listener: TcpListener, app: Router, tls: Option<Arc<rustls::S
             let _slot = slot;
             match acceptor {
                 Some(a) => match tokio::time::timeout(limits.handshake_timeout, a.accept(tcp)).await {
-                    Ok(Ok(s)) => connection(s, peer, app, &limits, shutdown).await,
+                    Ok(Ok(s)) => connection(FirstByte::new(s, limits.header_timeout), peer, app, &limits, shutdown).await,
                     Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
                 },
-                None => connection(tcp, peer, app, &limits, shutdown).await,
+                None => connection(FirstByte::new(tcp, limits.header_timeout), peer, app, &limits, shutdown).await,
             }
         });
     }
@@ -135,7 +136,7 @@ where
         }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true).max_buf_size(64 * 1024);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(false).max_buf_size(64 * 1024);
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_util::service::TowerToHyperService::new(svc));
     tokio::pin!(conn);
     tokio::select! {
@@ -144,6 +145,51 @@ where
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
         }
+    }
+}
+
+/// A stream that fails its reads when no byte at all arrived within a deadline (hyper's
+/// header deadline starts only with the first byte).
+struct FirstByte<S> {
+    inner: S,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> FirstByte<S> {
+    fn new(inner: S, within: Duration) -> FirstByte<S> {
+        FirstByte { inner, deadline: Some(Box::pin(tokio::time::sleep(within))) }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByte<S> {
+    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.deadline = None;
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let expired = self.deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                if expired { Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no request within the deadline"))) } else { Poll::Pending }
+            }
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByte<S> {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -158,6 +158,12 @@ impl ControlPlane {
             .collect()
     }
 
+    /// A node named `name` listening on `ip` (e.g. 127.0.0.1 for a node reached as
+    /// `localhost`) with SSH on `port`.
+    pub fn node_at(&self, name: &str, ip: &str, port: u16) -> SshNode {
+        SshNode::start(SshNodeSpec { name: name.into(), ip: ip.parse().unwrap(), port, dir: self.dir.path().join(name), authorized_key: self.public_key.clone(), view: Vec::new() }).unwrap()
+    }
+
     /// Node `i` as a clone of `original`'s machine: its own disk (its own directories) seen
     /// at the original's webroot and install prefix, its own host name and address.
     pub fn clone_node(&self, i: u32, original: &SshNode) -> SshNode {
@@ -217,6 +223,22 @@ impl ControlPlane {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// A TCP port on 127.0.0.1 nobody listens on right now (and the one after it).
+pub fn free_port() -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = l.local_addr().unwrap().port();
+        if p < 65535 && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// The node body the API takes for a sandbox node.
+pub fn node_json(n: &SshNode) -> Value {
+    json!({"name": n.spec.name, "address": n.spec.ip.to_string(), "ssh_port": n.spec.port, "webroot": n.webroot().display().to_string(), "install_prefix": n.install_prefix().display().to_string()})
 }
 
 /// One line per job with its steps, for assertion messages.
