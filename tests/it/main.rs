@@ -15,6 +15,7 @@ mod control_browser;
 mod control_clone;
 mod control_http;
 mod control_link;
+mod control_login;
 mod control_install;
 mod control_topology;
 mod control_workers;
