@@ -13,6 +13,7 @@ mod agent_replication;
 mod control_auth;
 mod control_browser;
 mod control_clone;
+mod control_enroll;
 mod control_http;
 mod control_link;
 mod control_login;

@@ -101,6 +101,17 @@ pub async fn enrolled_at(db: &PgPool, token: Uuid, address: &str) -> sqlx::Resul
     sqlx::query_as::<_, NodeRow>(select_nodes!("where enrolled_by = $1 and address = $2")).bind(token).bind(address).fetch_optional(db).await
 }
 
+/// Nodes of any environment at `address` (not counting nodes marked gone), as
+/// (environment name, node name).
+pub async fn at_address(db: &PgPool, address: &str) -> sqlx::Result<Vec<(String, String)>> {
+    sqlx::query_as::<_, (String, String)>(
+        "select e.name, n.name from node n join layer l using (layer_id) join environment e using (environment_id) where n.address = $1 and n.agent_state <> 'gone' order by e.name, n.name",
+    )
+    .bind(address)
+    .fetch_all(db)
+    .await
+}
+
 pub async fn environment_of(db: &PgPool, node_id: Uuid) -> sqlx::Result<Option<Uuid>> {
     sqlx::query_scalar::<_, Uuid>("select l.environment_id from node n join layer l using (layer_id) where n.node_id = $1").bind(node_id).fetch_optional(db).await
 }

@@ -4,7 +4,7 @@
 //! but the new node's address: the clone is recorded from the original node's stored row
 //! (webroot, install prefix, SSH port and user, agent port). What the request says about
 //! those is ignored (and mentioned in the event). The address must be an IP address no
-//! other node of the environment has. A token is tied to one environment, valid for at
+//! node of any environment has. A token is tied to one environment, valid for at
 //! most 24 hours and for `max_uses` clones (one by default); a use is taken atomically.
 
 use std::net::IpAddr;
@@ -82,6 +82,11 @@ pub async fn enroll(st: &AppState, r: &EnrollRequest) -> anyhow::Result<Result<E
     };
     if let Some(other) = nodes.iter().find(|n| n.address == address && n.agent_state != AgentState::Gone) {
         return refused(format!("address {address} is node {}'s; a clone enrolls with its own address", other.name));
+    }
+    // Nor may it name a node of another environment (the control plane's SSH key is
+    // trusted there too).
+    if let Some((e, n)) = db::nodes::at_address(&st.pool, &address).await?.into_iter().next() {
+        return refused(format!("address {address} is node {n}'s in another environment ({e}); a clone enrolls with its own address"));
     }
     let fields = NodeFields {
         name: format!("{}-clone-{}", r.clone_of.chars().take(50).collect::<String>(), &Uuid::new_v4().simple().to_string()[..4]),
