@@ -40,6 +40,8 @@ pub struct Options<'a> {
     pub embedded_db: bool,
     /// Do not set FILESYNC_SECRET_KEY (the key file in the data dir is used).
     pub no_secret_key: bool,
+    /// The data dir (default: one inside this control plane's own temp dir).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 pub struct ControlPlane {
@@ -74,7 +76,7 @@ impl ControlPlane {
         };
         let dir = tempfile::Builder::new().prefix("filesync-it-cp-").tempdir().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_filesync"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path().join("data")).args(&o.args);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(o.data_dir.clone().unwrap_or_else(|| dir.path().join("data"))).args(&o.args);
         cmd.envs(o.vars.iter().map(|(k, v)| (*k, v.as_str()))).env("FILESYNC_ADMIN_PASSWORD", ADMIN_PASSWORD);
         if !o.no_secret_key {
             cmd.env("FILESYNC_SECRET_KEY", SECRET_KEY);
