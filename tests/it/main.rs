@@ -18,6 +18,7 @@ mod control_http;
 mod control_install;
 mod control_link;
 mod control_login;
+mod control_path;
 mod control_secrets;
 mod control_tokens;
 mod control_topology;
