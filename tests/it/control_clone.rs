@@ -59,7 +59,8 @@ async fn control_cloned_node_enrolls_with_a_join_token() {
     let enroll = |token: &str| format!("control_plane = \"{}\"\ntoken = \"{token}\"\naddress = \"{}\"\n", cp.url, nodes[2].spec.ip);
     std::fs::write(p3.join("enroll.toml"), enroll(bad["token"].as_str().unwrap())).unwrap();
     // The clone boots: its watchdog starts at node1's path, on the clone's own disk.
-    nodes[2].command("setsid").arg("sh").arg(p1.join("run-agent.sh")).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut boot = nodes[2].command("setsid").arg("sh").arg(p1.join("run-agent.sh")).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::spawn(move || boot.wait());
 
     let log3 = w3.join("lsyncd/var/log/lsyncd.log");
     until("the clone reports the revoked token", Duration::from_secs(30), || {

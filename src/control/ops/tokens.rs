@@ -82,10 +82,11 @@ pub async fn revoke_join_token(st: &AppState, id: Uuid) -> anyhow::Result<Option
     Ok(env)
 }
 
-/// An optional whole number from a form or JSON field; Err when present but not a number.
-pub fn parse_int(v: Option<&String>) -> Result<Option<i32>, ()> {
+/// An optional whole number from a form or JSON field; Err (the message for the field)
+/// when present but not a number.
+pub fn parse_int(v: Option<&String>) -> Result<Option<i32>, String> {
     match v.map(|s| s.trim()).filter(|s| !s.is_empty()) {
         None => Ok(None),
-        Some(s) => s.parse().map(Some).map_err(|_| ()),
+        Some(s) => s.parse().map(Some).map_err(|_| format!("{s:?} is not a whole number")),
     }
 }

@@ -1,8 +1,8 @@
 //! A control plane under test: one embedded PostgreSQL per test process (a fresh database
 //! per test, owned by a role that is not a superuser, as in production), a real
 //! `filesync serve` child process (plain HTTP, or HTTPS with its self-signed certificate),
-//! and real sshd nodes on 127.<240-249>.<n>.<i> (a range the agent tests do not use). HTTP
-//! helpers for the API, and a typed editor for an agent's `agent.toml`.
+//! and real sshd nodes on 127.<240-249>.<n>.<i> (a range the agent tests do not use), one
+//! of them possibly a clone of another's machine. HTTP helpers for the API.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -281,13 +281,4 @@ impl Drop for ControlPlane {
             eprintln!("---- serve stderr ----\n{}", std::fs::read_to_string(self.dir.path().join("serve.err")).unwrap_or_default());
         }
     }
-}
-
-/// Rewrites an agent's `agent.toml` through the typed contract (as the control plane
-/// writes it), e.g. to move a cloned node's paths.
-pub fn edit_agent_toml(path: &std::path::Path, edit: impl FnOnce(&mut filesync::protocol::agent_toml::AgentToml)) {
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut c = filesync::protocol::agent_toml::AgentToml::from_toml(&text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", path.display()));
-    edit(&mut c);
-    std::fs::write(path, c.to_toml("edited by a test").unwrap()).unwrap();
 }

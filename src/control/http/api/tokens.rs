@@ -60,7 +60,7 @@ pub async fn list_join(State(st): State<AppState>, _u: ApiUser, Path(id): Path<U
 pub async fn create_join(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>, Json(b): Json<serde_json::Value>) -> ApiResult {
     db::environments::get(&st.pool, id).await?.ok_or_else(|| not_found("environment"))?;
     let f = fields(&b);
-    let number = |k: &str| parse_int(f.get(k)).map_err(|_| Error::Invalid([(k.to_owned(), "a whole number".to_owned())].into_iter().collect()));
+    let number = |k: &str| parse_int(f.get(k)).map_err(|e| Error::Invalid([(k.to_owned(), e)].into_iter().collect()));
     let (hours, uses) = (number("valid_hours")?, number("max_uses")?);
     match ops::tokens::create_join_token(&st, id, f.get("name").map(String::as_str).unwrap_or(""), hours, uses).await? {
         Outcome::Done((token, row)) => Ok((StatusCode::CREATED, Json(json!({"token": token, "join_token": row, "note": "shown once; give it to the platform's clone hook"}))).into_response()),

@@ -301,9 +301,12 @@ pub async fn uninstall(State(st): State<AppState>, user: CurrentUser, Path(id): 
 pub async fn join_token_create(State(st): State<AppState>, user: CurrentUser, Path(id): Path<Uuid>, Form(f): Form<HashMap<String, String>>) -> Result<Response, Error> {
     user.check_csrf(&f)?;
     db::environments::get(&st.pool, id).await?.ok_or_else(|| not_found("environment"))?;
-    let (Ok(hours), Ok(uses)) = (parse_int(f.get("valid_hours")), parse_int(f.get("max_uses"))) else {
-        let e = [("valid_hours".to_owned(), "whole numbers only".to_owned())].into_iter().collect();
-        return show_page(&st, user, id, HashMap::new(), FieldErrors::new(), e, String::new()).await;
+    let (hours, uses) = match (parse_int(f.get("valid_hours")), parse_int(f.get("max_uses"))) {
+        (Ok(h), Ok(u)) => (h, u),
+        (h, u) => {
+            let e = [("valid_hours", h.err()), ("max_uses", u.err())].into_iter().filter_map(|(k, e)| Some((k.to_owned(), e?))).collect();
+            return show_page(&st, user, id, HashMap::new(), FieldErrors::new(), e, String::new()).await;
+        }
     };
     match ops::tokens::create_join_token(&st, id, f.get("name").map(String::as_str).unwrap_or(""), hours, uses).await? {
         Outcome::Done((token, _)) => show_page(&st, user, id, HashMap::new(), FieldErrors::new(), FieldErrors::new(), token).await,

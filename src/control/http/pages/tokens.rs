@@ -74,8 +74,9 @@ pub async fn list(State(st): State<AppState>, user: CurrentUser) -> Result<Respo
 
 pub async fn create(State(st): State<AppState>, user: CurrentUser, Form(f): Form<HashMap<String, String>>) -> Result<Response, Error> {
     user.check_csrf(&f)?;
-    let Ok(days) = parse_int(f.get("valid_days")) else {
-        return page(&st, user, String::new(), [("valid_days".to_owned(), "a whole number of days".to_owned())].into_iter().collect()).await;
+    let days = match parse_int(f.get("valid_days")) {
+        Ok(d) => d,
+        Err(e) => return page(&st, user, String::new(), [("valid_days".to_owned(), e)].into_iter().collect()).await,
     };
     match ops::tokens::create_api_token(&st, user.user_id, f.get("name").map(String::as_str).unwrap_or(""), days).await? {
         Outcome::Done((token, _)) => page(&st, user, token, FieldErrors::new()).await,
