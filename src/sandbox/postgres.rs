@@ -118,7 +118,17 @@ impl Postgres {
         let mut stop = self.pg_command("pg_ctl");
         stop.arg("-D").arg(self.data_dir()).args(["stop", "-m", "fast"]);
         let stop_line = format!("{:?} {}", stop.get_program(), stop.get_args().map(|a| format!("'{}'", a.to_string_lossy())).collect::<Vec<_>>().join(" "));
-        let script = format!("while kill -0 {} 2>/dev/null; do sleep 1; done; {} >/dev/null 2>&1", std::process::id(), stop_line.replace('"', ""));
+        // Only the server this process started: a new process may have started another on
+        // the same data dir by the time this one is gone (a quick restart).
+        let pid_file = self.data_dir().join("postmaster.pid");
+        let postmaster = std::fs::read_to_string(&pid_file).unwrap_or_default().lines().next().unwrap_or("").trim().to_owned();
+        anyhow::ensure!(postmaster.chars().all(|c| c.is_ascii_digit()) && !postmaster.is_empty(), "PostgreSQL started but {} names no process", pid_file.display());
+        let script = format!(
+            "while kill -0 {} 2>/dev/null; do sleep 1; done; if [ \"$(head -n 1 '{}' 2>/dev/null)\" = {postmaster} ]; then {} >/dev/null 2>&1; fi",
+            std::process::id(),
+            pid_file.display(),
+            stop_line.replace('"', "")
+        );
         clean_env(&mut Command::new("setsid")).arg("sh").arg("-c").arg(script).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
         Ok(())
     }

@@ -126,8 +126,12 @@ async fn control_path_change_holds_an_unreachable_node_paused_until_it_returns()
     let (n2, v) = node_view(&cp, &env, "node2").await;
     assert_eq!((v["installation"]["generation"].as_i64(), n2["config_generation"].as_i64()), (Some(2), Some(1)), "{v:#}");
     assert_eq!(v["installation"]["state"], "failed", "{v:#}");
+    // The others have the new path and are not held (a heartbeat that times out on a busy
+    // machine may call one unreachable for a moment).
     for other in ["node1", "node3"] {
-        assert_eq!(node_view(&cp, &env, other).await.0["agent_state"], "running", "{v:#}");
+        let (n, _) = node_view(&cp, &env, other).await;
+        assert!(n["agent_state"] == "running" || n["agent_state"] == "unreachable", "{other}: {v:#}");
+        assert_eq!(n["config_generation"].as_i64(), Some(2), "{other}: {v:#}");
     }
     let events = v["events"].to_string();
     for want in ["sync path change wp-content", "paused 3 of 3 node(s) for the path change", "node2: could not be reconfigured for the new sync path", "paused on the old path: node2"] {

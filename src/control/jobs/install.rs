@@ -186,12 +186,17 @@ async fn install_steps(st: &AppState, ctx: &Ctx, inst: &InstallationRow, config:
     let restart_needed = binary_changed || (config_changed && !reload_needed);
 
     let systemd = conn.sh(HAS_SYSTEMD).await.map_err(|e| e.to_string())?.status == 0;
-    if systemd {
-        log.run("running", run_systemd(conn, &prefix, restart_needed, reload_needed)).await?;
-    } else {
-        log.run("running", run_watchdog(conn, &prefix, restart_needed, reload_needed)).await?;
-    }
-    let healthy = log.run("healthy", health_check(st, ctx)).await;
+    // The node's clock before a (re)start: the health check waits for an agent started
+    // since, not the old one still answering while it shuts down.
+    let node_now: i64 = sh("date +%s".into()).await?.trim().parse().map_err(|e| format!("cannot read the node's clock: {e}"))?;
+    let mut fresh = false;
+    log.run("running", async {
+        let (r, started) = if systemd { run_systemd(conn, &prefix, restart_needed, reload_needed).await? } else { run_watchdog(conn, &prefix, restart_needed, reload_needed).await? };
+        fresh = started;
+        Ok(r)
+    })
+    .await?;
+    let healthy = log.run("healthy", health_check(st, ctx, fresh.then_some(node_now))).await;
     if healthy.is_err() {
         // No half-installed node left running: stop what we started.
         let _ = conn.sh(&supervise::stop_script(&prefix)).await;
@@ -249,7 +254,9 @@ async fn ensure_certificate(st: &AppState, ctx: &Ctx, prefix: &str, conn: &Conn)
     Ok(true)
 }
 
-async fn run_systemd(conn: &Conn, prefix: &str, restart: bool, reload: bool) -> StepResult {
+/// Starts, restarts or reloads the agent as needed; also says whether a new agent process
+/// was started.
+async fn run_systemd(conn: &Conn, prefix: &str, restart: bool, reload: bool) -> Result<((bool, String), bool), String> {
     let sh = |s: String| async move { conn.sh_ok(&s).await.map_err(|e| e.to_string()) };
     let (unit, path) = (supervise::unit_name(prefix), supervise::unit_path(prefix));
     sh(supervise::remove_legacy_unit(prefix)).await?;
@@ -264,52 +271,55 @@ async fn run_systemd(conn: &Conn, prefix: &str, restart: bool, reload: bool) -> 
     let active = conn.sh(&format!("systemctl is-active --quiet {}", q(&unit))).await.map_err(|e| e.to_string())?.status == 0;
     if !active {
         sh(format!("systemctl enable --now {}", q(&unit))).await?;
-        return Ok((true, format!("started {unit} under systemd (enabled at boot)")));
+        return Ok(((true, format!("started {unit} under systemd (enabled at boot)")), true));
     }
     if restart || changed {
         sh(format!("systemctl restart {}", q(&unit))).await?;
-        return Ok((true, format!("restarted {unit} to apply the new binary or config")));
+        return Ok(((true, format!("restarted {unit} to apply the new binary or config")), true));
     }
     if reload {
         sh(format!("systemctl reload {}", q(&unit))).await?;
-        return Ok((true, format!("{unit} reloaded its peer list (no restart)")));
+        return Ok(((true, format!("{unit} reloaded its peer list (no restart)")), false));
     }
-    Ok((false, format!("{unit} is active")))
+    Ok(((false, format!("{unit} is active")), false))
 }
 
-async fn run_watchdog(conn: &Conn, prefix: &str, restart: bool, reload: bool) -> StepResult {
+async fn run_watchdog(conn: &Conn, prefix: &str, restart: bool, reload: bool) -> Result<((bool, String), bool), String> {
     let sh = |s: String| async move { conn.sh_ok(&s).await.map_err(|e| e.to_string()) };
     let p = q(prefix);
     let alive = format!("kill -0 \"$(cat {p}/watchdog.pid 2>/dev/null)\" 2>/dev/null && kill -0 \"$(cat {p}/agent.pid 2>/dev/null)\" 2>/dev/null");
     if conn.sh(&alive).await.map_err(|e| e.to_string())?.status != 0 {
         sh(format!("rm -f {p}/stopped; setsid nohup sh {p}/run-agent.sh >/dev/null 2>&1 < /dev/null &")).await?;
-        return Ok((true, "started the agent under its watchdog (no systemd)".into()));
+        return Ok(((true, "started the agent under its watchdog (no systemd)".into()), true));
     }
     if restart {
         // The watchdog restarts the agent with the new binary or config within a second.
         sh(format!("kill -TERM \"$(cat {p}/agent.pid)\"")).await?;
-        return Ok((true, "restarted the agent to apply the new binary or config".into()));
+        return Ok(((true, "restarted the agent to apply the new binary or config".into()), true));
     }
     if reload {
         sh(format!("kill -HUP \"$(cat {p}/agent.pid)\"")).await?;
-        return Ok((true, "the agent reloaded its peer list (no restart)".into()));
+        return Ok(((true, "the agent reloaded its peer list (no restart)".into()), false));
     }
-    Ok((false, "agent and watchdog are running".into()))
+    Ok(((false, "agent and watchdog are running".into()), false))
 }
 
-/// Polls the agent's `/healthz` over mutual TLS, then records its `/v1/status`.
-async fn health_check(st: &AppState, ctx: &Ctx) -> StepResult {
+/// Polls the agent's `/healthz` over mutual TLS, then records its `/v1/status`. With
+/// `started_since` (the node's clock before a restart), only an agent started since counts.
+async fn health_check(st: &AppState, ctx: &Ctx, started_since: Option<i64>) -> StepResult {
     let api = AgentApi::new(agent_client(st, &ctx.env).map_err(|e| e.to_string())?, &ctx.node.address, ctx.node.agent_port);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = String::new();
     while Instant::now() < deadline {
         match api.healthz(Duration::from_secs(5)).await {
-            Ok(()) => {
-                if let Ok(s) = api.status(Duration::from_secs(5)).await {
+            Ok(()) => match api.status(Duration::from_secs(5)).await {
+                Ok(s) if started_since.is_none_or(|t| s.started_at >= t) => {
                     let _ = db::nodes::record_heartbeat(&st.pool, ctx.node.node_id, &s).await;
+                    return Ok((false, format!("{}/healthz answers over mutual TLS", api.base())));
                 }
-                return Ok((false, format!("{}/healthz answers over mutual TLS", api.base())));
-            }
+                Ok(s) => last = format!("the agent started at {} still answers (it is being restarted)", s.started_at),
+                Err(e) => last = e,
+            },
             Err(e) => last = e,
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -357,7 +367,7 @@ pub async fn verify(st: &AppState, job: &JobRow, log: &mut StepLog) -> Result<()
     let ctx = load(st, job).await?;
     let conn = login(st, &ctx.node, log).await?;
     conn.close().await;
-    log.run("healthy", health_check(st, &ctx)).await.map(|_| ())
+    log.run("healthy", health_check(st, &ctx, None)).await.map(|_| ())
 }
 
 /// Reads the node's lsyncd.log tail and lsyncd.status over SSH (works with the agent down).
