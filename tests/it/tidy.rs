@@ -179,6 +179,30 @@ fn no_dependency_cycles_between_parts() {
 }
 
 #[test]
+fn every_source_file_is_a_declared_module() {
+    let files = sources();
+    let text_of = |p: &str| files.iter().find(|(f, _)| f == p).map(|(_, t)| t.as_str());
+    let mut orphans = Vec::new();
+    for (path, _) in &files {
+        if path == "lib.rs" || path == "main.rs" {
+            continue;
+        }
+        let module = module_of(path);
+        let (name, parent) = module.split_last().expect("BUG: a source file names a module");
+        let parent_dir = parent.join("/");
+        let candidates: Vec<String> = if parent.is_empty() { vec!["lib.rs".into()] } else { vec![format!("{parent_dir}/mod.rs"), format!("{parent_dir}.rs")] };
+        let declared = candidates.iter().filter_map(|c| text_of(c)).any(|t| code_lines(t).any(|(_, l)| {
+            let l = l.trim();
+            l == format!("mod {name};") || l == format!("pub mod {name};") || l == format!("pub(crate) mod {name};")
+        }));
+        if !declared {
+            orphans.push(format!("src/{path}"));
+        }
+    }
+    assert!(orphans.is_empty(), "source files no module declares (dead code nobody compiles): {orphans:?}");
+}
+
+#[test]
 fn modules_stay_small() {
     let root: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     // The agent's modules are being rewritten on another branch; everything else is held
