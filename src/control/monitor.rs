@@ -6,6 +6,7 @@
 //!
 //! The same round retries nodes held `paused` on an old sync path (see `jobs::phases`):
 //! once their SSH port answers, a reconfigure is queued (with backoff between failures).
+//! It also forgets old failed-login records.
 //!
 //! Several processes may share the database: a round runs only in the process that takes
 //! the Postgres advisory lock [`LOCK_KEY`], so agents are not polled once per process.
@@ -44,6 +45,7 @@ async fn round(st: &AppState) -> anyhow::Result<()> {
         return Ok(());
     }
     let result = poll_all(st).await;
+    let _ = db::logins::forget_old(&st.pool, db::logins::FORGET_AFTER_S).await;
     db::advisory_unlock(&mut conn, LOCK_KEY).await?;
     result
 }

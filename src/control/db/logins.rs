@@ -4,6 +4,9 @@
 
 use sqlx::PgPool;
 
+/// Failures older than this (seconds) are forgotten.
+pub const FORGET_AFTER_S: f64 = 3600.0;
+
 /// How long `key` must still wait before a password is checked, if it is locked.
 pub async fn locked_for(db: &PgPool, key: &str) -> sqlx::Result<Option<f64>> {
     sqlx::query_scalar::<_, f64>("select extract(epoch from locked_until - now())::float8 from login_throttle where throttle_key = $1 and locked_until > now()")
@@ -58,4 +61,14 @@ pub async fn trusted(db: &PgPool, username: &str, address: &str) -> sqlx::Result
         .bind(address)
         .fetch_one(db)
         .await
+}
+
+/// Forgets failures older than `forget_s` seconds whose lock has passed (keeps the table
+/// small however many user names strangers try).
+pub async fn forget_old(db: &PgPool, forget_s: f64) -> sqlx::Result<u64> {
+    let r = sqlx::query("delete from login_throttle where last_failure_at < now() - make_interval(secs => $1) and (locked_until is null or locked_until < now())")
+        .bind(forget_s)
+        .execute(db)
+        .await?;
+    Ok(r.rows_affected())
 }

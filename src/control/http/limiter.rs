@@ -29,7 +29,7 @@ const IP_MAX_LOCK_S: f64 = 900.0;
 pub const USER_FREE: i32 = 10;
 const USER_MAX_LOCK_S: f64 = 300.0;
 /// Failures older than this are forgotten.
-const FORGET_S: f64 = 3600.0;
+const FORGET_S: f64 = db::logins::FORGET_AFTER_S;
 /// How long a login may wait for the hashing gate before it gets 429.
 const GATE_WAIT: Duration = Duration::from_secs(5);
 
