@@ -17,8 +17,11 @@ alter table node add column clone_of text;
 -- so a node the control plane could not reconfigure is visibly behind.
 alter table installation add column generation integer not null default 1;
 alter table node add column config_generation integer not null default 0;
+-- Agents installed before this migration run the first generation's configuration.
+update node set config_generation = 1 where agent_state in ('running', 'unreachable', 'failed');
 
--- API tokens expire, can be revoked, and show when they were last used.
+-- API tokens expire, can be revoked, and show when they were last used. Tokens created
+-- before this migration expire 90 days after it.
 alter table api_token add column expires_at timestamptz not null default now() + interval '90 days';
 alter table api_token add column revoked_at timestamptz;
 alter table api_token add column last_used_at timestamptz;
