@@ -47,6 +47,7 @@ impl Agent {
     pub(super) fn local_batch(&mut self, targets: Vec<Target>, why: &str) -> anyhow::Result<()> {
         let t0 = Instant::now();
         let full = targets.contains(&Target::Root);
+        self.report.take_rehash(&self.index);
         // A file is held while the batcher saw writes without a close, or while a process
         // has it open for writing and it changed within the write-quiet period.
         let writers = std::cell::OnceCell::new();
@@ -126,6 +127,7 @@ impl Agent {
         }
         let n = out.changes.len();
         let sample: Vec<String> = out.changes.iter().take(3).map(|(e, _)| e.path.to_string()).collect();
+        self.report.record(&self.index, None, &out.changes);
         self.index.commit(out.changes)?;
         let mut st = self.status.lock().expect("BUG: poisoned");
         st.counters.batches += 1;

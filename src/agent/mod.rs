@@ -29,6 +29,7 @@ mod local;
 pub mod lsyncd_log;
 pub mod peers;
 pub mod refusals;
+pub mod report;
 pub mod root;
 pub mod scan;
 pub mod server;
@@ -114,6 +115,8 @@ struct Agent {
     link: Option<Arc<link::Link>>,
     /// Names found in the root that cannot be synced (not valid UTF-8), as last seen.
     unsyncable: BTreeSet<String>,
+    /// Recent changes, conflicts and repair requests for the dashboard (`report`).
+    report: Arc<report::Report>,
 }
 
 /// Runs an agent until `shutdown` is cancelled. Fails only on critical errors: the root
@@ -186,6 +189,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     let access = server::Access::new(&s.node_name, refusals);
     let peer_ctx = Arc::new(peers::PeerCtx { me: s.node_name.clone(), folder: s.folder_id.clone(), client: client.clone(), index: index.clone(), events: ev_tx.clone(), status: status.clone(), log: log.clone(), access: access.clone() });
     let paused = Arc::new(AtomicBool::new(false));
+    let (s_node_name, excludes_for_report, s_log_dir) = (s.node_name.clone(), excludes.clone(), s.log_dir.clone());
     let mut agent = Agent {
         root: SyncRoot::new(s.root.clone()).with_graveyard(&s.state_dir.join("displaced")).context("cannot create the displaced-files directory in the state dir")?,
         batcher: Batcher::new(s.delay, s.write_quiet, s.max_batch),
@@ -212,6 +216,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         lag: HashMap::new(),
         link,
         unsyncable: BTreeSet::new(),
+        report: Arc::new(report::Report::new(&s_node_name, excludes_for_report, s_log_dir)),
     };
 
     // Temp files left by a crash are garbage: the real names were never touched.
@@ -241,6 +246,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         inline_relayed: false,
         folder: agent.s.folder_id.clone(),
         access: Some(access.clone()),
+        report: agent.report.clone(),
     };
     if let (Some(link), Some(listener)) = (agent.link.clone(), link_listener) {
         let link_app = server::link_router(server::AppState { inline_relayed: true, access: None, ..app_state.clone() });

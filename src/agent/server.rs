@@ -52,6 +52,8 @@ pub struct AppState {
     /// Who may use which route on the peer port; `None` on the link port, where a
     /// certificate from the paired environment's pinned CA is the authorisation.
     pub access: Option<Access>,
+    /// The dashboard's reports and conflict actions (`agent::report`).
+    pub report: Arc<super::report::Report>,
 }
 
 /// The peer port's routes, each checked against [`Access`].
@@ -66,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/{cmd}", post(admin))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .merge(super::report::routes::routes())
         .layer(axum::middleware::from_fn_with_state(access, authorize))
         .with_state(state)
 }
@@ -133,7 +136,9 @@ impl RouteClass {
         match path {
             "/healthz" => RouteClass::Open,
             p if p.starts_with("/v1/admin/") || p == "/v1/inspect" => RouteClass::Admin,
+            "/v1/report/resolve" | "/v1/report/rehash" => RouteClass::Admin,
             "/v1/status" | "/metrics" => RouteClass::Observe,
+            p if p == "/v1/report" || p.starts_with("/v1/report/") => RouteClass::Observe,
             _ => RouteClass::Replicate,
         }
     }
@@ -420,6 +425,8 @@ mod tests {
         let grant = access.grant("node2", "10.0.0.2".parse().unwrap());
         let table = [
             ("/v1/admin/pause", [false, true, true, false]),
+            ("/v1/report/resolve", [false, true, true, false]),
+            ("/v1/report/conflicts", [true, true, true, false]),
             ("/v1/status", [true, true, true, false]),
             ("/metrics", [true, true, true, false]),
             ("/v1/changes", [true, false, false, false]),

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::protocol::report::{Conflicts, ConflictCopy, DirDigests, FileFacts, LogTail, NodeReport, PathTest, RecentChange, RehashRequest, RehashResult, ResolveAction, ResolveRequest, ResolveResult};
+
 /// An admin command on `/v1/admin/<name>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdminCommand {
@@ -111,6 +113,9 @@ pub struct AgentStatus {
     pub watches: u64,
     pub warnings: Vec<String>,
     pub held_deletes: u64,
+    pub unsyncable_count: u64,
+    /// Peers refused because they sync another folder, by name, with the reason.
+    pub foreign_folders: BTreeMap<String, String>,
     pub local_modifications: Vec<String>,
     pub files: u64,
     pub dirs: u64,
@@ -171,6 +176,63 @@ impl AgentApi {
         }
     }
 
+    /// A report route's JSON body (`protocol::report`).
+    pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path_and_query: &str, timeout: Duration) -> Result<T, String> {
+        let url = format!("{}{path_and_query}", self.base);
+        let r = self.client.get(&url).timeout(timeout).send().await.map_err(|e| format!("no answer from {}: {e}", self.base))?;
+        if !r.status().is_success() {
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            return Err(format!("{url} answered {status}: {}", text.chars().take(300).collect::<String>()));
+        }
+        r.json().await.map_err(|e| format!("{url} answered something unexpected: {e}"))
+    }
+
+    /// Posts a JSON body to a report route and reads its JSON answer.
+    pub async fn post_json<B: Serialize, T: serde::de::DeserializeOwned>(&self, path: &str, body: &B, timeout: Duration) -> Result<T, String> {
+        let url = format!("{}{path}", self.base);
+        let r = self.client.post(&url).json(body).timeout(timeout).send().await.map_err(|e| format!("no answer from {}: {e}", self.base))?;
+        if !r.status().is_success() {
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            return Err(format!("{url} answered {status}: {}", text.chars().take(300).collect::<String>()));
+        }
+        r.json().await.map_err(|e| format!("{url} answered something unexpected: {e}"))
+    }
+
+    pub async fn report(&self, run: u64, since: u64, timeout: Duration) -> Result<NodeReport, String> {
+        self.get_json(&format!("/v1/report?run={run}&since={since}"), timeout).await
+    }
+
+    pub async fn conflicts(&self, timeout: Duration) -> Result<Conflicts, String> {
+        self.get_json("/v1/report/conflicts", timeout).await
+    }
+
+    pub async fn resolve(&self, req: &ResolveRequest, timeout: Duration) -> Result<ResolveResult, String> {
+        self.post_json("/v1/report/resolve", req, timeout).await
+    }
+
+    pub async fn digests(&self, timeout: Duration) -> Result<DirDigests, String> {
+        self.get_json("/v1/report/digests", timeout).await
+    }
+
+    pub async fn files(&self, dir: &str, timeout: Duration) -> Result<FileFacts, String> {
+        let q: String = url_encode(dir);
+        self.get_json(&format!("/v1/report/files?dir={q}"), timeout).await
+    }
+
+    pub async fn rehash(&self, req: &RehashRequest, timeout: Duration) -> Result<RehashResult, String> {
+        self.post_json("/v1/report/rehash", req, timeout).await
+    }
+
+    pub async fn log_tail(&self, lines: usize, timeout: Duration) -> Result<LogTail, String> {
+        self.get_json(&format!("/v1/report/log?lines={lines}"), timeout).await
+    }
+
+    pub async fn path_test(&self, path: &str, timeout: Duration) -> Result<PathTest, String> {
+        self.get_json(&format!("/v1/report/excluded?path={}", url_encode(path)), timeout).await
+    }
+
     pub async fn admin(&self, cmd: AdminCommand, timeout: Duration) -> Result<(), String> {
         match self.client.post(format!("{}{}", self.base, cmd.path())).timeout(timeout).send().await {
             Ok(r) if r.status().is_success() => Ok(()),
@@ -178,6 +240,11 @@ impl AgentApi {
             Err(e) => Err(format!("no answer from {} ({e})", self.base)),
         }
     }
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+pub fn url_encode(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
 /// The IP address an agent listens on and its peers connect to. Agents take socket

@@ -12,6 +12,7 @@
 
 pub mod agent_api;
 pub mod db;
+pub mod health;
 pub mod http;
 pub mod jobs;
 pub mod listener;

@@ -90,6 +90,17 @@ impl AgentState {
 }
 
 text_enum! {
+    /// Whether a node's agent answered its last heartbeat (kept apart from the result of
+    /// the node's last job).
+    Health {
+        /// Not asked yet.
+        Unknown => "unknown",
+        Up => "up",
+        Down => "down",
+    }
+}
+
+text_enum! {
     JobKind {
         Install => "install",
         Reconfigure => "reconfigure",

@@ -6,6 +6,7 @@ pub mod agent_toml;
 pub mod conflict;
 pub mod entry;
 pub mod path;
+pub mod report;
 pub mod version;
 pub mod wire;
 

@@ -7,6 +7,7 @@
 //! (`queue`), per-peer progress, and meta (node id, index id, tree digest, format). Only
 //! the agent's event loop writes; the HTTP handlers read concurrently through redb's MVCC.
 
+mod lookup;
 mod migrate;
 mod queue;
 

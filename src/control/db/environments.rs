@@ -87,9 +87,47 @@ pub async fn cp_layer(db: &PgPool, environment_id: Uuid) -> sqlx::Result<Uuid> {
     sqlx::query_scalar::<_, Uuid>("select layer_id from layer where environment_id = $1 and name = 'cp'").bind(environment_id).fetch_one(db).await
 }
 
-pub async fn set_layer_paused(db: &PgPool, layer_id: Uuid, paused: bool) -> sqlx::Result<()> {
-    sqlx::query("update layer set paused = $2 where layer_id = $1").bind(layer_id).bind(paused).execute(db).await?;
+/// Pauses or resumes the layer's sync, recording who and when (kept when it was already in
+/// that state).
+pub async fn set_layer_paused(db: &PgPool, layer_id: Uuid, paused: bool, by: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "update layer set paused = $2,
+           paused_at = case when $2 and paused then paused_at when $2 then now() else null end,
+           paused_by = case when $2 and paused then paused_by when $2 then $3 else null end
+         where layer_id = $1",
+    )
+    .bind(layer_id)
+    .bind(paused)
+    .bind(by)
+    .execute(db)
+    .await?;
     Ok(())
+}
+
+/// A layer's sync switches and what the monitor last concluded about it.
+#[derive(sqlx::FromRow, Debug, Clone)]
+pub struct LayerRow {
+    pub layer_id: Uuid,
+    pub environment_id: Uuid,
+    pub paused: bool,
+    pub paused_at: Option<time::OffsetDateTime>,
+    pub paused_by: Option<String>,
+    pub out_of_sync_since: Option<time::OffsetDateTime>,
+}
+
+pub async fn layer(db: &PgPool, layer_id: Uuid) -> sqlx::Result<LayerRow> {
+    sqlx::query_as::<_, LayerRow>("select layer_id, environment_id, paused, paused_at, paused_by, out_of_sync_since from layer where layer_id = $1").bind(layer_id).fetch_one(db).await
+}
+
+/// Records that the layer's nodes differ (since `now` unless already recorded) or agree;
+/// true when this changed the record.
+pub async fn set_out_of_sync(db: &PgPool, layer_id: Uuid, differ: bool) -> sqlx::Result<bool> {
+    let sql = if differ {
+        "update layer set out_of_sync_since = now() where layer_id = $1 and out_of_sync_since is null"
+    } else {
+        "update layer set out_of_sync_since = null where layer_id = $1 and out_of_sync_since is not null"
+    };
+    Ok(sqlx::query(sql).bind(layer_id).execute(db).await?.rows_affected() == 1)
 }
 
 pub async fn layer_paused(db: &PgPool, layer_id: Uuid) -> sqlx::Result<bool> {

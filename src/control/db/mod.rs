@@ -3,11 +3,13 @@
 //! (`query_as::<_, Row>`) so a build needs no database; the integration tests run every
 //! one of them against a real PostgreSQL.
 
+pub mod checks;
 pub mod environments;
 pub mod jobs;
 pub mod join_tokens;
 pub mod logins;
 pub mod nodes;
+pub mod reports;
 pub mod users;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};

@@ -5,8 +5,8 @@ use sqlx::PgPool;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use crate::control::agent_api::AgentStatus;
-use crate::control::state::AgentState;
+use crate::control::agent_api::{AgentStatus, NodeReport};
+use crate::control::state::{AgentState, Health};
 
 #[derive(sqlx::FromRow, Debug, Clone, serde::Serialize)]
 pub struct NodeRow {
@@ -30,17 +30,29 @@ pub struct NodeRow {
     pub config_generation: i32,
     /// The node it was cloned from, for nodes enrolled with a join token.
     pub clone_of: Option<String>,
+    /// Whether the agent answered its last heartbeat, apart from the last job's result.
+    pub health: Health,
+    pub health_error: Option<String>,
+    #[serde(serialize_with = "super::ts_opt")]
+    pub health_checked_at: Option<time::OffsetDateTime>,
+    /// The agent's report summary at its last heartbeat (`protocol::report::NodeReport`).
+    #[serde(skip)]
+    pub last_report: Option<Json<NodeReport>>,
 }
 
 impl NodeRow {
     pub fn status(&self) -> Option<&AgentStatus> {
         self.last_status.as_ref().map(|j| &j.0)
     }
+
+    pub fn report(&self) -> Option<&NodeReport> {
+        self.last_report.as_ref().map(|j| &j.0)
+    }
 }
 
 macro_rules! select_nodes {
     ($rest:literal) => {
-        concat!("select node_id, layer_id, name, address, ssh_port, ssh_user, webroot, install_prefix, agent_port, host_key, host_key_fingerprint, agent_state, last_heartbeat_at, last_status, config_generation, clone_of from node ", $rest)
+        concat!("select node_id, layer_id, name, address, ssh_port, ssh_user, webroot, install_prefix, agent_port, host_key, host_key_fingerprint, agent_state, last_heartbeat_at, last_status, config_generation, clone_of, health, health_error, health_checked_at, last_report from node ", $rest)
     };
 }
 
@@ -150,9 +162,10 @@ pub async fn set_config_generation(db: &PgPool, node_id: Uuid, generation: i32) 
     Ok(())
 }
 
-/// Nodes whose agent should be answering, with their environment.
+/// Nodes that have (or may have) an agent, with their environment: every installed node,
+/// whatever its last job said (a failed reconfigure leaves the agent running).
 pub async fn monitored(db: &PgPool) -> sqlx::Result<Vec<(NodeRow, Uuid)>> {
-    let rows = sqlx::query_as::<_, NodeRow>(select_nodes!("where agent_state in ('running', 'unreachable', 'paused')")).fetch_all(db).await?;
+    let rows = sqlx::query_as::<_, NodeRow>(select_nodes!("where agent_state in ('running', 'unreachable', 'paused', 'failed')")).fetch_all(db).await?;
     let mut out = Vec::with_capacity(rows.len());
     for n in rows {
         if let Some(env) = environment_of(db, n.node_id).await? {
@@ -162,7 +175,24 @@ pub async fn monitored(db: &PgPool) -> sqlx::Result<Vec<(NodeRow, Uuid)>> {
     Ok(out)
 }
 
+/// A heartbeat answered: the agent is up, with this status.
 pub async fn record_heartbeat(db: &PgPool, node_id: Uuid, status: &AgentStatus) -> sqlx::Result<()> {
-    sqlx::query("update node set last_heartbeat_at = now(), last_status = $2 where node_id = $1").bind(node_id).bind(Json(status)).execute(db).await?;
+    sqlx::query("update node set last_heartbeat_at = now(), last_status = $2, health = 'up', health_error = null, health_checked_at = now() where node_id = $1")
+        .bind(node_id)
+        .bind(Json(status))
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// A heartbeat went unanswered: the agent is down (the last status is kept).
+pub async fn record_no_answer(db: &PgPool, node_id: Uuid, why: &str) -> sqlx::Result<()> {
+    sqlx::query("update node set health = 'down', health_error = $2, health_checked_at = now() where node_id = $1").bind(node_id).bind(why).execute(db).await?;
+    Ok(())
+}
+
+/// The agent's report summary of this heartbeat.
+pub async fn record_report(db: &PgPool, node_id: Uuid, report: &NodeReport) -> sqlx::Result<()> {
+    sqlx::query("update node set last_report = $2 where node_id = $1").bind(node_id).bind(Json(report)).execute(db).await?;
     Ok(())
 }

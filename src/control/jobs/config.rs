@@ -112,6 +112,10 @@ mod tests {
             last_status: None,
             config_generation: 0,
             clone_of: None,
+            health: crate::control::state::Health::Unknown,
+            health_error: None,
+            health_checked_at: None,
+            last_report: None,
         }
     }
 

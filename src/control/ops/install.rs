@@ -51,14 +51,14 @@ pub async fn command_all(st: &AppState, env: &db::EnvironmentRow, nodes: &[NodeR
 
 /// Pause or resume sync on every node of the layer (around a redeploy). Returns one line
 /// per node that could not be reached; None when there is no such environment.
-pub async fn set_paused(st: &AppState, env_id: Uuid, paused: bool) -> anyhow::Result<Option<Vec<String>>> {
+pub async fn set_paused(st: &AppState, env_id: Uuid, paused: bool, by: &str) -> anyhow::Result<Option<Vec<String>>> {
     let Some(env) = db::environments::get(&st.pool, env_id).await? else { return Ok(None) };
     let layer = db::environments::cp_layer(&st.pool, env_id).await?;
-    db::environments::set_layer_paused(&st.pool, layer, paused).await?;
+    db::environments::set_layer_paused(&st.pool, layer, paused, by).await?;
     // Nodes held paused for a sync path change stay paused on resume.
     let nodes: Vec<NodeRow> = db::nodes::list(&st.pool, layer).await?.into_iter().filter(|n| matches!(n.agent_state, AgentState::Running | AgentState::Unreachable) || (paused && n.agent_state == AgentState::Paused)).collect();
     let failures: Vec<String> = command_all(st, &env, &nodes, if paused { AdminCommand::Pause } else { AdminCommand::Resume }).await?.into_iter().map(|(_, e)| e).collect();
-    let mut msg = format!("sync {} on {} node(s)", if paused { "paused" } else { "resumed" }, nodes.len() - failures.len());
+    let mut msg = format!("sync {} on {} node(s) by {by}", if paused { "paused" } else { "resumed" }, nodes.len() - failures.len());
     if !failures.is_empty() {
         msg.push_str(&format!("; not reached: {}", failures.join("; ")));
     }

@@ -117,16 +117,16 @@ fn node_list(b: &Value) -> Option<Vec<HashMap<String, String>>> {
     Some(arr.iter().map(fields).collect())
 }
 
-async fn pause(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>) -> ApiResult {
-    paused(st, id, true).await
+async fn pause(State(st): State<AppState>, u: ApiUser, Path(id): Path<Uuid>) -> ApiResult {
+    paused(st, id, true, &format!("{} (API)", u.username)).await
 }
 
-async fn resume(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>) -> ApiResult {
-    paused(st, id, false).await
+async fn resume(State(st): State<AppState>, u: ApiUser, Path(id): Path<Uuid>) -> ApiResult {
+    paused(st, id, false, &format!("{} (API)", u.username)).await
 }
 
-async fn paused(st: AppState, id: Uuid, on: bool) -> ApiResult {
-    let failures = ops::install::set_paused(&st, id, on).await?.ok_or_else(|| not_found("environment"))?;
+async fn paused(st: AppState, id: Uuid, on: bool, by: &str) -> ApiResult {
+    let failures = ops::install::set_paused(&st, id, on, by).await?.ok_or_else(|| not_found("environment"))?;
     Ok(Json(json!({"result": if on { "paused" } else { "resumed" }, "not_reached": failures})).into_response())
 }
 
@@ -162,8 +162,8 @@ async fn platform_event(State(st): State<AppState>, _u: ApiUser, Path((id, event
             }
             Ok((StatusCode::ACCEPTED, Json(json!({"result": removed}))).into_response())
         }
-        "pause" => paused(st, id, true).await,
-        "resume" => paused(st, id, false).await,
+        "pause" => paused(st, id, true, &format!("platform event {event}")).await,
+        "resume" => paused(st, id, false, &format!("platform event {event}")).await,
         other => Err(Error::Internal(anyhow::anyhow!("the manifest maps {event} to {other}, which this version does not implement"))),
     }
 }

@@ -322,13 +322,13 @@ pub async fn join_token_revoke(State(st): State<AppState>, user: CurrentUser, Pa
 
 pub async fn pause(State(st): State<AppState>, user: CurrentUser, Path(id): Path<Uuid>, Form(f): Form<HashMap<String, String>>) -> Result<Response, Error> {
     user.check_csrf(&f)?;
-    ops::install::set_paused(&st, id, true).await?.ok_or_else(|| not_found("environment"))?;
+    ops::install::set_paused(&st, id, true, &user.username).await?.ok_or_else(|| not_found("environment"))?;
     Ok(back(id))
 }
 
 pub async fn resume(State(st): State<AppState>, user: CurrentUser, Path(id): Path<Uuid>, Form(f): Form<HashMap<String, String>>) -> Result<Response, Error> {
     user.check_csrf(&f)?;
-    ops::install::set_paused(&st, id, false).await?.ok_or_else(|| not_found("environment"))?;
+    ops::install::set_paused(&st, id, false, &user.username).await?.ok_or_else(|| not_found("environment"))?;
     Ok(back(id))
 }
 

@@ -109,6 +109,10 @@ pub(crate) mod tests {
             last_status: status.map(|v| sqlx::types::Json(serde_json::from_value(v).unwrap())),
             config_generation: 1,
             clone_of: None,
+            health: crate::control::state::Health::Unknown,
+            health_error: None,
+            health_checked_at: None,
+            last_report: None,
         }
     }
 
