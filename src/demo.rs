@@ -148,6 +148,8 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         max_connections: 512,
         max_connections_per_address: 64,
         header_timeout_seconds: 10,
+        verify_every_hours: 24.0,
+        sample_retention_days: 7.0,
         admin_password: Some(password.clone()),
         secret_key: Some(secret_key),
     };

@@ -11,6 +11,7 @@
 //! → `db`, `ssh`, `secrets`, `state`. `listener` and `tls` serve `http` to strangers.
 
 pub mod agent_api;
+pub mod checks;
 pub mod db;
 pub mod health;
 pub mod http;
@@ -90,6 +91,13 @@ pub struct ServeArgs {
     /// Seconds a client has to send a request's headers (slow clients are disconnected).
     #[arg(long, default_value_t = 10)]
     pub header_timeout_seconds: u64,
+    /// Every installed environment is verified (its nodes' trees compared) this often;
+    /// 0 turns the schedule off.
+    #[arg(long, default_value_t = 24.0, env = "FILESYNC_VERIFY_EVERY_HOURS")]
+    pub verify_every_hours: f64,
+    /// Lag and throughput samples (one per node per heartbeat) are kept this long.
+    #[arg(long, default_value_t = 7.0, env = "FILESYNC_SAMPLE_RETENTION_DAYS")]
+    pub sample_retention_days: f64,
     /// The first admin's password, from FILESYNC_ADMIN_PASSWORD (never argv).
     #[arg(skip)]
     pub admin_password: Option<String>,
@@ -114,6 +122,11 @@ pub struct AppState {
     pub tls: bool,
     /// Bounds concurrent password hashing.
     pub gate: Arc<http::limiter::HashGate>,
+    /// How often agents are polled (their status is stale after a few periods).
+    pub heartbeat: std::time::Duration,
+    /// The verify schedule (0: off) and how long samples are kept.
+    pub verify_every_hours: f64,
+    pub sample_retention_days: f64,
 }
 
 /// The passphrase sealing secrets: FILESYNC_SECRET_KEY, else the key file (created on
@@ -161,6 +174,9 @@ pub async fn serve(args: ServeArgs, pool: PgPool, listener: TcpListener, shutdow
         wake_jobs: Arc::new(tokio::sync::Notify::new()),
         tls: dashboard.is_some(),
         gate: Arc::new(http::limiter::HashGate::for_this_machine()),
+        heartbeat: std::time::Duration::from_secs(args.heartbeat_seconds.max(1)),
+        verify_every_hours: args.verify_every_hours.max(0.0),
+        sample_retention_days: args.sample_retention_days.max(0.01),
     };
     println!("filesync serve: listening on {}://{addr}", if state.tls { "https" } else { "http" });
     if let Some(d) = &dashboard {
@@ -168,6 +184,7 @@ pub async fn serve(args: ServeArgs, pool: PgPool, listener: TcpListener, shutdow
     }
     let runner = tokio::spawn(jobs::runner(state.clone(), args.parallel_installs.max(1), args.job_stale_seconds.max(5), shutdown.clone()));
     let monitor = tokio::spawn(monitor::run(state.clone(), std::time::Duration::from_secs(args.heartbeat_seconds.max(1)), shutdown.clone()));
+    let checks = tokio::spawn(checks::runner(state.clone(), args.job_stale_seconds.max(5), shutdown.clone()));
     let limits = listener::Limits {
         max_connections: args.max_connections.max(1),
         per_address: args.max_connections_per_address.max(1),
@@ -177,6 +194,7 @@ pub async fn serve(args: ServeArgs, pool: PgPool, listener: TcpListener, shutdow
     listener::serve(listener, http::router(state), dashboard.map(|d| d.config), limits, shutdown).await;
     runner.abort();
     monitor.abort();
+    checks.abort();
     Ok(())
 }
 

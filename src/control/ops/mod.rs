@@ -3,10 +3,13 @@
 //! with the validation of everything a client sends. `http` calls it; it calls `db`, the
 //! job queue and the agents; nothing here knows about HTTP.
 
+pub mod checks;
+pub mod conflicts;
 pub mod enroll;
 pub mod environments;
 pub mod install;
 pub mod nodes;
+pub mod status;
 pub mod tokens;
 
 pub use crate::control::manifest::FieldErrors;

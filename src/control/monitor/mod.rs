@@ -1,8 +1,14 @@
 //! Heartbeats: every `--heartbeat-seconds`, one `filesync serve` process asks every
-//! installed agent for its `/v1/status` over mutual TLS and records it on the node row
-//! (last heartbeat, tree digest, replication lag), so the dashboard shows live agent state
-//! without anyone opening a page. An agent that stops answering turns `unreachable` (one
-//! event in the timeline), and back to `running` when it answers again.
+//! installed agent for its `/v1/status` and its report summary over mutual TLS and records
+//! them on the node row (last heartbeat, tree digest, replication lag, health), so the
+//! dashboard shows live agent state without anyone opening a page. Every node with an
+//! agent is asked, whatever its last job said: health (`up`/`down`) is kept apart from the
+//! job's result. An agent that stops answering turns `unreachable` (one event in the
+//! timeline), and back to `running` when it answers again. The report summary brings the
+//! agent's new file changes, its conflict count and what it still has to fetch; one sample
+//! per node goes to the charts (`reports`). After polling, each environment's state is
+//! decided once (`health::assess`): when its nodes start or stop differing, an event says
+//! so; new and resolved conflict copies get events too; due verifications are queued.
 //!
 //! The same round retries nodes held `paused` on an old sync path (see `jobs::phases`):
 //! once their SSH port answers, a reconfigure is queued (with backoff between failures).
@@ -15,10 +21,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+mod reports;
+
 use super::AppState;
 use super::agent_api::{AgentApi, AgentStatus, LinkState};
 use super::db;
-use super::state::{AgentState, InstallState, JobKind};
+use super::state::{AgentState, Health, InstallState, JobKind};
 
 /// `pg_try_advisory_lock` key of the heartbeat round ("fs" "hb").
 pub const LOCK_KEY: i64 = 0x6673_6862;
@@ -45,15 +53,21 @@ async fn round(st: &AppState) -> anyhow::Result<()> {
         return Ok(());
     }
     let result = poll_all(st).await;
+    let flagged = result.as_ref().cloned().unwrap_or_default();
+    if let Err(e) = reports::environments(st, &flagged).await {
+        tracing::warn!(error = %e, "environment pass of the heartbeat round failed");
+    }
     let _ = db::logins::forget_old(&st.pool, db::logins::FORGET_AFTER_S).await;
     db::advisory_unlock(&mut conn, LOCK_KEY).await?;
-    result
+    result.map(|_| ())
 }
 
-async fn poll_all(st: &AppState) -> anyhow::Result<()> {
+/// Polls every node with an agent; returns the environments whose conflict copies changed.
+async fn poll_all(st: &AppState) -> anyhow::Result<Vec<uuid::Uuid>> {
     let nodes = db::nodes::monitored(&st.pool).await?;
     let polls = nodes.into_iter().map(|(node, env_id)| async move {
-        let Ok(Some(env)) = db::environments::get(&st.pool, env_id).await else { return };
+        let Ok(Some(env)) = db::environments::get(&st.pool, env_id).await else { return None };
+        let mut conflicts_changed = false;
         let answer = match crate::control::jobs::install::agent_client(st, &env) {
             Ok(client) => AgentApi::new(client, &node.address, node.agent_port).status(STATUS_TIMEOUT).await,
             Err(e) => Err(format!("no client certificate for the environment: {e}")),
@@ -64,12 +78,16 @@ async fn poll_all(st: &AppState) -> anyhow::Result<()> {
                 if let Some(msg) = link_change(&node.name, node.status(), &status) {
                     let _ = db::add_event(&st.pool, Some(env_id), &msg).await;
                 }
-                if db::nodes::transition_state(&st.pool, node.node_id, AgentState::Unreachable, AgentState::Running).await.unwrap_or(false) {
+                let _ = db::nodes::transition_state(&st.pool, node.node_id, AgentState::Unreachable, AgentState::Running).await;
+                if node.health == Health::Down {
                     let _ = db::add_event(&st.pool, Some(env_id), &format!("{}: the agent answers again", node.name)).await;
                 }
+                conflicts_changed = reports::after_heartbeat(st, &env, &node, &status).await;
             }
             Err(why) => {
-                if db::nodes::transition_state(&st.pool, node.node_id, AgentState::Running, AgentState::Unreachable).await.unwrap_or(false) {
+                let _ = db::nodes::record_no_answer(&st.pool, node.node_id, &why).await;
+                let _ = db::nodes::transition_state(&st.pool, node.node_id, AgentState::Running, AgentState::Unreachable).await;
+                if node.health == Health::Up {
                     let _ = db::add_event(&st.pool, Some(env_id), &format!("{}: the agent stopped answering ({why}); its log is still readable over SSH", node.name)).await;
                 }
             }
@@ -77,9 +95,12 @@ async fn poll_all(st: &AppState) -> anyhow::Result<()> {
         if node.agent_state == AgentState::Paused {
             retry_held(st, env_id, &node).await;
         }
+        conflicts_changed.then_some(env_id)
     });
-    futures::future::join_all(polls).await;
-    Ok(())
+    let mut flagged: Vec<uuid::Uuid> = futures::future::join_all(polls).await.into_iter().flatten().collect();
+    flagged.sort();
+    flagged.dedup();
+    Ok(flagged)
 }
 
 /// A node held paused on an older sync path: queue a reconfigure once its SSH port answers
