@@ -109,7 +109,9 @@ impl Manifest {
             if !self.visible(f, values) || matches!(f.kind.as_str(), "environment" | "nodes") {
                 continue;
             }
-            let v = if f.kind == "password" { password() } else { get(&f.name).or_else(|| f.default.clone()) };
+            // A field left out takes its default; one sent empty (a cleared dialog field) is
+            // empty, and refused when required: it never silently becomes the default.
+            let v = if f.kind == "password" { password() } else if values.contains_key(&f.name) { get(&f.name) } else { f.default.clone() };
             let Some(v) = v else {
                 if f.kind == "password" && password_stored {
                     continue;
@@ -202,14 +204,14 @@ pub fn check_address(v: &str) -> Result<(), String> {
     if let Ok(a) = v.parse::<std::net::SocketAddr>() {
         return if a.port() == 0 { Err("port 0 is not a port a node listens on; use 1-65535".into()) } else { Ok(()) };
     }
-    let Some((host, port)) = v.rsplit_once(':') else { return Err("use host:port, e.g. 203.0.113.7:7755".into()) };
+    let Some((host, port)) = v.rsplit_once(':') else { return Err("use host:port, e.g. 203.0.113.7:7756 (the link port of a node there: its agent port + 1)".into()) };
     match port.parse::<u16>() {
         Ok(0) => return Err("port 0 is not a port a node listens on; use 1-65535".into()),
         Ok(_) => {}
         Err(_) => return Err(format!("{port:?} is not a port number (1-65535)")),
     }
     if host.contains(':') {
-        return Err(format!("{host:?}: write an IPv6 address in brackets, e.g. [2001:db8::7]:7755"));
+        return Err(format!("{host:?}: write an IPv6 address in brackets, e.g. [2001:db8::7]:7756"));
     }
     if !host.is_empty() && host.chars().all(|c| c.is_ascii_digit() || c == '.') {
         return Err(format!("{host:?} is not a valid IPv4 address"));
@@ -244,6 +246,15 @@ mod tests {
         let e = m.validate(&form(&[("delay", "3601"), ("path", "/etc")])).unwrap_err();
         assert!(e["delay"].contains("0 to 3600"));
         assert!(e["path"].contains("relative"));
+    }
+
+    #[test]
+    fn a_required_field_sent_empty_is_refused_not_defaulted() {
+        let m = Manifest::load().unwrap();
+        let e = m.validate(&form(&[("path", "  "), ("delay", "")])).unwrap_err();
+        assert!(e["path"].contains("required") && e["delay"].contains("required"), "{e:?}");
+        // Left out entirely (an API client), the defaults apply.
+        assert_eq!(m.validate(&form(&[])).unwrap().path, "ROOT");
     }
 
     #[test]

@@ -249,6 +249,9 @@ pub struct LogTail {
     pub lines: Vec<String>,
     /// The log's size in bytes (the rotated files not counted).
     pub size: u64,
+    /// `lsyncd.status` as last written.
+    #[serde(default)]
+    pub status: String,
 }
 
 /// Most lines one log request returns.

@@ -104,7 +104,9 @@ async fn control_scale_out_under_writes_then_scale_in() {
     // Scale in, reachable node: uninstalled, removed, and its peers drop it.
     let id5 = node_id(&cp, &env, "node5").await;
     let r = cp.http.delete(format!("{}/api/v1/nodes/{id5}", cp.url)).bearer_auth(&cp.token).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(r.status().as_u16(), 202);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(!v["jobs"].as_array().unwrap().is_empty(), "scale in answers with the jobs it queued: {v}");
     let status1 = nodes[0].webroot().join("lsyncd/var/log/lsyncd.status");
     until("node1 drops node5", Duration::from_secs(30), || {
         let s = std::fs::read_to_string(&status1).unwrap_or_default();

@@ -98,10 +98,12 @@ async fn log(State(app): State<AppState>, Query(q): Query<HashMap<String, String
     let lines = (num(&q, "lines") as usize).clamp(1, MAX_LOG_LINES);
     let a = app.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<LogTail> {
-        let data = crate::private_fs::PrivateDir::log(&a.report.log_dir)?.read("lsyncd.log")?.unwrap_or_default();
+        let dir = crate::private_fs::PrivateDir::log(&a.report.log_dir)?;
+        let data = dir.read("lsyncd.log")?.unwrap_or_default();
+        let status = String::from_utf8_lossy(&dir.read("lsyncd.status")?.unwrap_or_default()).into_owned();
         let text = String::from_utf8_lossy(&data);
         let all: Vec<&str> = text.lines().collect();
-        Ok(LogTail { node: a.report.node.clone(), lines: all[all.len().saturating_sub(lines)..].iter().map(|l| (*l).to_owned()).collect(), size: data.len() as u64 })
+        Ok(LogTail { node: a.report.node.clone(), lines: all[all.len().saturating_sub(lines)..].iter().map(|l| (*l).to_owned()).collect(), size: data.len() as u64, status })
     })
     .await
     .map_err(internal)?

@@ -54,8 +54,21 @@ impl FromRequestParts<AppState> for CurrentUser {
                 Err(e) => return Err(Error::from(e).into_response()),
             }
         }
-        Err(Redirect::to("/login").into_response())
+        // Back to the page asked for after logging in (GETs only: a form's POST cannot be
+        // replayed).
+        let next = (parts.method == axum::http::Method::GET).then(|| parts.uri.path_and_query().map(|p| p.as_str().to_owned())).flatten().filter(|p| safe_next(p) && p != "/");
+        Err(Redirect::to(&match next {
+            Some(n) => format!("/login?next={}", crate::control::agent_api::url_encode(&n)),
+            None => "/login".to_owned(),
+        })
+        .into_response())
     }
+}
+
+/// A page to return to after logging in: a path on this site only (no `//host`, no
+/// backslash, no scheme), so the login form cannot send anyone elsewhere.
+pub fn safe_next(p: &str) -> bool {
+    p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') && !p.contains("://") && p.len() < 2048 && !p.chars().any(char::is_control)
 }
 
 impl CurrentUser {
@@ -78,11 +91,14 @@ pub struct LoginPage {
     pub csrf: String,
     pub error: Option<String>,
     pub username: String,
+    /// Where to go after logging in.
+    pub next: String,
 }
 
-pub async fn login_page(State(st): State<AppState>) -> Result<Response, Error> {
+pub async fn login_page(State(st): State<AppState>, axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>) -> Result<Response, Error> {
     let csrf = random_token(18);
-    let mut r = render(&LoginPage { csrf: csrf.clone(), error: None, username: String::new() })?;
+    let next = q.get("next").filter(|n| safe_next(n)).cloned().unwrap_or_default();
+    let mut r = render(&LoginPage { csrf: csrf.clone(), error: None, username: String::new(), next })?;
     r.headers_mut().append(header::SET_COOKIE, set_cookie(&st, names(st.tls).1, &csrf, "SameSite=Strict").parse()?);
     Ok(r)
 }
@@ -94,8 +110,9 @@ pub async fn login_submit(State(st): State<AppState>, ConnectInfo(peer): Connect
     }
     let username = f.get("username").cloned().unwrap_or_default();
     let password = f.get("password").cloned().unwrap_or_default();
+    let next = f.get("next").filter(|n| safe_next(n)).cloned().unwrap_or_default();
     let refused = |msg: String, status: StatusCode, username: String| -> Result<Response, Error> {
-        let mut r = render(&LoginPage { csrf: want.clone(), error: Some(msg), username })?;
+        let mut r = render(&LoginPage { csrf: want.clone(), error: Some(msg), username, next: next.clone() })?;
         *r.status_mut() = status;
         Ok(r)
     };
@@ -111,7 +128,7 @@ pub async fn login_submit(State(st): State<AppState>, ConnectInfo(peer): Connect
     };
     let token = random_token(32);
     db::users::create_session(&st.pool, &token_hash(&token), user, &random_token(24)).await?;
-    let mut r = Redirect::to("/").into_response();
+    let mut r = Redirect::to(if next.is_empty() { "/" } else { &next }).into_response();
     r.headers_mut().append(header::SET_COOKIE, set_cookie(&st, names(st.tls).0, &token, "SameSite=Lax; Max-Age=43200").parse()?);
     Ok(r)
 }

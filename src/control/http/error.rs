@@ -35,6 +35,9 @@ pub enum Error {
     /// 422: per-field errors.
     #[error("some fields are invalid")]
     Invalid(FieldErrors),
+    /// 405: the address exists, not for this method.
+    #[error("this address does not take that method (a form's address opened directly?)")]
+    MethodNotAllowed,
     /// 429: try again after `retry_after` seconds.
     #[error("{message}")]
     TooMany { message: String, retry_after: u64 },
@@ -80,6 +83,7 @@ impl Error {
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Invalid(_) | Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Error::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -102,18 +106,62 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
         let public = self.public();
-        let mut text = escape(&public.message);
-        for (k, v) in public.fields.iter().flatten() {
-            text.push_str(&format!("<br>{}: {}", escape(k), escape(v)));
-        }
-        let body = format!("<!doctype html><title>{0}</title><h1>{0}</h1><p>{1}</p>", status, text);
-        let mut r = (status, Html(body)).into_response();
+        let mut r = (status, Html(page(status, &public))).into_response();
         if let Error::TooMany { retry_after, .. } = self {
             r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
         }
         r.extensions_mut().insert(public);
         r
     }
+}
+
+/// The dashboard's own error page (styled like the rest, no script), for every error.
+pub fn page(status: StatusCode, public: &PublicError) -> String {
+    let mut text = format!("<p class=\"error-message\">{}</p>", escape(&public.message));
+    if let Some(f) = &public.fields {
+        text.push_str("<ul>");
+        for (k, v) in f {
+            text.push_str(&format!("<li>{}: {}</li>", escape(k), escape(v)));
+        }
+        text.push_str("</ul>");
+    }
+    let title = match status.as_u16() {
+        400 => "This address or form is not valid",
+        401 | 403 => "Not allowed",
+        404 => "Not found",
+        405 => "Not available like this",
+        422 => "Not done",
+        429 => "Too many attempts",
+        _ => "Something went wrong",
+    };
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{code} {title} · filesync</title><link rel=\"stylesheet\" href=\"/static/app.css\"><link rel=\"icon\" href=\"/static/favicon.svg\" type=\"image/svg+xml\"></head><body><header><a href=\"/\" class=\"brand\">filesync</a></header><main class=\"error-page\"><h1>{title}</h1><p class=\"status-code\">HTTP {code}</p>{text}<p><a href=\"/\">Back to the environments</a></p></main></body></html>",
+        code = status.as_u16(),
+    )
+}
+
+/// Outside `/api`: error responses that are not already a page (axum's own rejections,
+/// such as a malformed id in the address, say so in plain text) become the styled page.
+pub async fn html_errors(req: Request, next: Next) -> Response {
+    let r = next.run(req).await;
+    let status = r.status();
+    let is_page = r.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/html") || v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_page {
+        return r;
+    }
+    let (mut parts, body) = r.into_parts();
+    let bytes = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+    let message = if text.starts_with("Invalid URL") {
+        format!("the address is not valid: it must name an id like 123e4567-e89b-12d3-a456-426614174000 ({text})")
+    } else if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text
+    };
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(page(status, &PublicError { message, fields: None })))
 }
 
 fn escape(s: &str) -> String {

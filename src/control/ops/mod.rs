@@ -9,6 +9,7 @@ pub mod enroll;
 pub mod environments;
 pub mod install;
 pub mod nodes;
+pub mod path_test;
 pub mod status;
 pub mod tokens;
 

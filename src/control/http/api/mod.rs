@@ -3,11 +3,12 @@
 //! an environment's join token, for cloned nodes) needs a bearer API token. Errors are
 //! JSON (`{"error": ...}`, plus `"errors"` per field for 422), see `http::error`.
 
+mod dashboard;
 mod tokens;
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -37,8 +38,19 @@ pub fn router() -> Router<AppState> {
         .route("/environments/{id}/join-tokens", get(tokens::list_join).post(tokens::create_join))
         .route("/join-tokens/{id}", delete(tokens::revoke_join))
         .route("/enroll", post(tokens::enroll))
+        .route("/environments/{id}/conflicts", get(dashboard::conflicts))
+        .route("/environments/{id}/conflicts/resolve", post(dashboard::resolve))
+        .route("/environments/{id}/changes", get(dashboard::environment_changes))
+        .route("/environments/{id}/verify", post(dashboard::verify))
+        .route("/environments/{id}/repair", post(dashboard::repair))
+        .route("/environments/{id}/checks", get(dashboard::checks))
+        .route("/environments/{id}/samples", get(dashboard::samples))
+        .route("/checks/{id}", get(dashboard::check))
         .route("/nodes/{id}", delete(remove_node))
         .route("/nodes/{id}/logs", get(logs))
+        .route("/nodes/{id}/changes", get(dashboard::node_changes))
+        .route("/nodes/{id}/retry", post(dashboard::retry))
+        .route("/nodes/{id}/forget-host-key", post(dashboard::forget_host_key))
         .route("/jobs/{id}", get(job))
         .fallback(|| async { not_found("API route") })
 }
@@ -72,44 +84,67 @@ async fn create(State(st): State<AppState>, _u: ApiUser, Json(b): Json<Value>) -
     outcome(ops::environments::create(&st, f.get("name").map(String::as_str).unwrap_or(""), f.get("webroot").map(String::as_str).unwrap_or("")).await?, StatusCode::CREATED)
 }
 
+/// The environment with `sync` (its state as `health::assess` decides it, the same as the
+/// dashboard), its nodes (see README, "The node object"), installation, latest jobs,
+/// events and join tokens.
 async fn show(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>) -> ApiResult {
-    let env = db::environments::get(&st.pool, id).await?.ok_or_else(|| not_found("environment"))?;
-    let layer = db::environments::cp_layer(&st.pool, id).await?;
-    let inst = db::environments::installation(&st.pool, layer).await?;
-    let mut installation = serde_json::to_value(&inst).unwrap_or(Value::Null);
-    if let (Some(i), Some(o)) = (&inst, installation.as_object_mut()) {
+    let s = ops::status::load(&st, id).await?.ok_or_else(|| not_found("environment"))?;
+    let mut installation = serde_json::to_value(&s.inst).unwrap_or(Value::Null);
+    if let (Some(i), Some(o)) = (&s.inst, installation.as_object_mut()) {
         // Whether a shared password is stored; the password itself is never sent back.
         o.insert("password_set".into(), Value::Bool(i.password_secret.is_some()));
     }
+    let nodes: Vec<Value> = s.nodes.iter().zip(&s.node_sync).map(|(n, ns)| node_json(n, Some(ns), s.job_of(n))).collect();
     Ok(Json(json!({
-        "environment": env,
-        "nodes": db::nodes::list(&st.pool, layer).await?.iter().map(node_json).collect::<Vec<_>>(),
+        "environment": s.env,
+        "sync": s.sync,
+        "nodes": nodes,
         "installation": installation,
-        "jobs": db::jobs::latest_per_node(&st.pool, id).await?,
+        "jobs": s.jobs,
         "events": db::recent_events(&st.pool, id).await?,
         "join_tokens": db::join_tokens::list(&st.pool, id).await?,
     }))
     .into_response())
 }
 
-/// A node row with `link`: the cross-environment link as the node last reported it (null
-/// in one-environment mode or before a report).
-fn node_json(n: &db::NodeRow) -> Value {
+/// A node row with `link` (the cross-environment link as the node last reported it; null
+/// in one-environment mode or before a report), `sync` (its state in words), `last_job`
+/// (kind, state, error: apart from the agent's health) and `report` (its last report
+/// summary without the changes).
+fn node_json(n: &db::NodeRow, sync: Option<&crate::control::health::NodeSync>, job: Option<&db::JobRow>) -> Value {
     let mut v = serde_json::to_value(n).unwrap_or(Value::Null);
     if let Some(o) = v.as_object_mut() {
         o.insert("link".into(), n.status().and_then(|s| s.link.as_ref()).map(|l| serde_json::to_value(l).unwrap_or(Value::Null)).unwrap_or(Value::Null));
+        o.insert("sync".into(), sync.map(|s| serde_json::to_value(s).unwrap_or(Value::Null)).unwrap_or(Value::Null));
+        o.insert("last_job".into(), job.map(|j| json!({"job_id": j.job_id, "kind": j.kind, "state": j.state, "error": j.error, "finished_at": j.finished_at.map(|t| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default())})).unwrap_or(Value::Null));
+        o.insert("report".into(), n.report().map(|r| json!({"conflicts": r.conflicts, "pending_files": r.pending_files, "pending_bytes": r.pending_bytes, "last_change": r.last_change})).unwrap_or(Value::Null));
     }
     v
 }
 
 /// One node as an object, or many (scale out) as an array or `{"nodes": [...]}`; many
-/// answer with the list of new node ids.
+/// answer with the list of new node ids. `jobs` lists the jobs this queued (installs on
+/// the new nodes, peer-list reloads on the others; empty without the add-on).
 async fn add_node(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>, Json(b): Json<Value>) -> ApiResult {
     let env = db::environments::get(&st.pool, id).await?.ok_or_else(|| not_found("environment"))?;
-    match node_list(&b) {
+    let t0 = time::OffsetDateTime::now_utc();
+    let r = match node_list(&b) {
         None => outcome(ops::nodes::add_node(&st, &env, &fields(&b)).await?, StatusCode::CREATED),
         Some(list) => outcome(ops::nodes::add_nodes(&st, &env, &list).await?, StatusCode::CREATED),
+    }?;
+    with_jobs(&st, id, t0, r).await
+}
+
+/// Adds `jobs`: the environment's jobs queued since `t0` (by the request that answered `r`).
+async fn with_jobs(st: &AppState, env: Uuid, t0: time::OffsetDateTime, r: Response) -> ApiResult {
+    let status = r.status();
+    let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.map_err(|e| Error::Internal(anyhow::anyhow!("{e}")))?;
+    let mut v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let jobs: Vec<Uuid> = db::jobs::latest_per_node(&st.pool, env).await?.into_iter().filter(|j| j.created_at >= t0).map(|j| j.job_id).collect();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("jobs".into(), json!(jobs));
     }
+    Ok((status, Json(v)).into_response())
 }
 
 fn node_list(b: &Value) -> Option<Vec<HashMap<String, String>>> {
@@ -145,7 +180,9 @@ async fn platform_event(State(st): State<AppState>, _u: ApiUser, Path((id, event
     match action.as_str() {
         "scale_out" => {
             let list = node_list(&b).ok_or_else(|| invalid("scale_out needs {\"nodes\": [{\"name\": ..., \"address\": ...}, ...]}"))?;
-            outcome(ops::nodes::add_nodes(&st, &env, &list).await?, StatusCode::ACCEPTED)
+            let t0 = time::OffsetDateTime::now_utc();
+            let r = outcome(ops::nodes::add_nodes(&st, &env, &list).await?, StatusCode::ACCEPTED)?;
+            with_jobs(&st, id, t0, r).await
         }
         "scale_in" => {
             let names: Vec<String> = b.get("nodes").and_then(Value::as_array).map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()).unwrap_or_default();
@@ -154,13 +191,14 @@ async fn platform_event(State(st): State<AppState>, _u: ApiUser, Path((id, event
             }
             let layer = db::environments::cp_layer(&st.pool, id).await?;
             let nodes = db::nodes::list(&st.pool, layer).await?;
+            let t0 = time::OffsetDateTime::now_utc();
             let mut removed = Vec::new();
             for name in &names {
                 let n = nodes.iter().find(|n| &n.name == name).ok_or_else(|| invalid(&format!("no node named {name} in this environment")))?;
                 ops::nodes::remove_node(&st, n.node_id).await?;
                 removed.push(n.node_id);
             }
-            Ok((StatusCode::ACCEPTED, Json(json!({"result": removed}))).into_response())
+            with_jobs(&st, id, t0, (StatusCode::ACCEPTED, Json(json!({"result": removed}))).into_response()).await
         }
         "pause" => paused(st, id, true, &format!("platform event {event}")).await,
         "resume" => paused(st, id, false, &format!("platform event {event}")).await,
@@ -168,9 +206,11 @@ async fn platform_event(State(st): State<AppState>, _u: ApiUser, Path((id, event
     }
 }
 
+/// Scale in one node: 202 with the jobs queued (its uninstall, its peers' reloads).
 async fn remove_node(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>) -> ApiResult {
-    ops::nodes::remove_node(&st, id).await?.ok_or_else(|| not_found("node"))?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    let t0 = time::OffsetDateTime::now_utc();
+    let env = ops::nodes::remove_node(&st, id).await?.ok_or_else(|| not_found("node"))?;
+    with_jobs(&st, env, t0, (StatusCode::ACCEPTED, Json(json!({"result": id}))).into_response()).await
 }
 
 async fn install(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>, Json(b): Json<Value>) -> ApiResult {
@@ -186,8 +226,12 @@ async fn job(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>) -> A
     Ok(Json(db::jobs::get(&st.pool, id).await?.ok_or_else(|| not_found("job"))?).into_response())
 }
 
-async fn logs(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>) -> ApiResult {
+/// The end of `lsyncd.log` (`?lines=N`, default 200), `lsyncd.status` and the agent's
+/// status as an object (null when the agent does not answer), with where they came from.
+async fn logs(State(st): State<AppState>, _u: ApiUser, Path(id): Path<Uuid>, Query(q): Query<HashMap<String, String>>) -> ApiResult {
     let node = db::nodes::get(&st.pool, id).await?.ok_or_else(|| not_found("node"))?;
-    let v = super::pages::nodes::log_view(&st, &node).await;
-    Ok(Json(json!({"log": v.log, "status": v.status, "agent_status": v.agent_status, "error": v.error})).into_response())
+    let lines = q.get("lines").and_then(|l| l.parse::<usize>().ok()).unwrap_or(200).clamp(1, crate::protocol::report::MAX_LOG_LINES);
+    let v = super::pages::nodes::log_view(&st, &node, lines).await;
+    let log: String = v.lines.iter().map(|l| format!("{}\n", l.text)).collect();
+    Ok(Json(json!({"log": log, "status": v.status, "agent_status": v.agent_status, "source": v.source, "error": v.error})).into_response())
 }

@@ -34,6 +34,9 @@ pub struct TokensPage {
     pub errors: FieldErrors,
     pub default_days: i32,
     pub max_days: i32,
+    /// The form as typed (after a refusal) or its defaults.
+    pub name: String,
+    pub days: String,
 }
 
 impl TokensPage {
@@ -43,6 +46,10 @@ impl TokensPage {
 }
 
 async fn page(st: &AppState, user: CurrentUser, new_token: String, errors: FieldErrors) -> Result<Response, Error> {
+    page_with(st, user, new_token, errors, "automation".into(), ops::tokens::API_TOKEN_DAYS_DEFAULT.to_string()).await
+}
+
+async fn page_with(st: &AppState, user: CurrentUser, new_token: String, errors: FieldErrors, name: String, days: String) -> Result<Response, Error> {
     let now = time::OffsetDateTime::now_utc();
     let tokens = db::users::list_tokens(&st.pool, user.user_id)
         .await?
@@ -63,7 +70,7 @@ async fn page(st: &AppState, user: CurrentUser, new_token: String, errors: Field
         })
         .collect();
     let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
-    let mut r = render(&TokensPage { user, tokens, new_token, errors, default_days: ops::tokens::API_TOKEN_DAYS_DEFAULT, max_days: ops::tokens::API_TOKEN_DAYS_MAX })?;
+    let mut r = render(&TokensPage { user, tokens, new_token, errors, default_days: ops::tokens::API_TOKEN_DAYS_DEFAULT, max_days: ops::tokens::API_TOKEN_DAYS_MAX, name, days })?;
     *r.status_mut() = status;
     Ok(r)
 }
@@ -74,13 +81,14 @@ pub async fn list(State(st): State<AppState>, user: CurrentUser) -> Result<Respo
 
 pub async fn create(State(st): State<AppState>, user: CurrentUser, Form(f): Form<HashMap<String, String>>) -> Result<Response, Error> {
     user.check_csrf(&f)?;
+    let typed = |k: &str| f.get(k).cloned().unwrap_or_default();
     let days = match parse_int(f.get("valid_days")) {
         Ok(d) => d,
-        Err(e) => return page(&st, user, String::new(), [("valid_days".to_owned(), e)].into_iter().collect()).await,
+        Err(e) => return page_with(&st, user, String::new(), [("valid_days".to_owned(), e)].into_iter().collect(), typed("name"), typed("valid_days")).await,
     };
     match ops::tokens::create_api_token(&st, user.user_id, f.get("name").map(String::as_str).unwrap_or(""), days).await? {
         Outcome::Done((token, _)) => page(&st, user, token, FieldErrors::new()).await,
-        Outcome::Invalid(e) => page(&st, user, String::new(), e).await,
+        Outcome::Invalid(e) => page_with(&st, user, String::new(), e, typed("name"), typed("valid_days")).await,
     }
 }
 
