@@ -189,7 +189,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     let access = server::Access::new(&s.node_name, refusals);
     let peer_ctx = Arc::new(peers::PeerCtx { me: s.node_name.clone(), folder: s.folder_id.clone(), client: client.clone(), index: index.clone(), events: ev_tx.clone(), status: status.clone(), log: log.clone(), access: access.clone() });
     let paused = Arc::new(AtomicBool::new(false));
-    let (s_node_name, excludes_for_report, s_log_dir) = (s.node_name.clone(), excludes.clone(), s.log_dir.clone());
+    let (s_node_name, excludes_for_report, s_log_dir, log_for_report) = (s.node_name.clone(), excludes.clone(), s.log_dir.clone(), log.clone());
     let mut agent = Agent {
         root: SyncRoot::new(s.root.clone()).with_graveyard(&s.state_dir.join("displaced")).context("cannot create the displaced-files directory in the state dir")?,
         batcher: Batcher::new(s.delay, s.write_quiet, s.max_batch),
@@ -216,7 +216,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         lag: HashMap::new(),
         link,
         unsyncable: BTreeSet::new(),
-        report: Arc::new(report::Report::new(&s_node_name, excludes_for_report, s_log_dir)),
+        report: Arc::new(report::Report::new(&s_node_name, excludes_for_report, log_for_report, s_log_dir)),
     };
 
     // Temp files left by a crash are garbage: the real names were never touched.

@@ -160,7 +160,7 @@ impl AgentApi {
 
     pub async fn status(&self, timeout: Duration) -> Result<AgentStatus, String> {
         let url = format!("{}/v1/status", self.base);
-        let r = self.client.get(&url).timeout(timeout).send().await.map_err(|e| format!("no answer from {}: {e}", self.base))?;
+        let r = self.client.get(&url).timeout(timeout).send().await.map_err(|e| format!("no answer from {}: {}", self.base, why(&e, timeout)))?;
         if !r.status().is_success() {
             return Err(format!("{url} answered {}", r.status()));
         }
@@ -179,7 +179,7 @@ impl AgentApi {
     /// A report route's JSON body (`protocol::report`).
     pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path_and_query: &str, timeout: Duration) -> Result<T, String> {
         let url = format!("{}{path_and_query}", self.base);
-        let r = self.client.get(&url).timeout(timeout).send().await.map_err(|e| format!("no answer from {}: {e}", self.base))?;
+        let r = self.client.get(&url).timeout(timeout).send().await.map_err(|e| format!("no answer from {}: {}", self.base, why(&e, timeout)))?;
         if !r.status().is_success() {
             let status = r.status();
             let text = r.text().await.unwrap_or_default();
@@ -191,7 +191,7 @@ impl AgentApi {
     /// Posts a JSON body to a report route and reads its JSON answer.
     pub async fn post_json<B: Serialize, T: serde::de::DeserializeOwned>(&self, path: &str, body: &B, timeout: Duration) -> Result<T, String> {
         let url = format!("{}{path}", self.base);
-        let r = self.client.post(&url).json(body).timeout(timeout).send().await.map_err(|e| format!("no answer from {}: {e}", self.base))?;
+        let r = self.client.post(&url).json(body).timeout(timeout).send().await.map_err(|e| format!("no answer from {}: {}", self.base, why(&e, timeout)))?;
         if !r.status().is_success() {
             let status = r.status();
             let text = r.text().await.unwrap_or_default();
@@ -239,6 +239,24 @@ impl AgentApi {
             Ok(r) => Err(format!("the agent answered {}", r.status())),
             Err(e) => Err(format!("no answer from {} ({e})", self.base)),
         }
+    }
+}
+
+/// Why a request got no answer, in a few words: a timeout, a refused connection, or the
+/// innermost cause (reqwest's own text repeats the URL).
+pub fn why(e: &reqwest::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        return format!("no answer within {} s", timeout.as_secs());
+    }
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    let text = cause.to_string();
+    if text.contains("Connection refused") {
+        "connection refused (is the agent running?)".into()
+    } else {
+        text
     }
 }
 

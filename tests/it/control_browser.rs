@@ -12,7 +12,7 @@ use crate::support::browser::Browser;
 use crate::support::control::{ADMIN_PASSWORD, ControlPlane, until};
 
 /// Deadline for one page interaction (load, redirect, a DOM change).
-const PAGE: Duration = Duration::from_secs(20);
+pub(crate) const PAGE: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_browser_login_install_watch_progress_replicate_and_read_logs() {
@@ -48,7 +48,10 @@ async fn control_browser_login_install_watch_progress_replicate_and_read_logs() 
         let rows = b.js("return [...document.querySelectorAll('table.nodes tr[data-node]')].map(r => r.dataset.node)").await.unwrap();
         assert_eq!(rows, json!(["node1", "node2", "node3"]), "node rows on the environment page");
 
-        // The dialog: the other-environment fields show only for that mode (showIf).
+        // The dialog is a modal opened from the page; the other-environment fields show only
+        // for that mode (showIf).
+        c.find(Locator::Css("#open-install")).await.unwrap().click().await.unwrap();
+        b.wait_js("the install dialog open", PAGE, "return document.querySelector('#install-dialog').open", |v| if *v == json!(true) { Ok(()) } else { Err("closed".into()) }).await;
         let hidden = "return ['address', 'password'].map(f => document.querySelector(`[data-field=${f}]`).hidden)";
         assert_eq!(b.js(hidden).await.unwrap(), json!([true, true]), "two-environment fields shown in one-environment mode");
         c.find(Locator::Css("input[name=mode][value=two_envs]")).await.unwrap().click().await.unwrap();
@@ -84,10 +87,11 @@ async fn control_browser_login_install_watch_progress_replicate_and_read_logs() 
             for j in jobs {
                 let steps: Vec<&str> = j["steps"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
                 let last = steps.last().copied().unwrap_or("");
-                if j["state"] != "succeeded" || !j["class"].as_str().unwrap_or("").contains("job-succeeded") || !(last == "healthy=ok" || last == "healthy=changed") {
+                if j["state"] != "succeeded" || !j["class"].as_str().unwrap_or("").contains("job-succeeded") || !(last == "healthy=ok" || last == "healthy=done") {
                     return Err(format!("{} not done: {j}", j["node"]));
                 }
-                assert!(steps.iter().all(|s| s.ends_with("=ok") || s.ends_with("=changed")), "a step did not succeed: {j}");
+                // A step that changed something reads "done".
+                assert!(steps.iter().all(|s| s.ends_with("=ok") || s.ends_with("=done")), "a step did not succeed: {j}");
             }
             Ok(())
         })
@@ -155,7 +159,10 @@ async fn control_browser_login_install_watch_progress_replicate_and_read_logs() 
             .await;
         let status = b.js(LOG_JS).await.unwrap();
         assert!(status["status"].as_str().unwrap_or("").contains("Node: node2 (send-receive)"), "lsyncd.status on the page: {status:#}");
-        assert!(status["agent"].as_str().unwrap_or("").contains("\"node_name\": \"node2\""), "agent status on the page: {status:#}");
+        // The agent's status is rendered (a table of facts and one of peers), not raw JSON.
+        assert_eq!(status["agent_node"], "node2", "agent status on the page: {status:#}");
+        assert!(!status["agent"].as_str().unwrap_or("").contains("\"node_name\""), "raw JSON on the page: {status:#}");
+        assert_eq!(status["peers"], json!(["node1", "node3"]), "{status:#}");
 
         // The log view is live: a new change shows up without reloading the page.
         let marker = "page-was-not-reloaded";
@@ -204,21 +211,23 @@ return {
 /// The three panes of a node's log view.
 const LOG_JS: &str = r#"
 const t = id => (document.getElementById(id) || {}).textContent || '';
-return {log: t('lsyncd-log'), status: t('lsyncd-status'), agent: t('agent-status')};
+const fact = [...document.querySelectorAll('#agent-status table.facts tr')].find(r => r.querySelector('th').textContent === 'Node');
+return {log: t('lsyncd-log'), status: t('lsyncd-status'), agent: t('agent-status'), agent_node: fact ? fact.querySelector('td').textContent : null,
+  peers: [...document.querySelectorAll('#agent-status tr[data-peer]')].map(r => r.dataset.peer)};
 "#;
 
-fn expect_str(v: &Value, want: &str) -> Result<(), String> {
+pub(crate) fn expect_str(v: &Value, want: &str) -> Result<(), String> {
     if v.as_str() == Some(want) { Ok(()) } else { Err(format!("want {want:?}")) }
 }
 
 /// Fills the login form (whatever it holds) and submits it.
-async fn log_in(b: &Browser, password: &str) {
+pub(crate) async fn log_in(b: &Browser, password: &str) {
     set_field(b, "#username", "admin").await;
     set_field(b, "#password", password).await;
     b.client.find(Locator::Css("#login")).await.unwrap().click().await.unwrap();
 }
 
-async fn set_field(b: &Browser, css: &str, value: &str) {
+pub(crate) async fn set_field(b: &Browser, css: &str, value: &str) {
     let e = b.client.wait().at_most(PAGE).for_element(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no {css}: {e}"));
     e.clear().await.unwrap();
     e.send_keys(value).await.unwrap();

@@ -18,6 +18,7 @@ mod agent_security;
 mod control_auth;
 mod control_browser;
 mod control_clone;
+mod control_dashboard;
 mod control_enroll;
 mod control_http;
 mod control_install;

@@ -158,7 +158,7 @@ impl Agent {
         let queued = batch.put_needs.clone();
         batch.progress = Some((peer.to_owned(), Progress { index_id: page.index_id, seq: page.last_seq }));
         batch.clear_journal = true;
-        self.report.record(&self.index, Some(peer), &batch.commits);
+        self.report.record_page(&self.index, peer, &batch.commits);
         self.index.apply(batch)?;
         for need in &queued {
             self.schedule(need);

@@ -16,9 +16,10 @@ pub mod routes;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::exclude::Excludes;
+use super::lsyncd_log::LsyncdLog;
 use super::index::{Index, Stored};
 use crate::protocol::conflict::is_conflict_copy;
 use crate::protocol::report::{ChangeKind, NodeReport, REPORT_CHANGES, RecentChange};
@@ -26,12 +27,16 @@ use crate::protocol::{Entry, EntryKind, RelPath};
 
 /// How many recent changes an agent keeps.
 pub const CAPACITY: usize = 1000;
+/// Paths named in `lsyncd.log` per page of a peer's changes.
+const NAMED: usize = 10;
 
 pub struct Report {
     pub node: String,
     pub run_id: u64,
     pub excludes: Excludes,
     pub log_dir: PathBuf,
+    /// Where the paths a peer's changes touched are named (one line per page).
+    log: Arc<LsyncdLog>,
     inner: Mutex<Inner>,
     /// One verify walk at a time (each reads every file).
     pub(crate) verify_gate: tokio::sync::Semaphore,
@@ -113,12 +118,13 @@ pub fn classify<'a>(before: &[Option<Stored>], commits: &'a [(Entry, u64)]) -> V
 }
 
 impl Report {
-    pub fn new(node: &str, excludes: Excludes, log_dir: PathBuf) -> Report {
+    pub fn new(node: &str, excludes: Excludes, log: Arc<LsyncdLog>, log_dir: PathBuf) -> Report {
         Report {
             node: node.to_owned(),
             run_id: rand::random::<u64>() >> 12,
             excludes,
             log_dir,
+            log,
             inner: Mutex::new(Inner { conflicts_dirty: true, ..Inner::default() }),
             verify_gate: tokio::sync::Semaphore::new(1),
         }
@@ -128,6 +134,15 @@ impl Report {
     /// local changes). Called by the event loop before the commit, so the index still shows
     /// what each path was; only the newest [`CAPACITY`] changes are looked at.
     pub fn record(&self, index: &Index, via: Option<&str>, commits: &[(Entry, u64)]) {
+        self.record_named(index, via, commits, false);
+    }
+
+    /// [`Report::record`] for a peer's page: `lsyncd.log` also names what it did.
+    pub fn record_page(&self, index: &Index, peer: &str, commits: &[(Entry, u64)]) {
+        self.record_named(index, Some(peer), commits, true);
+    }
+
+    fn record_named(&self, index: &Index, via: Option<&str>, commits: &[(Entry, u64)], name_in_log: bool) {
         let commits = &commits[commits.len().saturating_sub(CAPACITY)..];
         if commits.is_empty() {
             return;
@@ -141,11 +156,22 @@ impl Report {
         };
         let at_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
         let touches_conflicts = commits.iter().any(|(e, _)| is_conflict_copy(e.path.file_name()));
+        let classified = classify(&before, commits);
+        if let Some(peer) = via.filter(|_| name_in_log)
+            && !classified.is_empty()
+        {
+            // The receiver's log names what a peer's changes did (the first few; the
+            // dashboard's recent changes have them all).
+            let names: Vec<String> = classified.iter().take(NAMED).map(|(k, e, _)| format!("{} {}", k.as_str(), e.path)).collect();
+            let more = classified.len().saturating_sub(NAMED);
+            let tail = if more > 0 { format!(" and {more} more (all in the dashboard's recent changes)") } else { String::new() };
+            self.log.normal(format!("from {peer}: {}{tail}", names.join(", ")));
+        }
         let mut g = self.inner.lock().expect("BUG: poisoned");
         if touches_conflicts {
             g.conflicts_dirty = true;
         }
-        for (kind, e, from_path) in classify(&before, commits) {
+        for (kind, e, from_path) in classified {
             g.last_seq += 1;
             let change = RecentChange {
                 seq: g.last_seq,

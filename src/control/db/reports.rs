@@ -66,11 +66,12 @@ pub async fn trim_changes(db: &PgPool, env: Uuid) -> sqlx::Result<()> {
 
 /// The environment's newest changes, each change once (as the first node recorded it):
 /// every node records the same change, the author as made there, the others as received.
+/// A conflict copy is made by each node that held a losing version: listed once per name.
 pub async fn environment_changes(db: &PgPool, env: Uuid, limit: i64) -> sqlx::Result<Vec<ChangeRow>> {
     sqlx::query_as::<_, ChangeRow>(
         "select node_name, recorded_at, path, kind, entry, origin, via, size, from_path, version from (
-           select distinct on (path, version, kind) *, file_change_id as id from file_change where environment_id = $1
-           order by path, version, kind, (via is not null), file_change_id) firsts
+           select distinct on (path, kind, (case when kind = 'conflict' then '' else version end)) *, file_change_id as id from file_change where environment_id = $1
+           order by path, kind, (case when kind = 'conflict' then '' else version end), (via is not null), file_change_id) firsts
          order by recorded_at desc, id desc limit $2",
     )
     .bind(env)

@@ -185,6 +185,33 @@ impl Browser {
         out
     }
 
+    /// Screenshots of the current page at 1400 and 800 px (see `screenshots_at_widths`),
+    /// asserting at each width that the page does not scroll sideways. With
+    /// `FILESYNC_UPDATE_SCREENSHOTS=1` they are also copied to `docs/screenshots/`.
+    pub async fn page_screenshots(&self, name: &str) {
+        for w in [1400u32, 800] {
+            self.client.set_window_size(w, 1200).await.unwrap();
+            let v = self
+                .wait_js(&format!("the page laid out at {w} px"), Duration::from_secs(10), "return [document.documentElement.scrollWidth, window.innerWidth]", |v| {
+                    let (sw, iw) = (v[0].as_u64().unwrap_or(0), v[1].as_u64().unwrap_or(0));
+                    if iw > 0 && iw + 40 >= w as u64 { Ok((sw, iw)) } else { Err("window not resized yet".into()) }
+                })
+                .await;
+            let wide = self.js("return [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > window.innerWidth + 1).slice(0, 5).map(e => e.tagName + '.' + e.className + '#' + e.id)").await.unwrap_or_default();
+            assert!(v.0 <= v.1, "{name} at {w} px scrolls sideways: the page is {} px wide in a {} px window; widest elements: {wide}", v.0, v.1);
+            match self.save_screenshot(&format!("{name}-{w}")).await {
+                Ok(p) => {
+                    if std::env::var_os("FILESYNC_UPDATE_SCREENSHOTS").is_some() {
+                        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/screenshots").join(format!("{name}-{w}.png"));
+                        std::fs::copy(&p, &docs).unwrap();
+                    }
+                }
+                Err(e) => eprintln!("no screenshot {name}-{w}: {e}"),
+            }
+        }
+        let _ = self.client.set_window_size(1280, 1600).await;
+    }
+
     pub async fn save_screenshot(&self, name: &str) -> Result<PathBuf, String> {
         let png = tokio::time::timeout(Duration::from_secs(20), self.client.screenshot()).await.map_err(|_| "timed out".to_owned())?.map_err(|e| e.to_string())?;
         let dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target")).join("test-artifacts");

@@ -30,6 +30,10 @@ pub struct Chart {
     pub title: String,
     pub series: Vec<Series>,
     pub y_max: String,
+    /// "last 12 min".
+    pub span: String,
+    /// Every value is zero (nothing to draw but the baseline).
+    pub flat: bool,
     pub width: u32,
     pub height: u32,
 }
@@ -69,9 +73,10 @@ impl Charts {
     }
 }
 
-/// A chart of `values` (node → [(seconds ago, value)]).
-fn chart(title: &str, values: &BTreeMap<String, Vec<(f64, f64)>>, fmt: impl Fn(f64) -> String, order: &[String]) -> Chart {
-    let max = values.values().flatten().map(|(_, v)| *v).fold(0.0f64, f64::max).max(1.0);
+/// A chart of `values` (node → [(seconds ago, value)]) over the last `window` seconds.
+fn chart(title: &str, values: &BTreeMap<String, Vec<(f64, f64)>>, fmt: impl Fn(f64) -> String, order: &[String], window: f64) -> Chart {
+    let top = values.values().flatten().map(|(_, v)| *v).fold(0.0f64, f64::max);
+    let max = top.max(1.0);
     let series = values
         .iter()
         .map(|(name, pts)| Series {
@@ -79,13 +84,14 @@ fn chart(title: &str, values: &BTreeMap<String, Vec<(f64, f64)>>, fmt: impl Fn(f
             class: format!("c{}", order.iter().position(|n| n == name).unwrap_or(0) % 6),
             points: pts
                 .iter()
-                .map(|(ago, v)| format!("{:.1},{:.1}", PAD + (W - 2.0 * PAD) * (1.0 - ago / WINDOW_S), H - PAD - (H - 2.0 * PAD) * (v / max)))
+                .map(|(ago, v)| format!("{:.1},{:.1}", PAD + (W - 2.0 * PAD) * (1.0 - ago / window), H - PAD - (H - 2.0 * PAD) * (v / max)))
                 .collect::<Vec<_>>()
                 .join(" "),
             last: pts.last().map(|(_, v)| fmt(*v)).unwrap_or_default(),
         })
         .collect();
-    Chart { title: title.to_owned(), series, y_max: fmt(max), width: W as u32, height: H as u32 }
+    let span = if window >= 3599.0 { "last hour".to_owned() } else { format!("last {} min", (window / 60.0).ceil() as u64) };
+    Chart { title: title.to_owned(), series, y_max: fmt(top), span, flat: top <= 0.0, width: W as u32, height: H as u32 }
 }
 
 pub async fn build(st: &AppState, s: &EnvStatus) -> Result<Charts, Error> {
@@ -108,10 +114,12 @@ pub async fn build(st: &AppState, s: &EnvStatus) -> Result<Charts, Error> {
         }
         prev.insert(x.node_id, x);
     }
+    // The charts span what there is (a minute at least), up to an hour.
+    let window = samples.first().map(|x| (now - x.sampled_at).as_seconds_f64()).unwrap_or(60.0).clamp(60.0, WINDOW_S);
     let mut c = Charts {
         has_samples: !samples.is_empty(),
-        lag: chart("Replication lag (ms, largest measured while changes arrived)", &lag, |v| format!("{v:.0} ms"), &order),
-        throughput: chart("Received (per second)", &rate, |v| format!("{}/s", bytes(v as u64)), &order),
+        lag: chart("Replication lag (largest measured while changes arrived)", &lag, |v| format!("{v:.0} ms"), &order, window),
+        throughput: chart("Received from peers", &rate, |v| format!("{}/s", bytes(v as u64)), &order, window),
         ..Charts::default()
     };
     // The mesh: nodes on a circle, each pair's connection as the two agents see it.

@@ -1,0 +1,382 @@
+//! The dashboard tells the truth, live (issue 14), in headless Chromium against real
+//! agents on sshd nodes: nodes diverged while paused are out of sync by name; a node's row
+//! follows its agent dying and coming back without a reload; a file written on node 2 is
+//! in the recent changes with node 2; a conflict made on several nodes is in the conflict
+//! center and "restore the copy" makes every node hold it; verify lists a file changed
+//! behind a stopped agent's back and repair fixes it; the log view keeps following new
+//! lines; a node whose job failed keeps a fresh heartbeat. Screenshots of each page at
+//! 1400 and 800 px (no sideways scrolling at either width).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fantoccini::Locator;
+use serde_json::{Value, json};
+
+use crate::control_browser::{PAGE, expect_str, log_in};
+use crate::support::browser::Browser;
+use crate::support::control::{ADMIN_PASSWORD, ControlPlane, describe, until};
+
+/// A control plane polling every second, `n` installed nodes (delay 1 s).
+async fn installed(name: &str, n: u32) -> (ControlPlane, Vec<filesync::sandbox::SshNode>, String) {
+    let cp = ControlPlane::start_with(None, &[("FILESYNC_HEARTBEAT_SECONDS", "1")]).await;
+    let nodes = cp.nodes(n);
+    let env = cp.environment(name, &nodes).await;
+    let (s, v) = cp.post(&format!("/api/v1/environments/{env}/install"), json!({"path": "ROOT", "delay": "1"})).await;
+    assert_eq!(s, 202, "{v}");
+    let jobs = cp.wait_jobs(&env, Duration::from_secs(180)).await;
+    assert!(jobs.iter().all(|j| j["state"] == "succeeded"), "{}", describe(&jobs));
+    (cp, nodes, env)
+}
+
+/// Opens `path` in the browser, logging in on the way (the login returns to the page).
+async fn open_logged_in(b: &Browser, cp: &ControlPlane, path: &str) {
+    b.client.goto(&format!("{}{path}", cp.url)).await.unwrap();
+    b.wait_js("the login form", PAGE, "return location.pathname", |v| expect_str(v, "/login")).await;
+    log_in(b, ADMIN_PASSWORD).await;
+    let want = path.split(['?', '#']).next().unwrap().to_owned();
+    b.wait_js("the page asked for, after logging in", PAGE, "return location.pathname", |v| expect_str(v, &want)).await;
+}
+
+/// Clicks `css` and confirms in the dashboard's confirmation dialog.
+async fn click_confirmed(b: &Browser, css: &str) {
+    b.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no {css}: {e}")).click().await.unwrap();
+    b.wait_js("the confirmation dialog", PAGE, "return document.querySelector('#confirm-dialog').open", |v| if *v == json!(true) { Ok(()) } else { Err("not open".into()) }).await;
+    b.client.find(Locator::Css("#confirm-yes")).await.unwrap().click().await.unwrap();
+}
+
+/// The environment page's live state: the badge, the headline, and each row's sync state.
+const LIVE_JS: &str = r#"
+const rows = [...document.querySelectorAll('#node-table tr[data-node]')];
+return {
+  state: (document.querySelector('#env-state') || {}).textContent,
+  headline: (document.querySelector('#env-headline') || {}).textContent,
+  rows: Object.fromEntries(rows.map(r => [r.dataset.node, {sync: r.dataset.sync, label: r.querySelector('.node-sync').textContent}])),
+  same: window['not-reloaded'] === true,
+};
+"#;
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+fn signal(pidfile: &Path, sig: &str) {
+    let pid = std::fs::read_to_string(pidfile).unwrap();
+    let ok = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.trim()).status().unwrap().success();
+    assert!(ok, "kill -{sig} {}", pid.trim());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_dashboard_status_changes_conflicts_and_a_dying_agent_live() {
+    let t0 = Instant::now();
+    let (cp, nodes, env) = installed("shop", 3).await;
+    let b = Browser::start().await;
+    eprintln!("3 nodes installed and Chromium ready after {:?}", t0.elapsed());
+    b.run("control_dashboard_status", async {
+        let c = &b.client;
+        let page = format!("/environments/{env}");
+        open_logged_in(&b, &cp, &page).await;
+        b.js("window['not-reloaded'] = true; return null").await.unwrap();
+        b.wait_js("up to date", Duration::from_secs(60), LIVE_JS, |v| if v["state"] == "up to date" { Ok(()) } else { Err("not yet".into()) }).await;
+
+        // A file written on node 2 is in the recent changes, made on node 2.
+        std::fs::write(nodes[1].webroot().join("ROOT/from-node2.txt"), b"written on node 2").unwrap();
+        c.goto(&format!("{}/environments/{env}/changes", cp.url)).await.unwrap();
+        let row = b
+            .reload_until("from-node2.txt in the recent changes", Duration::from_secs(60), "const r = document.querySelector('tr[data-path=\"from-node2.txt\"]'); return r && {kind: r.dataset.kind, origin: r.querySelector('.origin').textContent}", |v| {
+                if v.is_null() { Err("not listed".into()) } else { Ok(v.clone()) }
+            })
+            .await;
+        assert_eq!(row, json!({"kind": "created", "origin": "node2"}));
+        // Node 1's own list says it came from node 2.
+        let via = cp.get(&format!("/api/v1/environments/{env}")).await;
+        let node1 = via["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "node1").unwrap()["node_id"].as_str().unwrap().to_owned();
+        let list = cp.get(&format!("/api/v1/nodes/{node1}/changes")).await;
+        let mine = list["changes"].as_array().unwrap().iter().find(|c| c["path"] == "from-node2.txt").cloned().unwrap_or_default();
+        assert_eq!((&mine["origin"], &mine["via"]), (&json!("node2"), &json!("node2")), "{list:#}");
+
+        // Paused, the three nodes get three different hello.txt and node 3 an extra file:
+        // nothing is exchanged, every index digest is the same, and the page says out of
+        // sync, naming the nodes, without a reload.
+        c.goto(&format!("{}{page}", cp.url)).await.unwrap();
+        b.js("window['not-reloaded'] = true; return null").await.unwrap();
+        click_confirmed(&b, "#pause").await;
+        b.wait_js("paused", PAGE, LIVE_JS, |v| if v["state"] == "paused" { Ok(()) } else { Err("not yet".into()) }).await;
+        b.js("window['not-reloaded'] = true; return null").await.unwrap();
+        for (i, n) in nodes.iter().enumerate() {
+            std::fs::write(n.webroot().join("ROOT/hello.txt"), format!("hello from node{}", i + 1)).unwrap();
+        }
+        std::fs::write(nodes[2].webroot().join("ROOT/extra.txt"), b"only on node 3").unwrap();
+        let v = b
+            .wait_js("out of sync, by name", Duration::from_secs(30), LIVE_JS, |v| {
+                assert_eq!(v["same"], true, "the page was reloaded");
+                let h = v["headline"].as_str().unwrap_or("");
+                if v["state"] == "out of sync" && ["node1", "node2", "node3"].iter().all(|n| h.contains(n)) { Ok(v.clone()) } else { Err("not yet".into()) }
+            })
+            .await;
+        let h = v["headline"].as_str().unwrap();
+        assert!(h.starts_with("Out of sync") && h.contains("sync paused") && h.contains("by admin"), "{h}");
+        assert!(v["rows"]["node3"]["label"].as_str().unwrap().contains("differs from"), "{v:#}");
+        assert!(!h.contains("agree"), "{h}");
+        b.page_screenshots("environment-out-of-sync").await;
+
+        // Resumed: the three versions meet; one wins and the others are kept as conflict
+        // copies on every node. The conflict center lists them.
+        click_confirmed_or_click(&b, "#resume").await;
+        c.goto(&format!("{}/environments/{env}/conflicts", cp.url)).await.unwrap();
+        let copies = b
+            .reload_until("two conflict copies of hello.txt", Duration::from_secs(60), "return [...document.querySelectorAll('#conflict-table tr[data-copy]')].map(r => ({copy: r.dataset.copy, original: r.querySelector('.original').textContent, loser: r.querySelector('.loser').textContent, nodes: r.querySelector('[data-label=\"On nodes\"]').textContent}))", |v| {
+                let a = v.as_array().ok_or("no table")?;
+                if a.len() == 2 && a.iter().all(|c| c["nodes"] == "node1, node2, node3") { Ok(a.clone()) } else { Err(format!("{} copies", a.len())) }
+            })
+            .await;
+        assert!(copies.iter().all(|c| c["original"] == "hello.txt" && c["copy"].as_str().unwrap().starts_with("hello.sync-conflict-")), "{copies:?}");
+        b.page_screenshots("conflicts").await;
+        let events = cp.get(&format!("/api/v1/environments/{env}")).await["events"].to_string();
+        assert!(events.contains("conflict on hello.txt"), "no conflict event: {events}");
+
+        // "Restore the copy" on the first one: every node then holds that content as
+        // hello.txt, and the copy is gone everywhere.
+        let chosen = copies[0]["copy"].as_str().unwrap().to_owned();
+        let content = read(&nodes[0].webroot().join("ROOT").join(&chosen));
+        assert!(content.starts_with("hello from node"), "{content:?}");
+        click_confirmed(&b, &format!("tr[data-copy='{chosen}'] button.restore-copy")).await;
+        b.wait_js("the action done", PAGE, "return (document.querySelector('.result') || {}).textContent || null", |v| v.as_str().map(str::to_owned).ok_or_else(|| "no result".into())).await;
+        for n in &nodes {
+            let (file, copy) = (n.webroot().join("ROOT/hello.txt"), n.webroot().join("ROOT").join(&chosen));
+            until(&format!("{} holds the restored copy", n.spec.name), Duration::from_secs(30), || {
+                if read(&file) == content && !copy.exists() { Ok(()) } else { Err(format!("hello.txt = {:?}, copy exists: {}", read(&file), copy.exists())) }
+            })
+            .await;
+        }
+
+        c.goto(&format!("{}/environments/{env}/changes", cp.url)).await.unwrap();
+        b.page_screenshots("changes").await;
+
+        // The page follows an agent that stops answering and comes back, without a reload.
+        c.goto(&format!("{}{page}", cp.url)).await.unwrap();
+        b.js("window['not-reloaded'] = true; return null").await.unwrap();
+        b.wait_js("up to date again", Duration::from_secs(60), LIVE_JS, |v| if v["state"] == "up to date" { Ok(()) } else { Err("not yet".into()) }).await;
+        b.page_screenshots("environment").await;
+        let pid = nodes[2].install_prefix().join("agent.pid");
+        signal(&pid, "STOP");
+        let v = b
+            .wait_js("node3's row turns unreachable", Duration::from_secs(30), LIVE_JS, |v| {
+                assert_eq!(v["same"], true, "the page was reloaded");
+                if v["rows"]["node3"]["sync"] == "unreachable" { Ok(v.clone()) } else { Err("not yet".into()) }
+            })
+            .await;
+        assert_eq!(v["state"], "degraded", "{v:#}");
+        assert!(v["headline"].as_str().unwrap().contains("node3 unreachable"), "{v:#}");
+        b.page_screenshots("environment-degraded").await;
+        signal(&pid, "CONT");
+        b.wait_js("node3's row back to up to date", Duration::from_secs(30), LIVE_JS, |v| {
+            assert_eq!(v["same"], true, "the page was reloaded");
+            if v["rows"]["node3"]["sync"] == "up-to-date" { Ok(()) } else { Err("not yet".into()) }
+        })
+        .await;
+        eprintln!("status, changes, conflicts and a dying agent, in the browser: {:?}", t0.elapsed());
+    })
+    .await;
+    b.close().await;
+}
+
+/// Clicks `css`, confirming if the page asks.
+async fn click_confirmed_or_click(b: &Browser, css: &str) {
+    b.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no {css}: {e}")).click().await.unwrap();
+    let asked = b.js("return document.querySelector('#confirm-dialog').open").await.unwrap_or_default();
+    if asked == json!(true) {
+        b.client.find(Locator::Css("#confirm-yes")).await.unwrap().click().await.unwrap();
+    }
+}
+
+/// What the verify section shows: each run's kind, state, summary and listed paths.
+const CHECKS_JS: &str = r#"
+return [...document.querySelectorAll('#checks .check')].map(c => ({
+  kind: c.dataset.kind, state: c.dataset.state, summary: c.querySelector('.check-summary').textContent,
+  paths: [...c.querySelectorAll('tr[data-path]')].map(r => r.dataset.path),
+  not_indexed: [...c.querySelectorAll('.not-indexed')].map(e => e.textContent),
+}));
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_dashboard_verify_repair_log_follow_and_a_failed_job_keeps_its_heartbeat() {
+    let t0 = Instant::now();
+    let (cp, mut nodes, env) = installed("verify", 2).await;
+    let data = |i: usize| nodes[i].webroot().join("ROOT/data.txt");
+    std::fs::write(data(0), b"aaaa-original").unwrap();
+    until("data.txt on node2", Duration::from_secs(30), || if read(&data(1)) == "aaaa-original" { Ok(()) } else { Err(read(&data(1))) }).await;
+
+    // Behind the agent's back: node2's agent stopped, data.txt rewritten in place with the
+    // same size and its mtime put back, the agent started again. Its start-up scan trusts
+    // size and mtime, so nothing is announced and every index digest still agrees.
+    let mtime = filetime::FileTime::from_last_modification_time(&std::fs::metadata(data(1)).unwrap());
+    nodes[1].kill_agent();
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(data(1)).unwrap();
+        f.write_all(b"bbbb-changed!").unwrap();
+    }
+    filetime::set_file_mtime(data(1), mtime).unwrap();
+    let prefix = nodes[1].install_prefix();
+    let started = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("rm -f '{p}/stopped'; setsid nohup sh '{p}/run-agent.sh' >/dev/null 2>&1 </dev/null &", p = prefix.display()))
+        .status()
+        .unwrap();
+    assert!(started.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = cp.get(&format!("/api/v1/environments/{env}")).await;
+        if v["sync"]["state"] == "up_to_date" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not up to date after the restart: {:#}", v["sync"]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(read(&data(0)), "aaaa-original", "node1 got the change: it was not behind the agent's back");
+
+    let b = Browser::start().await;
+    b.run("control_dashboard_verify", async {
+        let c = &b.client;
+        let page = format!("/environments/{env}");
+        open_logged_in(&b, &cp, &format!("{page}#verify")).await;
+        b.js("window['not-reloaded'] = true; return null").await.unwrap();
+        // Verify lists data.txt, with what each node holds and that node2's index did not
+        // know about its content.
+        c.find(Locator::Css("#verify-now")).await.unwrap().click().await.unwrap();
+        let checks = b
+            .wait_js("verify to list data.txt", Duration::from_secs(60), CHECKS_JS, |v| {
+                let first = &v[0];
+                if first["kind"] == "verify" && first["state"] == "succeeded" { Ok(v.clone()) } else { Err("not done".into()) }
+            })
+            .await;
+        assert_eq!(checks[0]["paths"], json!(["data.txt"]), "{checks:#}");
+        assert!(checks[0]["not_indexed"][0].as_str().unwrap_or("").contains("node2"), "{checks:#}");
+        assert!(checks[0]["summary"].as_str().unwrap().starts_with("1 path(s) differ"), "{checks:#}");
+        b.client.goto(&format!("{}{page}#verify", cp.url)).await.unwrap();
+        b.page_screenshots("environment-verify").await;
+
+        // Repair: node2 re-reads data.txt, announces it as its change, and node1 follows.
+        click_confirmed(&b, "#repair").await;
+        let checks = b
+            .wait_js("the repair to end", Duration::from_secs(240), CHECKS_JS, |v| {
+                let first = &v[0];
+                match (first["kind"].as_str(), first["state"].as_str()) {
+                    (Some("repair"), Some("succeeded")) => Ok(v.clone()),
+                    (Some("repair"), Some("failed")) => panic!("repair failed: {v:#}"),
+                    _ => Err("not done".into()),
+                }
+            })
+            .await;
+        assert!(checks[0]["summary"].as_str().unwrap().starts_with("repaired 1 path(s)"), "{checks:#}");
+        assert_eq!((read(&data(0)), read(&data(1))), ("bbbb-changed!".to_owned(), "bbbb-changed!".to_owned()));
+
+        // The API queues a verify and answers its id; it agrees now.
+        let (s, v) = cp.post(&format!("/api/v1/environments/{env}/verify"), json!({})).await;
+        assert_eq!(s, 202, "{v}");
+        let id = v["job"].as_str().unwrap().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let run = loop {
+            let r = cp.get(&format!("/api/v1/checks/{id}")).await;
+            if r["state"] == "succeeded" || r["state"] == "failed" {
+                break r;
+            }
+            assert!(Instant::now() < deadline, "{r:#}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!((&run["state"], &run["result"]["agree"]), (&json!("succeeded"), &json!(true)), "{run:#}");
+
+        // The log view follows the newest line while lines arrive, and stops following
+        // when the reader scrolls up.
+        let node1 = cp.get(&format!("/api/v1/environments/{env}")).await["nodes"][0]["node_id"].as_str().unwrap().to_owned();
+        c.goto(&format!("{}/nodes/{node1}/logs", cp.url)).await.unwrap();
+        b.js("window['not-reloaded'] = true; return null").await.unwrap();
+        let follow_js = "const b = document.querySelector('#lsyncd-log'); const lines = [...b.querySelectorAll('.line')]; return {bottom: b.scrollTop + b.clientHeight >= b.scrollHeight - 4, overflow: b.scrollHeight > b.clientHeight + 20, last: lines.length ? lines[lines.length - 1].textContent : '', note: document.querySelector('#log-following').textContent, same: window['not-reloaded'] === true}";
+        let mut i = 0;
+        let writer = |i: usize| std::fs::write(nodes[1].webroot().join(format!("ROOT/log-{i}.bin")), vec![i as u8; 200 * 1024]).unwrap();
+        // Enough lines to overflow the box, then more while it is watched.
+        for _ in 0..12 {
+            writer(i);
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        for round in 0..3 {
+            writer(i);
+            let name = format!("log-{i}.bin");
+            i += 1;
+            b.wait_js(&format!("the log to show {name} at the bottom (round {round})"), Duration::from_secs(30), follow_js, |v| {
+                assert_eq!(v["same"], true, "the page was reloaded");
+                let last = v["last"].as_str().unwrap_or("");
+                if v["overflow"] == true && v["bottom"] == true && last.contains(&name) { Ok(()) } else { Err(format!("last line {last:?}")) }
+            })
+            .await;
+        }
+        b.page_screenshots("logs").await;
+        b.js("const b = document.querySelector('#lsyncd-log'); b.scrollTop = 0; b.dispatchEvent(new Event('scroll')); return null").await.unwrap();
+        writer(i);
+        let name = format!("log-{i}.bin");
+        b.wait_js("the new line arrives while scrolled up", Duration::from_secs(30), "const b = document.querySelector('#lsyncd-log'); return {top: b.scrollTop, has: b.textContent, note: document.querySelector('#log-following').textContent}", |v| {
+            let text = v["has"].as_str().unwrap_or("");
+            if text.contains(&name) {
+                assert_eq!(v["top"], 0, "the view jumped to the end although the reader had scrolled up");
+                assert!(v["note"].as_str().unwrap().starts_with("scrolled up"), "{v}");
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        })
+        .await;
+        // Level filter and search act on the lines shown.
+        b.js("document.querySelector('.level-filter[value=normal]').click(); return null").await.unwrap();
+        let shown = b.js("return [...document.querySelectorAll('#lsyncd-log .line')].filter(l => !l.hidden).map(l => l.textContent).filter(t => t.includes(' Normal: ')).length").await.unwrap();
+        assert_eq!(shown, json!(0), "Normal lines shown with Normal unticked");
+        b.js("document.querySelector('.level-filter[value=normal]').click(); const s = document.querySelector('#log-search'); s.value = 'log-3.bin'; s.dispatchEvent(new Event('input')); return null").await.unwrap();
+        let shown = b.js("return [...document.querySelectorAll('#lsyncd-log .line')].filter(l => !l.hidden).map(l => l.textContent)").await.unwrap();
+        assert!(!shown.as_array().unwrap().is_empty() && shown.as_array().unwrap().iter().all(|l| l.as_str().unwrap().contains("log-3.bin")), "{shown}");
+        let r = cp.http.get(format!("{}/nodes/{node1}/logs/download", cp.url)).send().await.unwrap();
+        assert_eq!(r.status(), 303, "the download needs a login");
+    })
+    .await;
+    b.close().await;
+
+    // A node whose reconfigure failed (its SSH down) still has an agent: it is polled, its
+    // heartbeat stays fresh and its sync state is told apart from the job's result.
+    nodes[1].stop_sshd();
+    let (s, v) = cp.post(&format!("/api/v1/environments/{env}/install"), json!({"path": "ROOT", "delay": "2"})).await;
+    assert_eq!(s, 202, "{v}");
+    let jobs = cp.wait_jobs(&env, Duration::from_secs(120)).await;
+    let failed = jobs.iter().find(|j| j["node_name"] == "node2").unwrap();
+    assert_eq!(failed["state"], "failed", "{}", describe(&jobs));
+    let node2 = |v: &Value| v["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "node2").cloned().unwrap();
+    let after_failure = time::OffsetDateTime::now_utc();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let n = loop {
+        let v = cp.get(&format!("/api/v1/environments/{env}")).await;
+        let n = node2(&v);
+        let hb = n["last_heartbeat_at"].as_str().and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok());
+        if n["agent_state"] == "failed" && hb.is_some_and(|t| t > after_failure + time::Duration::seconds(3)) {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "node2's heartbeat froze after its job failed: {n:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!((&n["health"], &n["last_job"]["state"], &n["sync"]["state"]), (&json!("up"), &json!("failed"), &json!("up_to_date")), "{n:#}");
+    assert!(n["sync"]["job_note"].as_str().unwrap().starts_with("last reconfigure failed: reachable"), "{n:#}");
+    // Retry through the API once SSH is back: the job succeeds.
+    nodes[1].restart_sshd().unwrap();
+    let id = n["node_id"].as_str().unwrap();
+    let (s, v) = cp.post(&format!("/api/v1/nodes/{id}/retry"), json!({})).await;
+    assert_eq!(s, 202, "{v}");
+    let job = v["job"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let j = cp.get(&format!("/api/v1/jobs/{job}")).await;
+        if j["state"] == "succeeded" {
+            break;
+        }
+        assert!(j["state"] != "failed" && Instant::now() < deadline, "{j:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("verify, repair, log view and a failed job: {:?}", t0.elapsed());
+}
