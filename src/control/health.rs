@@ -176,26 +176,39 @@ fn names(v: &[String]) -> String {
     }
 }
 
-/// Per node: (reachable, status) and how much it still has to do: (local, inbound files).
+/// Per node: reachable, and how much it still has to do (local and inbound files).
+/// `settling`: a peer already processed more of this node's changes than this node's own
+/// report counts (its status is refreshed every few seconds), so its digest is older than
+/// what it holds: not compared until the next report.
 struct Work {
     up: bool,
     local: u64,
     inbound: u64,
+    settling: bool,
+}
+
+impl Work {
+    fn idle(&self) -> bool {
+        self.local == 0 && self.inbound == 0 && !self.settling
+    }
 }
 
 fn work(n: &NodeFacts, all: &[NodeFacts], env: &EnvFacts) -> Work {
     let fresh = n.last_heartbeat.is_some_and(|t| (env.now - t).whole_milliseconds() <= (env.heartbeat.as_millis() as i128 * 3).max(15_000));
     let up = n.health == Health::Up && fresh && n.status.is_some();
-    let Some(s) = n.status.filter(|_| up) else { return Work { up, local: 0, inbound: 0 } };
+    let Some(s) = n.status.filter(|_| up) else { return Work { up, local: 0, inbound: 0, settling: false } };
     let mut inbound = s.pending_remote;
+    let mut settling = false;
     for p in all.iter().filter(|p| p.name != n.name && p.health == Health::Up && !p.lifecycle.leaving()) {
-        let (Some(ps), Some(mine)) = (p.status, s.peers.get(p.name)) else { continue };
-        if mine.removed {
-            continue;
+        let Some(ps) = p.status else { continue };
+        if let Some(mine) = s.peers.get(p.name).filter(|m| !m.removed) {
+            inbound += ps.last_seq.saturating_sub(mine.their_seq_processed);
         }
-        inbound += ps.last_seq.saturating_sub(mine.their_seq_processed);
+        if ps.peers.get(n.name).is_some_and(|theirs| !theirs.removed && theirs.their_seq_processed > s.last_seq) {
+            settling = true;
+        }
     }
-    Work { up, local: s.pending_local + s.writing, inbound }
+    Work { up, local: s.pending_local + s.writing, inbound, settling }
 }
 
 /// Decides every node's state and the environment's from the facts.
@@ -214,7 +227,7 @@ pub fn assess(env: &EnvFacts, nodes: &[NodeFacts]) -> (EnvSync, Vec<NodeSync>) {
         let Some(s) = n.status.filter(|_| w.up && !n.lifecycle.leaving()) else { continue };
         if s.paused && w.local > 0 {
             unsent.push(n.name.to_owned());
-        } else if w.local == 0 && w.inbound == 0 && !s.tree_digest.is_empty() {
+        } else if w.idle() && !s.tree_digest.is_empty() {
             groups.entry(s.tree_digest.as_str()).or_default().push(n.name.to_owned());
         }
     }
@@ -276,6 +289,8 @@ pub fn assess(env: &EnvFacts, nodes: &[NodeFacts]) -> (EnvSync, Vec<NodeSync>) {
                 let size = if pending_bytes > 0 { format!(" ({})", bytes(pending_bytes)) } else { String::new() };
                 let eta = ns.eta_seconds.map(|s| format!(", about {} left", span(s.max(1)))).unwrap_or_default();
                 (SyncState::Syncing, format!("syncing {} file(s){size}{eta}", w.local + w.inbound))
+            } else if w.settling {
+                (SyncState::Syncing, "syncing: its latest changes are reaching the other nodes".to_owned())
             } else {
                 (SyncState::UpToDate, "up to date".to_owned())
             }
@@ -330,7 +345,7 @@ pub fn assess(env: &EnvFacts, nodes: &[NodeFacts]) -> (EnvSync, Vec<NodeSync>) {
         let when = if paused_note.is_empty() { String::new() } else { format!(" {paused_note}") };
         (SyncState::Paused, format!("Paused{when}: no changes are sent or applied until sync is resumed"))
     } else if !syncing.is_empty() {
-        let files: u64 = out.iter().map(|n| n.pending_files).sum();
+        let files: u64 = out.iter().map(|n| n.pending_files).sum::<u64>().max(1);
         let b: u64 = out.iter().map(|n| n.pending_bytes).sum();
         let eta = out.iter().filter_map(|n| n.eta_seconds).max().map(|s| format!(", about {} left", span(s.max(1)))).unwrap_or_default();
         let size = if b > 0 { format!(" ({})", bytes(b)) } else { String::new() };

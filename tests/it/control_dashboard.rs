@@ -380,3 +380,73 @@ async fn control_dashboard_verify_repair_log_follow_and_a_failed_job_keeps_its_h
     }
     eprintln!("verify, repair, log view and a failed job: {:?}", t0.elapsed());
 }
+
+/// A logged-in session over plain HTTP: the login form's CSRF cookie and field, then the
+/// session cookie. Returns the `Cookie` header value and where the login redirected.
+async fn http_login(cp: &ControlPlane, next: &str) -> (String, String) {
+    let r = cp.http.get(format!("{}/login?next={}", cp.url, filesync::control::agent_api::url_encode(next))).send().await.unwrap();
+    let csrf_cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let html = r.text().await.unwrap();
+    let field = |name: &str| html.split(&format!("name=\"{name}\" value=\"")).nth(1).and_then(|r| r.split('"').next()).unwrap_or("").to_owned();
+    let form = [("csrf", field("csrf")), ("next", field("next")), ("username", "admin".into()), ("password", ADMIN_PASSWORD.into())];
+    let body: Vec<String> = form.iter().map(|(k, v)| format!("{k}={}", filesync::control::agent_api::url_encode(v))).collect();
+    let r = cp.http.post(format!("{}/login", cp.url)).header("cookie", &csrf_cookie).header("content-type", "application/x-www-form-urlencoded").body(body.join("&")).send().await.unwrap();
+    assert_eq!(r.status(), 303, "login refused");
+    let session = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    (session, r.headers()["location"].to_str().unwrap().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_dashboard_pages_and_api_answer_in_their_own_shape() {
+    let cp = ControlPlane::start().await;
+    let nodes = cp.nodes(2);
+    let env = cp.environment("shapes", &nodes).await;
+    let page = format!("/environments/{env}");
+
+    // Not logged in: the login page, which then returns to the page asked for.
+    let r = cp.http.get(format!("{}{page}", cp.url)).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (303, format!("/login?next=%2Fenvironments%2F{env}").as_str()));
+    let (cookie, landed) = http_login(&cp, &page).await;
+    assert_eq!(landed, page, "the login did not return to the page asked for");
+    // Somewhere else than this site is never a place to return to.
+    let (_, landed) = http_login(&cp, "//evil.example/x").await;
+    assert_eq!(landed, "/");
+    let get = |path: String| cp.http.get(format!("{}{path}", cp.url)).header("cookie", cookie.clone()).send();
+
+    // Styled error pages: unknown page, malformed id, wrong method; and a form's address
+    // opened directly (a reload after a refused submission) goes back to its page.
+    for (path, status, words) in [("/no/such/page".to_owned(), 404, "Not found"), ("/environments/not-a-uuid".to_owned(), 400, "must name an id like")] {
+        let r = get(path.clone()).await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{path}");
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"), "{path}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains("/static/app.css") && body.contains(words) && body.contains("Back to the environments"), "{path}: {body}");
+    }
+    let r = cp.http.delete(format!("{}{page}", cp.url)).header("cookie", cookie.clone()).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    assert!(r.text().await.unwrap().contains("Not available like this"));
+    let r = get(format!("{page}/install")).await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (303, page.as_str()));
+    // The page is a modal dialog with constraints and linked labels, and asks before
+    // destructive actions.
+    let html = get(page.clone()).await.unwrap().text().await.unwrap();
+    for want in ["<dialog id=\"install-dialog\"", "<label for=\"field-delay\"", "type=\"number\" name=\"delay\" id=\"field-delay\"", "min=\"0\" max=\"3600\"", "data-confirm=\"Remove node1?", "name=\"viewport\""] {
+        assert!(html.contains(want), "the environment page lacks {want:?}");
+    }
+
+    // The API: the state in words, per node too, apart from health and the last job.
+    let v = cp.get(&page.replace("/environments", "/api/v1/environments")).await;
+    assert_eq!((&v["sync"]["state"], &v["sync"]["headline"]), (&json!("not_installed"), &json!("Not installed")), "{v:#}");
+    let n = &v["nodes"][0];
+    assert_eq!((&n["sync"]["label"], &n["health"], &n["last_job"]), (&json!("not installed"), &json!("unknown"), &Value::Null), "{n:#}");
+    // A required field sent empty is refused, not defaulted; nothing is queued.
+    let (s, e) = cp.post(&format!("/api/v1/environments/{env}/install"), json!({"path": "", "delay": "1"})).await;
+    assert_eq!(s, 422, "{e}");
+    assert!(e["errors"]["path"].as_str().unwrap().contains("required"), "{e}");
+    let id = n["node_id"].as_str().unwrap();
+    let (s, e) = cp.post(&format!("/api/v1/nodes/{id}/retry"), json!({})).await;
+    assert_eq!((s, e["error"].as_str().unwrap_or("")), (422, "the add-on is not installed on this environment: install it first"));
+    let r = cp.http.get(format!("{}/api/v1/nodes/{}/changes", cp.url, uuid::Uuid::new_v4())).bearer_auth(&cp.token).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"error": "node not found"}));
+}

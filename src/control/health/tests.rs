@@ -125,6 +125,20 @@ fn pending_work_either_way_is_syncing_with_size_and_eta() {
 }
 
 #[test]
+fn a_digest_older_than_what_a_peer_already_processed_is_not_compared() {
+    // node1 made a change: node2 processed it (its digest is new), but node1's own report
+    // still counts the sequence number and digest of a moment before.
+    let mut a = status("old", 4);
+    a.peers.insert("node2".into(), PeerStatus { their_seq_processed: 6, ..PeerStatus::default() });
+    let mut b = status("new", 6);
+    b.peers.insert("node1".into(), PeerStatus { their_seq_processed: 5, ..PeerStatus::default() });
+    let (e, n) = assess(&env(), &[node("node1", Some(&a)), node("node2", Some(&b))]);
+    assert_eq!(e.state, SyncState::Syncing, "{e:?}");
+    assert!(e.differing.is_empty());
+    assert_eq!(n[0].label, "syncing: its latest changes are reaching the other nodes");
+}
+
+#[test]
 fn without_an_installation_nothing_claims_agreement() {
     let mut e = env();
     e.installation = None;

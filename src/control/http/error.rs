@@ -143,7 +143,13 @@ pub fn page(status: StatusCode, public: &PublicError) -> String {
 /// Outside `/api`: error responses that are not already a page (axum's own rejections,
 /// such as a malformed id in the address, say so in plain text) become the styled page.
 pub async fn html_errors(req: Request, next: Next) -> Response {
+    let api = req.uri().path().starts_with("/api/");
     let r = next.run(req).await;
+    if api {
+        // Errors made outside the API's router (a wrong method on one of its routes) are
+        // JSON too.
+        return to_json(r).await;
+    }
     let status = r.status();
     let is_page = r.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/html") || v.starts_with("application/json"));
     if !(status.is_client_error() || status.is_server_error()) || is_page {
@@ -170,7 +176,10 @@ fn escape(s: &str) -> String {
 
 /// Under `/api`: every error response becomes JSON, whoever produced it.
 pub async fn json_errors(req: Request, next: Next) -> Response {
-    let r = next.run(req).await;
+    to_json(next.run(req).await).await
+}
+
+async fn to_json(r: Response) -> Response {
     let status = r.status();
     let is_json = r.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
     if !(status.is_client_error() || status.is_server_error()) || is_json {
