@@ -21,7 +21,9 @@ alter table node add column last_report jsonb;
 
 -- File changes as the agents recorded them (from their report summaries), for the recent
 -- changes lists; the monitor keeps the newest per environment. node_name stays when the
--- node is removed. version identifies one change across nodes (each node records it once).
+-- node is removed. version identifies one change across nodes (each node records it once);
+-- content (the start of the content's hash) lets the lists show once a content that several
+-- nodes recorded with versions of their own (each resolving the same conflict).
 create table file_change (
     file_change_id bigint generated always as identity primary key,
     environment_id uuid not null references environment on delete cascade,
@@ -35,7 +37,8 @@ create table file_change (
     via text,
     size bigint not null,
     from_path text,
-    version text not null
+    version text not null,
+    content text not null default ''
 );
 create index file_change_environment_idx on file_change (environment_id, file_change_id desc);
 create index file_change_node_idx on file_change (node_id, file_change_id desc);

@@ -69,6 +69,10 @@ pub struct RecentChange {
     pub from_path: Option<String>,
     /// A short digest of the version: the same change carries the same one on every node.
     pub version: String,
+    /// The start of the content's hash (empty for deletions and directories): nodes that
+    /// resolved one conflict each record their own version of the same content.
+    #[serde(default)]
+    pub content: String,
 }
 
 /// `GET /v1/report/changes`: this agent's most recent changes, newest last.

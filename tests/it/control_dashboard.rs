@@ -79,6 +79,31 @@ async fn control_dashboard_status_changes_conflicts_and_a_dying_agent_live() {
         b.js("window['not-reloaded'] = true; return null").await.unwrap();
         b.wait_js("up to date", Duration::from_secs(60), LIVE_JS, |v| if v["state"] == "up to date" { Ok(()) } else { Err("not yet".into()) }).await;
 
+        // The install dialog is a modal; a refused submission comes back with the dialog
+        // open, an error summary on top and what was typed; reloading that page is no 405.
+        c.find(Locator::Css("#open-install")).await.unwrap().click().await.unwrap();
+        crate::control_browser::set_field(&b, "#field-path", "../etc").await;
+        c.find(Locator::Css("#install")).await.unwrap().click().await.unwrap();
+        let v = b
+            .wait_js("the refused dialog", PAGE, "const d = document.querySelector('#install-dialog'); const s = document.querySelector('#error-summary'); return {open: d.open, modal: d.matches(':modal'), summary: s && s.textContent, path: document.querySelector('#field-path').value}", |v| if v["summary"].is_string() { Ok(v.clone()) } else { Err("no summary".into()) })
+            .await;
+        assert_eq!((&v["open"], &v["modal"], &v["path"]), (&json!(true), &json!(true), &json!("../etc")), "{v:#}");
+        assert!(v["summary"].as_str().unwrap().contains("must stay inside the webroot"), "{v:#}");
+        b.page_screenshots("install-dialog").await;
+        // Opening that address again (GET /environments/{id}/install) leads back to the page.
+        let url = c.current_url().await.unwrap();
+        assert!(url.path().ends_with("/install"), "{url}");
+        c.goto(url.as_str()).await.unwrap();
+        b.wait_js("the page again after opening the form's address", PAGE, "return location.pathname + ' ' + document.title", |v| {
+            let s = v.as_str().unwrap_or("");
+            if s.starts_with(&format!("{page} ")) && !s.contains("405") { Ok(()) } else { Err(s.to_owned()) }
+        })
+        .await;
+        c.goto(&cp.url).await.unwrap();
+        b.wait_js("the environment list with its state", PAGE, "const e = document.querySelector('li[data-env=shop] .badge'); return e && e.textContent", |v| expect_str(v, "up to date")).await;
+        b.page_screenshots("environments").await;
+        c.goto(&format!("{}{page}", cp.url)).await.unwrap();
+
         // A file written on node 2 is in the recent changes, made on node 2.
         std::fs::write(nodes[1].webroot().join("ROOT/from-node2.txt"), b"written on node 2").unwrap();
         c.goto(&format!("{}/environments/{env}/changes", cp.url)).await.unwrap();

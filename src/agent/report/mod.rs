@@ -184,6 +184,7 @@ impl Report {
                 size: if e.deleted { 0 } else { e.size },
                 from_path,
                 version: version_key(e),
+                content: if e.deleted || e.kind == EntryKind::Dir { String::new() } else { hex::encode(&e.hash[..6]) },
             };
             g.ring.push_back(change);
             if g.ring.len() > CAPACITY {

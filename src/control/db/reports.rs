@@ -35,7 +35,7 @@ pub async fn add_changes(db: &PgPool, env: Uuid, node_id: Uuid, node_name: &str,
     let mut tx = db.begin().await?;
     for c in changes {
         let at = time::OffsetDateTime::from_unix_timestamp_nanos(c.at_ms as i128 * 1_000_000).unwrap_or_else(|_| time::OffsetDateTime::now_utc());
-        sqlx::query("insert into file_change (environment_id, node_id, node_name, recorded_at, path, kind, entry, origin, via, size, from_path, version) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
+        sqlx::query("insert into file_change (environment_id, node_id, node_name, recorded_at, path, kind, entry, origin, via, size, from_path, version, content) values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)")
             .bind(env)
             .bind(node_id)
             .bind(node_name)
@@ -48,6 +48,7 @@ pub async fn add_changes(db: &PgPool, env: Uuid, node_id: Uuid, node_name: &str,
             .bind(c.size as i64)
             .bind(&c.from_path)
             .bind(&c.version)
+            .bind(&c.content)
             .execute(&mut *tx)
             .await?;
     }
@@ -66,12 +67,14 @@ pub async fn trim_changes(db: &PgPool, env: Uuid) -> sqlx::Result<()> {
 
 /// The environment's newest changes, each change once (as the first node recorded it):
 /// every node records the same change, the author as made there, the others as received.
-/// A conflict copy is made by each node that held a losing version: listed once per name.
+/// A conflict copy is made by each node that held a losing version: listed once per name;
+/// a content several nodes recorded with versions of their own (each resolving one
+/// conflict) is listed once per author.
 pub async fn environment_changes(db: &PgPool, env: Uuid, limit: i64) -> sqlx::Result<Vec<ChangeRow>> {
     sqlx::query_as::<_, ChangeRow>(
         "select node_name, recorded_at, path, kind, entry, origin, via, size, from_path, version from (
-           select distinct on (path, kind, (case when kind = 'conflict' then '' else version end)) *, file_change_id as id from file_change where environment_id = $1
-           order by path, kind, (case when kind = 'conflict' then '' else version end), (via is not null), file_change_id) firsts
+           select distinct on (path, kind, origin, (case when kind = 'conflict' then '' when content = '' then version else content end)) *, file_change_id as id from file_change where environment_id = $1
+           order by path, kind, origin, (case when kind = 'conflict' then '' when content = '' then version else content end), (via is not null), file_change_id) firsts
          order by recorded_at desc, id desc limit $2",
     )
     .bind(env)
