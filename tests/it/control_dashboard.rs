@@ -119,6 +119,19 @@ async fn control_dashboard_status_changes_conflicts_and_a_dying_agent_live() {
         let list = cp.get(&format!("/api/v1/nodes/{node1}/changes")).await;
         let mine = list["changes"].as_array().unwrap().iter().find(|c| c["path"] == "from-node2.txt").cloned().unwrap_or_default();
         assert_eq!((&mine["origin"], &mine["via"]), (&json!("node2"), &json!("node2")), "{list:#}");
+        // Node 2's own list has it as made there.
+        let node2 = via["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "node2").unwrap()["node_id"].as_str().unwrap().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let list = cp.get(&format!("/api/v1/nodes/{node2}/changes")).await;
+            let own = list["changes"].as_array().unwrap().iter().find(|c| c["path"] == "from-node2.txt").cloned();
+            if let Some(own) = own {
+                assert_eq!((&own["origin"], &own["via"], &own["kind"]), (&json!("node2"), &Value::Null, &json!("created")), "{list:#}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "node2 did not record its own change: {list:#}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
 
         // Paused, the three nodes get three different hello.txt and node 3 an extra file:
         // nothing is exchanged, every index digest is the same, and the page says out of
