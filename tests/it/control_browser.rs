@@ -282,20 +282,20 @@ async fn control_browser_over_tls_with_a_self_signed_certificate() {
         b.wait_js("the login form over https", PAGE, "return location.protocol + ' ' + location.pathname", |v| expect_str(v, "https: /login")).await;
         log_in(&b, "not the password").await;
         b.wait_js("the login error", PAGE, "const e = document.querySelector('#login-error'); return e && e.textContent", |v| v.as_str().map(str::to_owned).ok_or_else(|| "no error shown".into())).await;
-        b.screenshots_at_widths("login").await;
+        b.page_screenshots("login").await;
         log_in(&b, ADMIN_PASSWORD).await;
         b.wait_js("the environment list", PAGE, "return location.pathname + ' ' + [...document.querySelectorAll('a.env-link')].map(a => a.textContent).join(',')", |v| expect_str(v, "/ shop")).await;
         let cookies = c.get_all_cookies().await.unwrap();
         let session = cookies.iter().find(|k| k.name() == "__Host-filesync_session").unwrap_or_else(|| panic!("no __Host- session cookie: {cookies:?}"));
         assert_eq!((session.secure(), session.http_only()), (Some(true), Some(true)), "{session:?}");
-        b.screenshots_at_widths("environments").await;
+        b.page_screenshots("environments-tls").await;
 
         c.goto(&format!("{}/environments/{env}", cp.url)).await.unwrap();
         b.wait_js("the environment page", PAGE, "return [...document.querySelectorAll('table.nodes .agent-state')].map(e => e.textContent).join(',')", |v| expect_str(v, "running,paused")).await;
         let note = b.js("return document.querySelector('tr[data-node=node2] .state-note').textContent").await.unwrap();
         assert_eq!(note, "on the old sync path until a reconfigure reaches it");
         b.js("document.querySelector('#join-tokens').open = true; return null").await.unwrap();
-        b.screenshots_at_widths("environment").await;
+        b.page_screenshots("environment-held-paused").await;
 
         // The API tokens page: create one (shown once), then revoke it.
         c.find(Locator::LinkText("API tokens")).await.unwrap().click().await.unwrap();
@@ -304,7 +304,7 @@ async fn control_browser_over_tls_with_a_self_signed_certificate() {
         c.find(Locator::Css("#create-token")).await.unwrap().click().await.unwrap();
         let token = b.wait_js("the new token", PAGE, "const e = document.querySelector('#new-api-token'); return e && e.textContent", |v| v.as_str().map(str::to_owned).ok_or_else(|| "not shown".into())).await;
         assert!(token.starts_with("fsa_"), "{token}");
-        b.screenshots_at_widths("tokens").await;
+        b.page_screenshots("tokens").await;
         let r = cp.http.get(format!("{}/api/v1/environments", cp.url)).bearer_auth(&token).send().await.unwrap();
         assert_eq!(r.status(), 200);
         c.find(Locator::Css("tr[data-token='deploy script'] button")).await.unwrap().click().await.unwrap();

@@ -66,14 +66,17 @@ fn describe(f: &crate::control::agent_api::FileFacts, path: &str) -> Option<Stri
     })
 }
 
+/// What is compared of one entry: kind, size, mtime, mode, content hash.
+type Facts<'a> = (&'a str, u64, i64, u32, &'a str);
+
 /// The entries of one directory that differ between the nodes that have it.
 pub fn differing_entries(lists: &[FileFacts]) -> Vec<Difference> {
     let paths: BTreeSet<&String> = lists.iter().flat_map(|l| l.entries.iter().map(|e| &e.path)).collect();
     let mut out = Vec::new();
     for p in paths {
-        let views: Vec<Option<(&str, u64, i64, u32, &str)>> =
+        let views: Vec<Option<Facts>> =
             lists.iter().map(|l| l.entries.iter().find(|e| &e.path == p).map(|e| (e.entry.as_str(), e.size, e.mtime_ns, e.mode, e.hash.as_str()))).collect();
-        let distinct: BTreeSet<&Option<(&str, u64, i64, u32, &str)>> = views.iter().collect();
+        let distinct: BTreeSet<&Option<Facts>> = views.iter().collect();
         let unreadable = views.iter().flatten().any(|v| v.4.starts_with("unreadable"));
         if distinct.len() <= 1 && !unreadable {
             continue;
