@@ -45,7 +45,9 @@ async fn control_auth_nothing_without_login_or_token() {
     for p in ["/", "/environments/00000000-0000-0000-0000-000000000000", "/nodes/00000000-0000-0000-0000-000000000000/logs"] {
         let r = cp.http.get(format!("{}{p}", cp.url)).send().await.unwrap();
         assert_eq!(r.status(), 303, "{p}");
-        assert_eq!(r.headers()["location"], "/login");
+        // To the login form, which returns to the page asked for.
+        let want = if p == "/" { "/login".to_owned() } else { format!("/login?next={}", p.replace('/', "%2F")) };
+        assert_eq!(r.headers()["location"], want.as_str());
     }
     for p in ["/api/v1/environments", "/api/v1/ssh-key"] {
         let r = cp.http.get(format!("{}{p}", cp.url)).send().await.unwrap();

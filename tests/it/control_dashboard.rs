@@ -488,3 +488,62 @@ async fn control_dashboard_pages_and_api_answer_in_their_own_shape() {
     assert_eq!(r.status(), 404);
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"error": "node not found"}));
 }
+
+/// Figures for the report (ignored: it writes 20,000 files per node). Verify of two nodes
+/// holding 20,000 files of 4 KiB in 200 directories; the environment page and its live
+/// fragment, each asked 20 times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn control_dashboard_measure_verify_and_pages() {
+    let cp = ControlPlane::start_with(None, &[("FILESYNC_HEARTBEAT_SECONDS", "2")]).await;
+    let nodes = cp.nodes(2);
+    let t = Instant::now();
+    for n in &nodes {
+        for d in 0..200 {
+            let dir = n.webroot().join(format!("ROOT/d{d:03}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in 0..100 {
+                let p = dir.join(format!("f{f:03}.bin"));
+                std::fs::write(&p, vec![(d * 100 + f) as u8; 4096]).unwrap();
+                filetime::set_file_mtime(&p, filetime::FileTime::from_unix_time(1_700_000_000, 0)).unwrap();
+            }
+        }
+    }
+    eprintln!("wrote 2 x 20,000 files in {:?}", t.elapsed());
+    let env = cp.environment("measure", &nodes).await;
+    cp.post(&format!("/api/v1/environments/{env}/install"), json!({"path": "ROOT", "delay": "1"})).await;
+    let jobs = cp.wait_jobs(&env, Duration::from_secs(300)).await;
+    assert!(jobs.iter().all(|j| j["state"] == "succeeded"), "{}", describe(&jobs));
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while cp.get(&format!("/api/v1/environments/{env}")).await["sync"]["state"] != "up_to_date" {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for round in 0..2 {
+        let t = Instant::now();
+        let (_, v) = cp.post(&format!("/api/v1/environments/{env}/verify"), json!({})).await;
+        let id = v["job"].as_str().unwrap().to_owned();
+        let run = loop {
+            let r = cp.get(&format!("/api/v1/checks/{id}")).await;
+            if r["state"] == "succeeded" || r["state"] == "failed" {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        eprintln!("verify round {round}: {:?} end to end; {} ({} ms in the run)", t.elapsed(), run["result"]["summary"], run["result"]["took_ms"]);
+        assert_eq!(run["result"]["agree"], true, "{run:#}");
+    }
+    let (cookie, _) = http_login(&cp, "/").await;
+    for path in [format!("/environments/{env}"), format!("/environments/{env}/live"), format!("/environments/{env}/changes")] {
+        let mut times = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            let r = cp.http.get(format!("{}{path}", cp.url)).header("cookie", cookie.clone()).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.bytes().await.unwrap();
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        eprintln!("{path}: median {:.1} ms, max {:.1} ms", times[10], times[19]);
+    }
+}

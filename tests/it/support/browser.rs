@@ -168,25 +168,8 @@ impl Browser {
     }
 
     /// Screenshots of the current page at 1400 and 800 px wide (`<name>-1400.png`,
-    /// `<name>-800.png`), the window restored afterwards.
-    pub async fn screenshots_at_widths(&self, name: &str) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for w in [1400u32, 800] {
-            if self.client.set_window_size(w, 1200).await.is_ok() {
-                // Let the page lay itself out at the new width.
-                let _ = self.js("return document.body.offsetWidth").await;
-                match self.save_screenshot(&format!("{name}-{w}")).await {
-                    Ok(p) => out.push(p),
-                    Err(e) => eprintln!("no screenshot {name}-{w}: {e}"),
-                }
-            }
-        }
-        let _ = self.client.set_window_size(1280, 1600).await;
-        out
-    }
-
-    /// Screenshots of the current page at 1400 and 800 px (see `screenshots_at_widths`),
-    /// asserting at each width that the page does not scroll sideways. With
+    /// `<name>-800.png`, the window restored afterwards), asserting at each width that the
+    /// page does not scroll sideways. With
     /// `FILESYNC_UPDATE_SCREENSHOTS=1` they are also copied to `docs/screenshots/`.
     pub async fn page_screenshots(&self, name: &str) {
         for w in [1400u32, 800] {
