@@ -224,7 +224,8 @@ pub fn assess(env: &EnvFacts, nodes: &[NodeFacts]) -> (EnvSync, Vec<NodeSync>) {
     let mut groups: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     let mut unsent: Vec<String> = Vec::new();
     for (n, w) in nodes.iter().zip(&works) {
-        let Some(s) = n.status.filter(|_| w.up && !n.lifecycle.leaving()) else { continue };
+        // A node held on an old sync path holds another folder: nothing to compare.
+        let Some(s) = n.status.filter(|_| w.up && !n.lifecycle.leaving() && !n.held) else { continue };
         if s.paused && w.local > 0 {
             unsent.push(n.name.to_owned());
         } else if w.idle() && !s.tree_digest.is_empty() {
@@ -241,6 +242,9 @@ pub fn assess(env: &EnvFacts, nodes: &[NodeFacts]) -> (EnvSync, Vec<NodeSync>) {
     differing.sort();
     differing.dedup();
 
+    // Nodes the control plane holds paused on an old sync path: the others refusing them
+    // (another folder) is expected, not an error.
+    let held: Vec<&str> = nodes.iter().filter(|n| n.held).map(|n| n.name).collect();
     let mut out = Vec::with_capacity(nodes.len());
     let (mut unreachable, mut syncing, mut errors) = (Vec::new(), Vec::new(), Vec::new());
     for (n, w) in nodes.iter().zip(&works) {
@@ -273,7 +277,10 @@ pub fn assess(env: &EnvFacts, nodes: &[NodeFacts]) -> (EnvSync, Vec<NodeSync>) {
             ns.pending_bytes = pending_bytes;
             let problems: Vec<String> = [
                 (s.held_deletes > 0).then(|| format!("holding {} deletes: the sync root looks empty or unmounted", s.held_deletes)),
-                (!s.foreign_folders.is_empty()).then(|| format!("refusing peers that sync another folder: {}", s.foreign_folders.keys().cloned().collect::<Vec<_>>().join(", "))),
+                {
+                    let foreign: Vec<&str> = s.foreign_folders.keys().map(String::as_str).filter(|k| !held.contains(k)).collect();
+                    (!foreign.is_empty()).then(|| format!("refusing peers that sync another folder: {}", foreign.join(", ")))
+                },
             ]
             .into_iter()
             .flatten()
@@ -309,7 +316,7 @@ pub fn assess(env: &EnvFacts, nodes: &[NodeFacts]) -> (EnvSync, Vec<NodeSync>) {
         match ns.state {
             SyncState::Unreachable => unreachable.push(ns.name.clone()),
             SyncState::Syncing => syncing.push(ns.name.clone()),
-            SyncState::Error => errors.push(format!("{}: {}", ns.name, ns.label)),
+            SyncState::Error => errors.push(format!("{}: {}", ns.name, ns.label.trim_start_matches("error: "))),
             _ => {}
         }
         out.push(ns);
@@ -338,9 +345,10 @@ pub fn assess(env: &EnvFacts, nodes: &[NodeFacts]) -> (EnvSync, Vec<NodeSync>) {
         (SyncState::Error, format!("No agent answers ({} node(s) unreachable or not running)", active.len()))
     } else if !errors.is_empty() {
         (SyncState::Error, format!("Error: {}", errors.join("; ")))
-    } else if !unreachable.is_empty() || active.iter().any(|n| n.state == SyncState::NotInstalled) {
-        let missing: Vec<String> = active.iter().filter(|n| !n.reachable).map(|n| format!("{} {}", n.name, n.label)).collect();
-        (SyncState::Degraded, format!("Degraded: {}; the other {} node(s) are in sync", missing.join("; "), up.len()))
+    } else if !unreachable.is_empty() || !held.is_empty() || active.iter().any(|n| n.state == SyncState::NotInstalled) {
+        let missing: Vec<String> = active.iter().filter(|n| !n.reachable || held.contains(&n.name.as_str())).map(|n| format!("{} {}", n.name, n.label)).collect();
+        let rest = active.len() - missing.len();
+        (SyncState::Degraded, format!("Degraded: {}; the other {rest} node(s) are in sync", missing.join("; ")))
     } else if env.paused {
         let when = if paused_note.is_empty() { String::new() } else { format!(" {paused_note}") };
         (SyncState::Paused, format!("Paused{when}: no changes are sent or applied until sync is resumed"))

@@ -139,6 +139,21 @@ fn a_digest_older_than_what_a_peer_already_processed_is_not_compared() {
 }
 
 #[test]
+fn a_node_held_on_the_old_path_degrades_the_environment_and_its_refusal_is_no_error() {
+    let mut a = status("aa", 5);
+    a.foreign_folders.insert("node2".into(), "node2 syncs another folder".into());
+    let mut b = status("old folder", 5);
+    b.paused = true;
+    b.pending_local = 3;
+    let mut held = node("node2", Some(&b));
+    held.held = true;
+    held.lifecycle = AgentState::Paused;
+    let (e, n) = assess(&env(), &[node("node1", Some(&a)), held]);
+    assert_eq!((n[0].state, n[1].label.as_str()), (SyncState::UpToDate, "paused on the old sync path until a reconfigure reaches it; 3 local change(s) not sent"));
+    assert_eq!((e.state, e.headline.as_str()), (SyncState::Degraded, "Degraded: node2 paused on the old sync path until a reconfigure reaches it; 3 local change(s) not sent; the other 1 node(s) are in sync"));
+}
+
+#[test]
 fn without_an_installation_nothing_claims_agreement() {
     let mut e = env();
     e.installation = None;
