@@ -80,6 +80,10 @@ pub enum AdminCmd {
 const MAX_PARALLEL_FETCHES: usize = 8;
 /// Fetches from the other environment in flight at once (see `fetch`).
 const MAX_PARALLEL_LINK_FETCHES: usize = 64;
+/// Status changes reported by peer tasks are written at most this often.
+const STATUS_DEBOUNCE: Duration = Duration::from_secs(1);
+/// The status is refreshed at least this often (only written if it changed).
+const STATUS_FALLBACK: Duration = Duration::from_secs(60);
 /// How long after a directory appeared it is scanned once more (see `Agent::rechecks`).
 const NEW_DIR_RECHECK: Duration = Duration::from_secs(1);
 
@@ -114,6 +118,10 @@ struct Agent {
     link: Option<Arc<link::Link>>,
     /// Names found in the root that cannot be synced (not valid UTF-8), as last seen.
     unsyncable: BTreeSet<String>,
+    /// What `lsyncd.status` says now (without its time line), to rewrite it only on change.
+    status_written: Option<String>,
+    /// Peer tasks and the link changed the status: refresh it by then (debounced).
+    status_due: Option<Instant>,
 }
 
 /// Runs an agent until `shutdown` is cancelled. Fails only on critical errors: the root
@@ -184,7 +192,8 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     let (log2, st2) = (log.clone(), status.clone());
     let refusals = refusals::Refusals::new(Arc::new(move |m: String| log2.warn(m)), Arc::new(move || st2.lock().expect("BUG: poisoned").counters.refused += 1));
     let access = server::Access::new(&s.node_name, refusals);
-    let peer_ctx = Arc::new(peers::PeerCtx { me: s.node_name.clone(), folder: s.folder_id.clone(), client: client.clone(), index: index.clone(), events: ev_tx.clone(), status: status.clone(), log: log.clone(), access: access.clone() });
+    let status_dirty = Arc::new(tokio::sync::Notify::new());
+    let peer_ctx = Arc::new(peers::PeerCtx { dirty: status_dirty.clone(), me: s.node_name.clone(), folder: s.folder_id.clone(), client: client.clone(), index: index.clone(), events: ev_tx.clone(), status: status.clone(), log: log.clone(), access: access.clone() });
     let paused = Arc::new(AtomicBool::new(false));
     let mut agent = Agent {
         root: SyncRoot::new(s.root.clone()).with_graveyard(&s.state_dir.join("displaced")).context("cannot create the displaced-files directory in the state dir")?,
@@ -212,6 +221,8 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         lag: HashMap::new(),
         link,
         unsyncable: BTreeSet::new(),
+        status_written: None,
+        status_due: None,
     };
 
     // Temp files left by a crash are garbage: the real names were never touched.
@@ -261,7 +272,10 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     }
 
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let mut status_tick = tokio::time::interval(Duration::from_secs(5));
+    // A fallback refresh for what reports no change itself (the link's state): rare, and it
+    // writes nothing when nothing changed.
+    let mut status_tick = tokio::time::interval(STATUS_FALLBACK);
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let rescan_every = agent.s.rescan_interval;
     let mut next_rescan = rescan_every.map(|d| Instant::now() + d);
     // Without a complete set of inotify watches the tree is polled instead (never silence).
@@ -273,7 +287,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         // Retries are due only when a fetch slot is free; a finished fetch wakes the loop.
         let retry = if agent.fetch_sem.available_permits() > 0 && agent.link_fetch_sem.available_permits() > 0 { agent.retry_at.values().min().copied() } else { None };
         let recheck = agent.rechecks.values().min().copied();
-        let mut wake = [agent.batcher.deadline(), retry, next_rescan, recheck, agent.root.next_reap()].into_iter().flatten().min().unwrap_or(now + Duration::from_secs(3600));
+        let mut wake = [agent.batcher.deadline(), retry, next_rescan, recheck, agent.root.next_reap(), agent.status_due].into_iter().flatten().min().unwrap_or(now + Duration::from_secs(3600));
         if wake < now {
             wake = now;
         }
@@ -308,7 +322,8 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
                 None => break,
             },
             _ = hup.recv() => { agent.admin(AdminCmd::Reload); }
-            _ = status_tick.tick() => agent.refresh_status(),
+            _ = status_tick.tick() => agent.status_due = Some(Instant::now()),
+            _ = status_dirty.notified() => { agent.status_due.get_or_insert(Instant::now() + STATUS_DEBOUNCE); }
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
         let degraded = _watcher.is_none() || wshared.warning.lock().expect("BUG: poisoned").is_some();
@@ -328,6 +343,10 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
             }
         agent.reap(false);
         let now = Instant::now();
+        if agent.status_due.is_some_and(|t| t <= now) {
+            agent.status_due = None;
+            agent.refresh_status();
+        }
         let due_rechecks: Vec<RelPath> = agent.rechecks.iter().filter(|(_, t)| **t <= now).map(|(p, _)| p.clone()).collect();
         for p in due_rechecks {
             agent.rechecks.remove(&p);
@@ -450,8 +469,14 @@ impl Agent {
                 p.lag_ms = Some(*lag);
             }
         }
-        if let Err(e) = st.write_lsyncd_status(&self.s.log_dir) {
-            tracing::warn!(error = %e, "cannot write lsyncd.status");
+        // Written only when what it says changed: an idle agent touches no file.
+        let body = st.render_lsyncd_status();
+        drop(st);
+        if self.status_written.as_deref() != Some(body.as_str()) {
+            match Status::write_lsyncd_status(&self.s.log_dir, &body) {
+                Ok(()) => self.status_written = Some(body),
+                Err(e) => tracing::warn!(error = %e, "cannot write lsyncd.status"),
+            }
         }
     }
 }

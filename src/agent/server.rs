@@ -228,7 +228,7 @@ async fn changes(State(app): State<AppState>, Extension(peer): Extension<PeerNam
         p.peer_error = None;
     }
     let mut rx = app.index.subscribe();
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms.min(30_000));
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms).min(super::peers::LONG_POLL);
     loop {
         // A long-poll outlives a reload: a node dropped from the peer list meanwhile gets
         // nothing more.

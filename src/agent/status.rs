@@ -1,4 +1,4 @@
-//! The agent's live state as users see it: `lsyncd.status` (rewritten every five seconds,
+//! The agent's live state as users see it: `lsyncd.status` (rewritten when what it says changes,
 //! lsyncd's shape plus peers), the `/v1/status` JSON for the control plane, and the
 //! Prometheus text on `/metrics`. The event loop and the peer tasks update one `Status`
 //! behind a short-held mutex; renderers take a snapshot. `lsyncd.status` is written through
@@ -108,10 +108,10 @@ pub struct Status {
 }
 
 impl Status {
-    pub fn write_lsyncd_status(&self, dir: &Path) -> std::io::Result<()> {
+    /// `lsyncd.status` without its first line (the time it was written).
+    pub fn render_lsyncd_status(&self) -> String {
         let now = OffsetDateTime::now_utc();
         let mut s = String::new();
-        let _ = writeln!(s, "Lsyncd status report at {}\n", timestamp(now));
         let _ = writeln!(s, "Sync1 source={}/", self.root);
         let _ = writeln!(s, "Node: {} ({}){}", self.node_name, if self.receive_only { "receive-only" } else { "send-receive" }, if self.paused { ", PAUSED" } else { "" });
         let _ = writeln!(s, "There are {} delays", self.pending_local);
@@ -187,10 +187,16 @@ impl Status {
             let _ = writeln!(s, "\nWARNING: {w}");
         }
         let _ = writeln!(s, "\nInotify watching {} directories", self.watches);
+        s
+    }
+
+    /// Writes `lsyncd.status` (the time, then `body` from `render_lsyncd_status`).
+    pub fn write_lsyncd_status(dir: &Path, body: &str) -> std::io::Result<()> {
+        let text = format!("Lsyncd status report at {}\n\n{body}", timestamp(OffsetDateTime::now_utc()));
         // Through the verified log dir: `lsyncd.status.tmp` is created exclusively and never
         // followed, then renamed over `lsyncd.status` inside the directory (`private_fs`).
         let d = crate::private_fs::PrivateDir::log(dir).map_err(|e| std::io::Error::other(format!("{e:#}")))?;
-        d.write_atomic("lsyncd.status", s.as_bytes(), false)
+        d.write_atomic("lsyncd.status", text.as_bytes(), false)
     }
 
     pub fn metrics(&self) -> String {

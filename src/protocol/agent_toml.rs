@@ -76,7 +76,7 @@ pub struct LinkConfig {
 
 impl std::fmt::Debug for LinkConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LinkConfig").field("listen", &self.listen).field("remote", &self.remote).field("password", &"(hidden)").finish()
+        f.debug_struct("LinkConfig").field("listen", &self.listen).field("remote", &self.remote).field("password", &"<redacted>").finish()
     }
 }
 
