@@ -27,6 +27,7 @@ pub mod link;
 pub mod listener;
 mod local;
 pub mod lsyncd_log;
+mod memory;
 pub mod peers;
 pub mod refusals;
 pub mod root;
@@ -240,6 +241,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         agent.retry_at.insert(n.entry.path.clone(), Instant::now());
     }
     agent.log.normal(format!("startup scan: {} entries in the index ({} before), {:.0} ms", agent.index.len()?, before, t0.elapsed().as_secs_f64() * 1000.0));
+    memory::give_back();
 
     let app_state = server::AppState {
         index: agent.index.clone(),
@@ -304,7 +306,11 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
             _ = wshared.wake.notified() => {}
             ev = ev_rx.recv() => match ev {
                 Some(Event::Page { peer, page, done }) => {
+                    let big = page.entries.len() >= memory::BURST;
                     let r = agent.process_page(&peer, page);
+                    if big && !page_more_pending(&ev_rx) {
+                        memory::give_back();
+                    }
                     if let Err(e) = &r {
                         agent.error(format!("applying changes from {peer}: {e:#}"));
                     }
@@ -368,6 +374,11 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     }
     agent.refresh_status();
     Ok(())
+}
+
+/// Whether another page is already waiting (then the burst is not over).
+fn page_more_pending(rx: &mpsc::Receiver<Event>) -> bool {
+    !rx.is_empty()
 }
 
 /// Opens the index; one built for another folder (the root or `folder_id` changed, e.g. the
