@@ -23,6 +23,12 @@ fn processes_with(marker: &[u8], except: &[u32]) -> BTreeSet<String> {
         if except.contains(&pid) {
             continue;
         }
+        // A child of `serve` between fork and exec is still serve's own image, and its
+        // /proc environ is serve's initial one (which removing a variable does not wipe);
+        // what matters is the environment of the programs it runs (postgres, ssh, sh).
+        if std::fs::read_link(e.path().join("exe")).is_ok_and(|x| x == std::path::Path::new(env!("CARGO_BIN_EXE_filesync"))) {
+            continue;
+        }
         let Ok(env) = std::fs::read(e.path().join("environ")) else { continue };
         if env.windows(marker.len()).any(|w| w == marker) {
             let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default().iter().map(|&b| if b == 0 { ' ' } else { b as char }).collect::<String>();
