@@ -194,7 +194,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     let refusals = refusals::Refusals::new(Arc::new(move |m: String| log2.warn(m)), Arc::new(move || st2.lock().expect("BUG: poisoned").counters.refused += 1));
     let access = server::Access::new(&s.node_name, refusals);
     let status_dirty = Arc::new(tokio::sync::Notify::new());
-    let peer_ctx = Arc::new(peers::PeerCtx { dirty: status_dirty.clone(), me: s.node_name.clone(), folder: s.folder_id.clone(), client: client.clone(), index: index.clone(), events: ev_tx.clone(), status: status.clone(), log: log.clone(), access: access.clone() });
+    let peer_ctx = Arc::new(peers::PeerCtx { dirty: status_dirty.clone(), pending: tokio::sync::watch::Sender::new(0), me: s.node_name.clone(), folder: s.folder_id.clone(), client: client.clone(), index: index.clone(), events: ev_tx.clone(), status: status.clone(), log: log.clone(), access: access.clone() });
     let paused = Arc::new(AtomicBool::new(false));
     let mut agent = Agent {
         root: SyncRoot::new(s.root.clone()).with_graveyard(&s.state_dir.join("displaced")).context("cannot create the displaced-files directory in the state dir")?,
@@ -293,6 +293,8 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         if wake < now {
             wake = now;
         }
+        // Whether this turn handled something that may change what the status says.
+        let mut touched = true;
         tokio::select! {
             _ = shutdown.cancelled() => break,
             h = hint_rx.recv() => {
@@ -330,7 +332,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
             _ = hup.recv() => { agent.admin(AdminCmd::Reload); }
             _ = status_tick.tick() => agent.status_due = Some(Instant::now()),
             _ = status_dirty.notified() => { agent.status_due.get_or_insert(Instant::now() + STATUS_DEBOUNCE); }
-            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = tokio::time::sleep_until(wake.into()) => touched = agent.status_due.is_none_or(|t| t > Instant::now()),
         }
         let degraded = _watcher.is_none() || wshared.warning.lock().expect("BUG: poisoned").is_some();
         if degraded && !polling {
@@ -349,6 +351,10 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
             }
         agent.reap(false);
         let now = Instant::now();
+        // Whatever happened may have changed what the status says (it is written only if so).
+        if touched {
+            agent.status_due.get_or_insert(now + STATUS_DEBOUNCE);
+        }
         if agent.status_due.is_some_and(|t| t <= now) {
             agent.status_due = None;
             agent.refresh_status();
@@ -462,6 +468,8 @@ impl Agent {
         st.pending_local = self.batcher.len();
         st.writing = self.batcher.writing();
         st.pending_remote = needs.len();
+        let backlog = needs.len() as u64;
+        self.peer_ctx.pending.send_if_modified(|v| std::mem::replace(v, backlog) != backlog);
         st.pending_errors = needs.iter().filter_map(|n| n.last_error.clone()).take(5).collect();
         st.held_deletes = self.held_deletes;
         st.unsyncable = self.unsyncable.iter().take(20).cloned().collect();

@@ -42,6 +42,8 @@ pub struct PeerLink {
 pub struct PeerCtx {
     /// Woken when a peer's state in the status changes (the event loop rewrites the status).
     pub dirty: Arc<tokio::sync::Notify>,
+    /// This node's backlog (items accepted but not written), reported to every peer.
+    pub pending: tokio::sync::watch::Sender<u64>,
     pub me: String,
     /// This node's `folder_id` (empty if unset).
     pub folder: String,
@@ -82,15 +84,19 @@ async fn run(ctx: Arc<PeerCtx>, name: String, address: String) {
                 continue;
             }
         };
-        let (pending, _err) = {
-            let st = ctx.status.lock().expect("BUG: poisoned");
-            (st.pending_remote as u64, st.pending_errors.first().cloned())
-        };
+        // Our backlog travels with each ask; when it changes while a long-poll waits, the
+        // ask is made again at once, so the peer's view of it is never minutes old.
+        let mut backlog = ctx.pending.subscribe();
+        let pending = *backlog.borrow_and_update();
         // The first ask after (re)connecting returns at once, so the link is known to be up.
         let wait_ms = if connected { LONG_POLL.as_millis() as u64 } else { 0 };
         let q = ChangesQuery { since: progress.seq, index_id: progress.index_id, wait_ms, pending, from: ctx.me.clone(), folder: ctx.folder.clone() };
         let res = match prefetched.take() {
             Some((since, index_id, page)) if since == progress.seq && index_id == progress.index_id => Ok(page),
+            _ if wait_ms > 0 => tokio::select! {
+                r = ask(&ctx.client, &address, &q, Duration::from_secs(15)) => r.map(|(p, _)| p),
+                _ = backlog.changed() => continue,
+            },
             _ => ask(&ctx.client, &address, &q, Duration::from_secs(15)).await.map(|(p, _)| p),
         };
         match res {
