@@ -20,6 +20,7 @@ pub mod batch;
 pub mod config;
 pub mod enroll;
 pub mod exclude;
+pub mod hold;
 pub mod identity;
 pub mod index;
 pub mod inspect;
@@ -34,6 +35,7 @@ pub mod scan;
 pub mod server;
 pub mod status;
 pub mod transfer;
+pub mod versions;
 pub mod watch;
 mod writers;
 
@@ -66,6 +68,16 @@ pub enum Event {
     /// A content fetch finished (into a temp file) or failed.
     Fetched { need: Need, result: anyhow::Result<transfer::Fetched> },
     Admin(AdminCmd, oneshot::Sender<String>),
+    /// Restores and mass-delete decisions; answered with a JSON body or an error message.
+    Safety(SafetyCmd, oneshot::Sender<Result<String, String>>),
+}
+
+/// Operator commands of the safety nets (`admin`), with their `protocol::versions` bodies.
+#[derive(Debug, Clone)]
+pub enum SafetyCmd {
+    Restore(crate::protocol::versions::RestoreRequest),
+    ConfirmHold(Option<String>),
+    RejectHold(Option<String>),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -114,6 +126,10 @@ struct Agent {
     link: Option<Arc<link::Link>>,
     /// Names found in the root that cannot be synced (not valid UTF-8), as last seen.
     unsyncable: BTreeSet<String>,
+    /// What peers' changes displaced here, kept for restores.
+    versions: versions::Versions,
+    /// Peers' deletions waiting for the rest of their batch, or for an operator.
+    holds: hold::Holds,
 }
 
 /// Runs an agent until `shutdown` is cancelled. Fails only on critical errors: the root
@@ -185,8 +201,11 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     let access = server::Access::new(&s.node_name, refusals);
     let peer_ctx = Arc::new(peers::PeerCtx { me: s.node_name.clone(), folder: s.folder_id.clone(), client: client.clone(), index: index.clone(), events: ev_tx.clone(), status: status.clone(), log: log.clone(), access: access.clone() });
     let paused = Arc::new(AtomicBool::new(false));
+    let (root, versions) = open_root(&s, &log)?;
     let mut agent = Agent {
-        root: SyncRoot::new(s.root.clone()).with_graveyard(&s.state_dir.join("displaced")).context("cannot create the displaced-files directory in the state dir")?,
+        root,
+        versions,
+        holds: hold::Holds::default(),
         batcher: Batcher::new(s.delay, s.write_quiet, s.max_batch),
         s,
         index,
@@ -218,14 +237,19 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     if stale > 0 {
         agent.log.normal(format!("removed {stale} temp file(s) left by an interrupted transfer"));
     }
+    // Versions a crash interrupted are finished while the index still describes the old state.
+    agent.recover_versions()?;
     // What a peer's page put on disk before a crash is the peer's, not a local edit.
     agent.reconcile("start-up")?;
+    agent.load_holds()?;
     // Start-up: a full scan against the persistent index (unchanged files are not re-hashed).
     let t0 = Instant::now();
     let before = agent.index.len()?;
     agent.local_batch(vec![Target::Root], "startup scan")?;
     for n in agent.index.needs()? {
-        agent.retry_at.insert(n.entry.path.clone(), Instant::now());
+        if !agent.holds.holds(&n.entry) {
+            agent.retry_at.insert(n.entry.path.clone(), Instant::now());
+        }
     }
     agent.log.normal(format!("startup scan: {} entries in the index ({} before), {:.0} ms", agent.index.len()?, before, t0.elapsed().as_secs_f64() * 1000.0));
 
@@ -240,6 +264,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         inline_relayed: false,
         folder: agent.s.folder_id.clone(),
         access: Some(access.clone()),
+        versions: agent.versions.store.clone(),
     };
     if let (Some(link), Some(listener)) = (agent.link.clone(), link_listener) {
         let link_app = server::link_router(server::AppState { inline_relayed: true, access: None, ..app_state.clone() });
@@ -272,7 +297,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         // Retries are due only when a fetch slot is free; a finished fetch wakes the loop.
         let retry = if agent.fetch_sem.available_permits() > 0 && agent.link_fetch_sem.available_permits() > 0 { agent.retry_at.values().min().copied() } else { None };
         let recheck = agent.rechecks.values().min().copied();
-        let mut wake = [agent.batcher.deadline(), retry, next_rescan, recheck, agent.root.next_reap()].into_iter().flatten().min().unwrap_or(now + Duration::from_secs(3600));
+        let mut wake = [agent.batcher.deadline(), retry, next_rescan, recheck, agent.root.next_reap(), agent.holds.next_wake()].into_iter().flatten().min().unwrap_or(now + Duration::from_secs(3600));
         if wake < now {
             wake = now;
         }
@@ -304,10 +329,17 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
                     let msg = agent.admin(cmd);
                     let _ = reply.send(msg);
                 }
+                Some(Event::Safety(cmd, reply)) => {
+                    let r = agent.safety(cmd);
+                    let _ = reply.send(r);
+                }
                 None => break,
             },
             _ = hup.recv() => { agent.admin(AdminCmd::Reload); }
-            _ = status_tick.tick() => agent.refresh_status(),
+            _ = status_tick.tick() => {
+                agent.versions_tick();
+                agent.refresh_status();
+            }
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
         let degraded = _watcher.is_none() || wshared.warning.lock().expect("BUG: poisoned").is_some();
@@ -326,6 +358,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
                 next_rescan = if polling { Some(Instant::now() + poll_every) } else { rescan_every.map(|d| Instant::now() + d) };
             }
         agent.reap(false);
+        agent.tick_holds();
         let now = Instant::now();
         let due_rechecks: Vec<RelPath> = agent.rechecks.iter().filter(|(_, t)| **t <= now).map(|(p, _)| p.clone()).collect();
         for p in due_rechecks {
@@ -348,6 +381,32 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     }
     agent.refresh_status();
     Ok(())
+}
+
+/// The sync root with its graveyard, and the versions area (kept in `<state_dir>/versions`
+/// when `[versions] keep` and the state dir shares the root's file system).
+fn open_root(s: &Settings, log: &LsyncdLog) -> anyhow::Result<(SyncRoot, versions::Versions)> {
+    let root = SyncRoot::new(s.root.clone()).with_graveyard(&s.state_dir.join("displaced")).context("cannot create the displaced-files directory in the state dir")?;
+    if !s.versions.keep {
+        return Ok((root, versions::Versions::off(s.versions.clone(), "versions.keep = false in agent.toml")));
+    }
+    let dir = s.state_dir.join("versions");
+    let store = match versions::Store::open(&dir) {
+        Ok(st) => st,
+        Err(e) => {
+            let why = format!("versions are not kept: {e:#}");
+            log.error(&why);
+            return Ok((root, versions::Versions::off(s.versions.clone(), &why)));
+        }
+    };
+    match root.clone().keep_displaced_in(&dir.join("data")) {
+        Ok(r) => Ok((r, versions::Versions::on(s.versions.clone(), store))),
+        Err(e) => {
+            let why = format!("versions are not kept: {e} (a version is kept by a rename; put the state dir on the sync root's file system)");
+            log.warn(&why);
+            Ok((root, versions::Versions::off(s.versions.clone(), &why)))
+        }
+    }
 }
 
 /// Opens the index; one built for another folder (the root or `folder_id` changed, e.g. the
@@ -407,16 +466,6 @@ impl Agent {
         }
     }
 
-    /// Ends the grace period of files that peers' versions displaced: one written to after
-    /// the swap is kept as a conflict copy and announced.
-    fn reap(&mut self, all: bool) {
-        for copy in self.root.reap(all, &self.s.node_name) {
-            self.log.warn(format!("Conflict: a local write landed in a file after a peer's version had replaced it; the written content is kept as {copy}"));
-            self.status.lock().expect("BUG: poisoned").counters.conflicts += 1;
-            self.batcher.add(copy, HintKind::Tree, Instant::now());
-        }
-    }
-
     fn refresh_status(&mut self) {
         let seq = self.index.last_seq();
         let summary = if self.summary_seq != Some(seq) {
@@ -426,6 +475,7 @@ impl Agent {
             None
         };
         let needs = self.index.needs().unwrap_or_default();
+        self.refresh_holds(&needs);
         let mut st = self.status.lock().expect("BUG: poisoned");
         st.last_seq = seq;
         st.pending_local = self.batcher.len();
