@@ -239,6 +239,7 @@ impl Agent {
     /// again against what is here now (a local edit meanwhile still beats the deletion).
     fn release(&mut self, node: NodeId, only: Option<HashSet<RelPath>>) -> anyhow::Result<usize> {
         let run = self.holds.runs.get_mut(&node).expect("BUG: releasing a known run");
+        let name = run.name.clone();
         match &only {
             Some(o) => run.paths.retain(|p, _| !o.contains(p)),
             // A confirmed hold resumes after a crash; a settling run would settle again anyway.
@@ -298,7 +299,7 @@ impl Agent {
         }
         if applied > 0 {
             self.status.lock().expect("BUG: poisoned").counters.applied += applied as u64;
-            self.log.normal(format!("applied {applied} deletion(s) from {node:016x}"));
+            self.log.normal(format!("applied {applied} deletion(s) from {name}"));
         }
         Ok(applied)
     }

@@ -232,12 +232,9 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         unsyncable: BTreeSet::new(),
     };
 
-    // Temp files left by a crash are garbage: the real names were never touched.
-    let stale = agent.root.sweep_temps();
-    if stale > 0 {
-        agent.log.normal(format!("removed {stale} temp file(s) left by an interrupted transfer"));
-    }
-    // Versions a crash interrupted are finished while the index still describes the old state.
+    // Temp files left by a crash are garbage (the real names were never touched), except
+    // content a crash caught on its way to the versions area; versions a crash interrupted
+    // are finished while the index still describes the old state.
     agent.recover_versions()?;
     // What a peer's page put on disk before a crash is the peer's, not a local edit.
     agent.reconcile("start-up")?;

@@ -329,10 +329,29 @@ impl SyncRoot {
     /// Removes every temp file of ours in the tree (left by a crash; their targets were
     /// never touched). Returns how many.
     pub fn sweep_temps(&self) -> usize {
-        let mut n = 0;
-        let Ok(root) = self.root_fd() else { return 0 };
+        self.sweep_temps_keeping(&|_| false).0
+    }
+
+    /// `sweep_temps`, except that a temp file `adopt` recognises (content a replacement or a
+    /// deletion had just moved aside when the agent stopped, before it reached the
+    /// graveyard) goes into the versions area, where start-up recovery records it. Returns
+    /// how many were removed and how many kept.
+    pub fn sweep_temps_keeping(&self, adopt: &dyn Fn(&DiskMeta) -> bool) -> (usize, usize) {
+        let (mut n, mut kept) = (0, 0);
+        let Ok(root) = self.root_fd() else { return (0, 0) };
+        let gd = self.graveyard.dir.as_ref().filter(|_| self.graveyard.keeps);
         let mut stack = vec![root];
         while let Some(d) = stack.pop() {
+            if let Some(gd) = gd {
+                for (name, st) in walk::entries(&d) {
+                    if is_temp_name(&name)
+                        && DiskMeta::from_stat(&st).is_some_and(|m| m.kind == crate::protocol::EntryKind::File && adopt(&m))
+                        && beneath::rename_at(&d, &name, gd, &name_of(self.graveyard.new_id()), RenameFlags::NOREPLACE).is_ok()
+                    {
+                        kept += 1;
+                    }
+                }
+            }
             n += remove_temps_in(&d);
             for (name, st) in walk::entries(&d) {
                 if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
@@ -342,7 +361,7 @@ impl SyncRoot {
                 }
             }
         }
-        n
+        (n, kept)
     }
 }
 

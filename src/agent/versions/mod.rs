@@ -120,8 +120,6 @@ impl Versions {
         }
         root.sync_versions_dir();
         store.put(&items, true)?;
-        self.count += items.len() as u64;
-        self.bytes += items.iter().map(|(_, r)| r.disk_bytes).sum::<u64>();
         Ok(())
     }
 
@@ -158,7 +156,6 @@ impl Versions {
                 rec.hash = hash_version(root, g.id);
             }
             (rec.size, rec.mtime_ns, rec.mode, rec.ino, rec.ctime_ns) = (meta.size, meta.mtime_ns, meta.mode, meta.ino, meta.ctime_ns);
-            self.bytes = self.bytes.saturating_sub(rec.disk_bytes) + blocks;
             rec.disk_bytes = blocks;
             rec.settled = true;
             updates.push((g.id, rec));
@@ -171,31 +168,19 @@ impl Versions {
     /// Removes versions (records first, then content).
     fn remove(&mut self, root: &SyncRoot, ids: &[u64]) -> anyhow::Result<()> {
         let Some(store) = &self.store else { return Ok(()) };
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut freed = 0;
-        let mut n = 0;
-        for id in ids {
-            if let Some(r) = store.get(*id)? {
-                freed += r.disk_bytes;
-                n += 1;
-            }
-        }
         store.remove(ids)?;
         for id in ids {
             root.drop_version(*id);
         }
-        self.count = self.count.saturating_sub(n);
-        self.bytes = self.bytes.saturating_sub(freed);
         Ok(())
     }
 
     /// Retention, oldest first: past the age, over the cap or the count; and whether new
-    /// versions may be kept (free space). Recounts the totals from the records.
+    /// versions may be kept (free space). Recounts the totals (of settled versions: those
+    /// still in their grace period are not versions yet) from the records.
     pub fn retain(&mut self, root: &SyncRoot) -> anyhow::Result<()> {
         let Some(store) = self.store.clone() else { return Ok(()) };
-        let all = store.all()?;
+        let all: Vec<(u64, Record)> = store.all()?.into_iter().filter(|(_, r)| r.settled).collect();
         let (free, total) = root.versions_fs_space().unwrap_or((u64::MAX / 4, u64::MAX / 2));
         let used: u64 = all.iter().map(|(_, r)| r.disk_bytes).sum();
         self.cap = self.settings.max_bytes.unwrap_or_else(|| ((free as u128 + used as u128) * self.settings.max_percent_of_free as u128 / 100) as u64);
@@ -207,9 +192,6 @@ impl Versions {
         let (mut bytes, mut count) = (used, all.len());
         let mut gone = Vec::new();
         for (id, r) in &all {
-            if !r.settled {
-                continue;
-            }
             if r.kept_at_ns < too_old || bytes > self.cap || count > MAX_COUNT {
                 gone.push(*id);
                 bytes = bytes.saturating_sub(r.disk_bytes);
@@ -222,7 +204,8 @@ impl Versions {
         }
         self.count = count as u64;
         self.bytes = bytes;
-        self.oldest = all.iter().filter(|(id, _)| !gone.contains(id)).map(|(_, r)| r.kept_at_ns.div_euclid(1_000_000_000)).min();
+        let gone_set: std::collections::HashSet<u64> = gone.iter().copied().collect();
+        self.oldest = all.iter().find(|(id, _)| !gone_set.contains(id)).map(|(_, r)| r.kept_at_ns.div_euclid(1_000_000_000));
         Ok(())
     }
 }
@@ -296,9 +279,18 @@ impl Agent {
         self.status.lock().expect("BUG: poisoned").versions = now;
     }
 
-    /// Start-up: finishes what a crash interrupted in the versions area (see `recover`).
+    /// Start-up: sweeps temp files and finishes what a crash interrupted in the versions
+    /// area (see `recover`).
     pub(super) fn recover_versions(&mut self) -> anyhow::Result<()> {
-        let rescued = recover::recover(self)?;
+        let by_ino = if self.versions.store.is_some() { recover::live_inodes(&self.index)? } else { Default::default() };
+        let (stale, caught) = self.root.sweep_temps_keeping(&|m| recover::explains(&by_ino, m).is_some());
+        if stale > 0 {
+            self.log.normal(format!("removed {stale} temp file(s) left by an interrupted transfer"));
+        }
+        if caught > 0 {
+            tracing::debug!(caught, "displaced files caught at their temp names");
+        }
+        let rescued = recover::recover(self, &by_ino)?;
         for copy in rescued {
             self.log.warn(format!("Conflict: a write reached a replaced file before the agent stopped; the written content is kept as {copy}"));
             self.batcher.add(copy, super::watch::HintKind::Tree, std::time::Instant::now());

@@ -1,6 +1,8 @@
 //! Start-up recovery of the versions area, before the journal's reconcile and the start-up
 //! scan. A kill -9 can stop the agent between any two steps of keeping a version:
 //!
+//! - moved aside (a temp name in the folder) but not into `data/` yet: the temp sweep moves
+//!   it there when the index explains it (below), else removes it like any temp file.
 //! - displaced (renamed into `data/`), not recorded yet: the change that displaced it was
 //!   not recorded in the index either (records are flushed first), so the index still names
 //!   the file's inode at its path: it is recorded from that entry (path, hash; the node
@@ -17,14 +19,26 @@ use std::collections::HashMap;
 
 use super::store::Record;
 use crate::agent::Agent;
+use crate::agent::index::Stored;
+use crate::agent::root::DiskMeta;
 use crate::protocol::EntryKind;
 use crate::protocol::RelPath;
 use crate::protocol::versions::Cause;
 
+/// Live files of the index by inode: what a displaced file without a record can only be.
+pub(super) fn live_inodes(index: &crate::agent::index::Index) -> anyhow::Result<HashMap<u64, Stored>> {
+    Ok(index.under(None)?.into_iter().filter(|s| !s.entry.deleted && s.entry.kind == EntryKind::File).map(|s| (s.ino, s)).collect())
+}
+
+/// The index entry a displaced file (by its state) was taken from, if any.
+pub(super) fn explains<'a>(by_ino: &'a HashMap<u64, Stored>, m: &DiskMeta) -> Option<&'a Stored> {
+    by_ino.get(&m.ino).filter(|s| s.entry.size == m.size && s.entry.mtime_ns == m.mtime_ns)
+}
+
 /// Returns the conflict copies it put back in the folder.
-pub(super) fn recover(a: &mut Agent) -> anyhow::Result<Vec<RelPath>> {
+pub(super) fn recover(a: &mut Agent, by_ino: &HashMap<u64, Stored>) -> anyhow::Result<Vec<RelPath>> {
     let Some(store) = a.versions.store.clone() else { return Ok(Vec::new()) };
-    let mut files: HashMap<u64, (crate::agent::root::DiskMeta, u64)> = a.root.version_files().into_iter().map(|(id, m, b)| (id, (m, b))).collect();
+    let mut files: HashMap<u64, (DiskMeta, u64)> = a.root.version_files().into_iter().map(|(id, m, b)| (id, (m, b))).collect();
     let mut rescued = Vec::new();
     let mut updates = Vec::new();
     let mut dropped = Vec::new();
@@ -56,8 +70,6 @@ pub(super) fn recover(a: &mut Agent) -> anyhow::Result<Vec<RelPath>> {
     // Files without a record: displaced by a change the index had not recorded yet.
     let mut adopted = 0;
     if !files.is_empty() {
-        let by_ino: HashMap<u64, crate::agent::index::Stored> =
-            a.index.under(None)?.into_iter().filter(|s| !s.entry.deleted && s.entry.kind == EntryKind::File).map(|s| (s.ino, s)).collect();
         let pending: HashMap<String, (String, bool)> = a
             .index
             .journal()?
@@ -66,7 +78,7 @@ pub(super) fn recover(a: &mut Agent) -> anyhow::Result<Vec<RelPath>> {
             .map(|e| (e.path.to_string(), (e.modified_by_name, e.deleted)))
             .collect();
         for (id, (meta, blocks)) in files {
-            match by_ino.get(&meta.ino).filter(|s| s.entry.size == meta.size && s.entry.mtime_ns == meta.mtime_ns) {
+            match explains(by_ino, &meta) {
                 Some(s) => {
                     let (by, deleted) = pending.get(s.entry.path.as_str()).cloned().unwrap_or_default();
                     updates.push((

@@ -102,8 +102,12 @@ impl Agent {
         }
         for n in 1..100 {
             let to = select::beside(path, p.rec.kept_at_ns, n);
-            if self.root.stat(&to).map_err(|e| e.to_string())?.is_none() {
+            let Some(there) = self.root.stat(&to).map_err(|e| e.to_string())? else {
                 return Ok(Some(Plan { to, expect: Expect::Absent, replaced: false, current: None }));
+            };
+            let same = self.index.get(&to).map_err(|e| format!("{e:#}"))?.filter(|s| self.disk_matches(Some(s), Some(&there))).is_some_and(|s| Some(s.entry.hash) == p.rec.hash);
+            if same {
+                return Err(format!("already restored as {to}"));
             }
         }
         Err("no free name beside it".into())
