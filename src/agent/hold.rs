@@ -5,24 +5,28 @@
 //! A peer's deletion of something this node has (decided `Apply` in `apply_entry`) is not
 //! carried out at once: it becomes a need, not scheduled, in the *run* of the node that made
 //! the deletion (its author, so relayed copies of the same deletions join the same run). A
-//! run settles [`SETTLE`] after its last deletion arrived, across pages and peers, and is
-//! then applied in one go, children first. If it deletes more than `[mass_delete]` allows
-//! (`max_files`, or `max_percent` of the tree's files from `min_files` on; deletions whose
-//! content still lives under another name, the halves of a large move, do not count) it is
-//! held instead: nothing is deleted, `lsyncd.status` and `/v1/status` say how many, from
-//! which node, since when, with a few paths, until `filesync ctl hold confirm` applies it or
+//! run is complete [`SETTLE`] after its last deletion arrived, across pages and peers. Then
+//! it is applied in one go, children first, unless it deletes more than `[mass_delete]`
+//! allows (`max_files`, or `max_percent` of the tree's files from `min_files` on). Deletions
+//! that are halves of a move do not count and are applied: a large move spans pages, its new
+//! names first, so a deleted file whose content arrived from the same node under another
+//! name in the last minute, and is still there outside the run, was moved (each arrival
+//! excuses one deletion; a tree of duplicates deleted together excuses nothing).
+//!
+//! A held run deletes nothing: `lsyncd.status` and `/v1/status` say how many, from which
+//! node, since when, with a few paths, until `filesync ctl hold confirm` applies it or
 //! `hold reject` turns it back: this node announces the held files and directories again as
 //! its own, with versions that supersede the deletions, so by the normal rules they come
 //! back on the node that deleted them and on every other (their holds dissolve).
 //!
-//! What is blocked meanwhile: only that node's deletions (later ones join the held run).
-//! Its new files and edits, everyone else's changes, and newer versions of held paths (which
-//! replace the held deletion) are applied as usual; peer progress advances (held deletions
-//! are recorded needs). Runs are persisted in `<state_dir>/holds.json` (written before the
-//! page that starts one is recorded), so a restart keeps a hold held; their paths are the
-//! needs themselves.
+//! What is blocked meanwhile: only that node's deletions (later ones, moves included, join
+//! the held run). Its new files and edits, everyone else's changes, and newer versions of
+//! held paths (which replace the held deletion) are applied as usual; peer progress
+//! advances (held deletions are recorded needs). Runs are persisted in
+//! `<state_dir>/holds.json` (written before the page that starts one is recorded), so a
+//! restart keeps a hold held and a confirmed one applying; their paths are the needs.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -56,9 +60,6 @@ struct Run {
     /// The held paths and what each is (from the needs).
     #[serde(skip)]
     paths: BTreeMap<RelPath, EntryKind>,
-    /// The file count the threshold was last checked at.
-    #[serde(skip)]
-    checked: usize,
 }
 
 impl Run {
@@ -72,13 +73,40 @@ pub struct Holds {
     runs: BTreeMap<NodeId, Run>,
     /// Set while a release applies deletions (the gate lets them through).
     releasing: bool,
+    /// Content that arrived from each node in the last [`ARRIVALS`], and where (see
+    /// `moved_paths`); `arrivals` counts them, `pruned` is when old ones were last dropped.
+    arrived: HashMap<(NodeId, [u8; 32]), Vec<(Instant, RelPath)>>,
+    arrivals: usize,
+    pruned: Option<Instant>,
 }
+
+/// How long an arrival can excuse a deletion as the other half of a move, and at most how
+/// many are remembered.
+const ARRIVALS: Duration = Duration::from_secs(60);
+const MAX_ARRIVALS: usize = 200_000;
 
 fn is_run_member(runs: &BTreeMap<NodeId, Run>, e: &Entry) -> bool {
     e.deleted && runs.get(&e.modified_by).is_some_and(|r| r.state != State::Releasing)
 }
 
 impl Holds {
+    fn note_arrival(&mut self, node: NodeId, hash: [u8; 32], path: &RelPath) {
+        let now = Instant::now();
+        if self.arrivals >= MAX_ARRIVALS || self.pruned.is_none_or(|t| now.duration_since(t) > Duration::from_secs(10)) {
+            self.arrived.retain(|_, v| {
+                v.retain(|(t, _)| now.duration_since(*t) <= ARRIVALS);
+                !v.is_empty()
+            });
+            self.arrivals = self.arrived.values().map(Vec::len).sum();
+            self.pruned = Some(now);
+            if self.arrivals >= MAX_ARRIVALS {
+                return;
+            }
+        }
+        self.arrived.entry((node, hash)).or_default().push((now, path.clone()));
+        self.arrivals += 1;
+    }
+
     /// Whether `e` (a need's entry) waits in a run and must not be scheduled.
     pub fn holds(&self, e: &Entry) -> bool {
         !self.releasing && is_run_member(&self.runs, e)
@@ -124,7 +152,7 @@ impl Agent {
         }
         let disk = self.root.stat(&r.path).ok().flatten()?;
         if !self.holds.runs.contains_key(&r.modified_by) {
-            self.holds.runs.insert(r.modified_by, Run { node: r.modified_by, name: r.modified_by_name.clone(), state: State::Settling, since: time::OffsetDateTime::now_utc().unix_timestamp(), last: None, paths: BTreeMap::new(), checked: 0 });
+            self.holds.runs.insert(r.modified_by, Run { node: r.modified_by, name: r.modified_by_name.clone(), state: State::Settling, since: time::OffsetDateTime::now_utc().unix_timestamp(), last: None, paths: BTreeMap::new() });
             if let Err(e) = self.save_holds() {
                 // Without a durable record a restart would apply the run unchecked: apply now.
                 self.holds.runs.remove(&r.modified_by);
@@ -146,20 +174,15 @@ impl Agent {
         Some(Need { entry: r.clone(), source: source.to_owned(), attempts: 0, last_error: Some(why), force: false, copy_of: None })
     }
 
-    /// Checks settling runs against the threshold, applies those that settled; called by
-    /// the event loop after every event.
+    /// Decides settled runs (applied, or held when they delete too much) and resumes
+    /// interrupted releases; called by the event loop after every event.
     pub(super) fn tick_holds(&mut self) {
         let now = Instant::now();
         let nodes: Vec<NodeId> = self.holds.runs.keys().copied().collect();
         for node in nodes {
             let Some(run) = self.holds.runs.get(&node) else { continue };
-            let (state, files, checked, due) = (run.state, run.files(), run.checked, run.last.is_none_or(|t| now >= t + SETTLE));
-            let result = match state {
-                State::Settling if files > checked => {
-                    self.holds.runs.get_mut(&node).expect("BUG: listed").checked = files;
-                    self.check_threshold(node)
-                }
-                State::Settling if due => self.release(node, None).map(|_| ()),
+            let result = match run.state {
+                State::Settling if run.last.is_none_or(|t| now >= t + SETTLE) => self.settle_run(node),
                 State::Releasing => self.release(node, None).map(|_| ()),
                 _ => Ok(()),
             };
@@ -169,9 +192,9 @@ impl Agent {
         }
     }
 
-    /// Holds a settling run that deletes too much; deletions of content that still lives
-    /// under another name (a move) are applied and do not count.
-    fn check_threshold(&mut self, node: NodeId) -> anyhow::Result<()> {
+    /// A run whose batch is complete: applied, or held if it deletes too much; deletions
+    /// that are halves of a move are applied and do not count.
+    fn settle_run(&mut self, node: NodeId) -> anyhow::Result<()> {
         let tree = {
             let st = self.status.lock().expect("BUG: poisoned");
             st.files + st.symlinks
@@ -179,18 +202,17 @@ impl Agent {
         // Exactly what waits now (deletions replaced by newer versions have left).
         let paths = self.run_needs(node, None)?.into_iter().map(|n| (n.entry.path, n.entry.kind)).collect();
         self.holds.runs.get_mut(&node).expect("BUG: checked by the caller").paths = paths;
-        let run = &self.holds.runs[&node];
-        if !self.s.mass_delete.exceeded(run.files(), tree) {
-            return Ok(());
+        let files = self.holds.runs[&node].files();
+        if !self.s.mass_delete.exceeded(files, tree) {
+            return self.release(node, None).map(|_| ());
         }
-        let moved = self.moved_paths(&run.paths)?;
-        let run = &self.holds.runs[&node];
-        let counted = run.paths.iter().filter(|(p, k)| **k != EntryKind::Dir && !moved.contains(*p)).count();
+        let moved = self.moved_paths(node)?;
+        let counted = files - moved.len();
+        if !self.s.mass_delete.exceeded(counted, tree) {
+            return self.release(node, None).map(|_| ());
+        }
         if !moved.is_empty() {
             self.release(node, Some(moved))?;
-        }
-        if !self.s.mass_delete.exceeded(counted, tree) {
-            return Ok(());
         }
         let run = self.holds.runs.get_mut(&node).expect("BUG: checked above");
         run.state = State::Held;
@@ -205,27 +227,42 @@ impl Agent {
         Ok(())
     }
 
-    /// Paths among `paths` whose content (as this node's index knows it) is still at
-    /// another path, or about to be (a pending need): halves of a move.
-    fn moved_paths(&self, paths: &BTreeMap<RelPath, EntryKind>) -> anyhow::Result<HashSet<RelPath>> {
-        let mut live: HashSet<[u8; 32]> = HashSet::new();
-        let mut held: Vec<(RelPath, [u8; 32])> = Vec::new();
-        for s in self.index.under(None)? {
-            if s.entry.deleted || s.entry.kind != EntryKind::File {
-                continue;
+    /// Files of `node`'s settled run whose content (as this node's index knows it) arrived
+    /// from `node` under another name in the last minute and is still there, outside the
+    /// run: halves of a move (a large move spans pages, its new names first). Each arrival
+    /// excuses one deletion, and files deleted in the same run excuse none, so deleting a
+    /// tree of duplicates, even just uploaded, is still counted.
+    fn moved_paths(&mut self, node: NodeId) -> anyhow::Result<HashSet<RelPath>> {
+        let run_paths = std::mem::take(&mut self.holds.runs.get_mut(&node).expect("BUG: known run").paths);
+        let mut moved = HashSet::new();
+        for (p, _) in run_paths.iter().filter(|(_, k)| **k == EntryKind::File) {
+            let Some(hash) = self.index.get(p)?.filter(|s| !s.entry.deleted).map(|s| s.entry.hash) else { continue };
+            let Some(cands) = self.holds.arrived.get(&(node, hash)) else { continue };
+            let mut found = None;
+            for (i, (t, q)) in cands.iter().enumerate() {
+                if q == p || run_paths.contains_key(q) || t.elapsed() > ARRIVALS {
+                    continue;
+                }
+                let lives = self.index.get(q)?.is_some_and(|s| !s.entry.deleted && s.entry.hash == hash) || self.index.get_need(q)?.is_some_and(|n| !n.entry.deleted && n.entry.hash == hash);
+                if lives {
+                    found = Some(i);
+                    break;
+                }
             }
-            if paths.contains_key(&s.entry.path) {
-                held.push((s.entry.path, s.entry.hash));
-            } else {
-                live.insert(s.entry.hash);
+            if let Some(i) = found {
+                self.holds.arrived.get_mut(&(node, hash)).expect("BUG: found above").swap_remove(i);
+                moved.insert(p.clone());
             }
         }
-        for n in self.index.needs()? {
-            if !n.entry.deleted && n.entry.kind == EntryKind::File {
-                live.insert(n.entry.hash);
-            }
+        self.holds.runs.get_mut(&node).expect("BUG: known run").paths = run_paths;
+        Ok(moved)
+    }
+
+    /// Notes new content arriving from a node (its half of a possible move, see `hold`).
+    pub(super) fn note_arrival(&mut self, r: &Entry) {
+        if self.s.mass_delete.enabled() && !r.deleted && r.kind == EntryKind::File {
+            self.holds.note_arrival(r.modified_by, r.hash, &r.path);
         }
-        Ok(held.into_iter().filter(|(_, h)| live.contains(h)).map(|(p, _)| p).collect())
     }
 
     /// The needs that are `node`'s waiting deletions (all, or those in `only`).

@@ -88,6 +88,7 @@ impl Agent {
                 // What this replaces or deletes is kept as a version, with why (`versions`).
                 // (A forced revert replaces a local modification the index does not describe.)
                 self.root.displacing(&r.path, crate::agent::versions::cause_of(&r, local.filter(|_| !force)));
+                self.note_arrival(&r);
                 if r.deleted {
                     // A deletion waits for the rest of its node's batch, or an operator (`hold`).
                     if let Some(need) = self.hold_deletion(source, &r) {
