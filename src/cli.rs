@@ -364,7 +364,15 @@ pub async fn ctl(config: &std::path::Path, command: CtlCommand) -> anyhow::Resul
             if holds.is_empty() {
                 return Ok("no deletions are waiting on this node".into());
             }
-            Ok(holds.iter().map(|h| format!("{} deletions from {} ({} files, {} entries) since {}, e.g. {}", h.state, h.from, h.files, h.entries, h.since, h.sample.join(", "))).collect::<Vec<_>>().join("\n"))
+            let when = |t: i64| {
+                let t = time::OffsetDateTime::from_unix_timestamp(t).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+                format!("{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC", t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute(), t.second())
+            };
+            Ok(holds
+                .iter()
+                .map(|h| format!("{} deletions from {} ({} files, {} entries) since {}, e.g. {}", h.state, h.from, h.files, h.entries, when(h.since), h.sample.join(", ")))
+                .collect::<Vec<_>>()
+                .join("\n"))
         }
         CtlCommand::Hold { action: Some(a) } => {
             let (verb, from) = match a {

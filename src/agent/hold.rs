@@ -184,11 +184,12 @@ impl Agent {
             let result = match run.state {
                 State::Settling if run.last.is_none_or(|t| now >= t + SETTLE) => self.settle_run(node),
                 State::Releasing => self.release(node, None).map(|_| ()),
-                _ => Ok(()),
+                _ => continue,
             };
             if let Err(e) = result {
                 self.error(format!("applying deletions from {node:016x}: {e:#}"));
             }
+            self.publish_holds();
         }
     }
 
@@ -358,6 +359,7 @@ impl Agent {
         let name = self.holds.runs[&node].name.clone();
         self.log.warn(format!("operator confirmed the mass delete from {name}: applying it"));
         let n = self.release(node, None).map_err(|e| format!("{e:#}"))?;
+        self.publish_holds();
         Ok(HoldResponse { from: name.clone(), entries: n, message: format!("applied {n} deletion(s) from {name}") })
     }
 
@@ -396,6 +398,7 @@ impl Agent {
         }
         self.holds.runs.remove(&node);
         self.save_holds().map_err(|e| format!("{e:#}"))?;
+        self.publish_holds();
         let msg = format!("rejected the mass delete from {name}: {n} file(s) and directories announced again from this node; they come back on {name} and every other node");
         self.log.warn(format!("operator {msg}"));
         Ok(HoldResponse { from: name, entries: n, message: msg })
@@ -417,6 +420,11 @@ impl Agent {
         if !empty.is_empty() && let Err(e) = self.save_holds() {
             self.error(format!("cannot record pending deletions: {e:#}"));
         }
+        self.publish_holds();
+    }
+
+    /// The runs in the status.
+    fn publish_holds(&self) {
         let list = self
             .holds
             .runs

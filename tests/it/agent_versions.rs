@@ -287,6 +287,27 @@ fn an_rm_rf_of_5000_files_is_held_then_rejected_or_confirmed() {
     assert_eq!(versions(&c, 2, "wp-content/uploads").iter().filter(|v| v["cause"] == "deleted").count(), 5000, "node3 kept what it deleted");
 }
 
+/// A directory of 2,500 files renamed on node 1 is a move, not a mass delete: its deletions
+/// arrive pages after its new names, and are applied, not held.
+#[test]
+fn a_large_move_is_applied_not_held() {
+    let mut c = Cluster::new(3, Options::default());
+    c.start_all();
+    for i in 0..2500 {
+        write(&c.nodes[0].path(&format!("gallery/img{i:04}.jpg")), format!("image {i}").as_bytes());
+    }
+    c.converge("2,500 files", Duration::from_secs(120), |t| if files_under(t, "gallery/") == 2500 { Ok(()) } else { Err(format!("{}", files_under(t, "gallery/"))) });
+    std::fs::create_dir(c.nodes[0].path("archive")).unwrap();
+    std::fs::rename(c.nodes[0].path("gallery"), c.nodes[0].path("archive/gallery-2024")).unwrap();
+    c.converge("moved everywhere", Duration::from_secs(120), |t| {
+        let (old, new) = (t.keys().filter(|k| k.starts_with("gallery")).count(), files_under(t, "archive/gallery-2024/"));
+        if old == 0 && new == 2500 { Ok(()) } else { Err(format!("{old} old paths, {new} new")) }
+    });
+    for i in [1, 2] {
+        assert!(!c.nodes[i].log().contains("HOLDING"), "node{} held a move: {}", i + 1, c.nodes[i].log());
+    }
+}
+
 /// A file deleted, then recreated with other content: restoring the deleted version never
 /// overwrites the new file; it is written beside it under a name that says so, everywhere.
 #[test]

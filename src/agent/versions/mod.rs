@@ -114,7 +114,8 @@ impl Versions {
     pub fn flush(&mut self, root: &SyncRoot) -> anyhow::Result<()> {
         let graves = root.take_graves();
         let Some(store) = &self.store else { return Ok(()) };
-        let items: Vec<(u64, Record)> = graves.iter().map(|g| (g.id, record_of(g))).collect();
+        // Only regular files are kept (a displaced link is dropped when its grace ends).
+        let items: Vec<(u64, Record)> = graves.iter().filter(|g| g.meta.kind == EntryKind::File).map(|g| (g.id, record_of(g))).collect();
         if items.is_empty() {
             return Ok(());
         }
@@ -147,7 +148,7 @@ impl Versions {
                 dropped.push(g.id);
                 continue;
             };
-            if self.stopped.is_some() || meta.size > self.cap || meta.nlink > 1 {
+            if self.stopped.is_some() || meta.size > self.cap || meta.nlink > 1 || meta.kind != EntryKind::File {
                 // Not kept: no room, or it still has another name in the folder (a hard link).
                 dropped.push(g.id);
                 continue;

@@ -2,7 +2,7 @@
 //! gets when it cannot go back under its own.
 //!
 //! Per path under the request's scope: `id` picks one version; `at: T` the content the path
-//! had at T (the oldest version displaced after T); `deleted_from..deleted_to` the newest
+//! had at T (the oldest version displaced after T, if it was written before T); `deleted_from..deleted_to` the newest
 //! deletion in that window; otherwise a file gets its newest version and a folder (or the
 //! whole tree) gets back the files whose newest version is a deletion.
 
@@ -69,7 +69,9 @@ pub fn select<'a>(all: &'a [(u64, Record)], req: &RestoreRequest) -> Result<Vec<
     for (path, versions) in &by_path {
         let last = versions.last().expect("BUG: a path is listed for its versions").1;
         let chosen = if let Some(at) = req.at {
-            versions.iter().find(|(_, r)| r.kept_at_ns > at.saturating_mul(NS))
+            // The first content displaced after T was there at T, unless it was written after
+            // T (then what was there at T is not known here).
+            versions.iter().find(|(_, r)| r.kept_at_ns > at.saturating_mul(NS)).filter(|(_, r)| r.mtime_ns <= at.saturating_mul(NS))
         } else if let (Some(f), Some(t)) = (req.deleted_from, req.deleted_to) {
             versions.iter().rev().find(|(_, r)| r.cause == Cause::Deleted && (f..=t).contains(&r.kept_at_ns.div_euclid(NS)))
         } else if single || last.cause == Cause::Deleted {
