@@ -252,7 +252,7 @@ fn an_rm_rf_of_5000_files_is_held_then_rejected_or_confirmed() {
         let h = until(&format!("node{} holds the deletes", i + 1), Duration::from_secs(60), || held(&c, i));
         assert_eq!(h["entries"].as_u64(), Some(5101), "5,000 files and 101 directories: {h}");
         assert_eq!(count(&c.snapshot(i)), 5000, "nothing deleted on node{}", i + 1);
-        assert!(c.nodes[i].status_file().contains("HOLDING 5000 deletes from node1"), "{}", c.nodes[i].status_file());
+        until("lsyncd.status to say so", Duration::from_secs(10), || if c.nodes[i].status_file().contains("HOLDING 5000 deletes from node1") { Ok(()) } else { Err(c.nodes[i].status_file()) });
     }
     assert!(ctl(&c, 1, &["hold"]).contains("held deletions from node1 (5000 files"));
 
