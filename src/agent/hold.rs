@@ -75,10 +75,13 @@ pub struct Holds {
     releasing: bool,
     /// Content that arrived from each node in the last [`ARRIVALS`], and where (see
     /// `moved_paths`); `arrivals` counts them, `pruned` is when old ones were last dropped.
-    arrived: HashMap<(NodeId, [u8; 32]), Vec<(Instant, RelPath)>>,
+    arrived: HashMap<(NodeId, [u8; 32]), Arrivals>,
     arrivals: usize,
     pruned: Option<Instant>,
 }
+
+/// When and where one content arrived from one node.
+type Arrivals = Vec<(Instant, RelPath)>;
 
 /// How long an arrival can excuse a deletion as the other half of a move, and at most how
 /// many are remembered.
@@ -151,8 +154,8 @@ impl Agent {
             return None;
         }
         let disk = self.root.stat(&r.path).ok().flatten()?;
-        if !self.holds.runs.contains_key(&r.modified_by) {
-            self.holds.runs.insert(r.modified_by, Run { node: r.modified_by, name: r.modified_by_name.clone(), state: State::Settling, since: time::OffsetDateTime::now_utc().unix_timestamp(), last: None, paths: BTreeMap::new() });
+        if let std::collections::btree_map::Entry::Vacant(v) = self.holds.runs.entry(r.modified_by) {
+            v.insert(Run { node: r.modified_by, name: r.modified_by_name.clone(), state: State::Settling, since: time::OffsetDateTime::now_utc().unix_timestamp(), last: None, paths: BTreeMap::new() });
             if let Err(e) = self.save_holds() {
                 // Without a durable record a restart would apply the run unchecked: apply now.
                 self.holds.runs.remove(&r.modified_by);

@@ -177,7 +177,7 @@ fn kill9_while_keeping_versions_leaves_no_partial_version_and_loses_nothing() {
     let mut c = Cluster::new(2, Options::default());
     c.start_all();
     let content = |round: u64, i: usize| -> Vec<u8> {
-        let extra = if i % 100 == 0 { 150_000 } else { i * 37 % 3000 };
+        let extra = if i.is_multiple_of(100) { 150_000 } else { i * 37 % 3000 };
         format!("round {round} file {i} {}", "z".repeat(extra)).into_bytes()
     };
     let n = 800;
@@ -334,4 +334,82 @@ fn a_restore_of_a_path_recreated_since_never_overwrites_it() {
     // Asked again, it says so instead of writing the same content beside it twice.
     let out = ctl(&c, 1, &["restore", "notes/todo.txt"]);
     assert!(out.contains("skipped notes/todo.txt: already restored as notes/todo.restored-"), "{out}");
+}
+
+/// (size, mtime) of every file under `root`: a cheap convergence check for timing runs.
+fn quick(root: &std::path::Path) -> std::collections::BTreeMap<String, (u64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file() && !e.path().to_string_lossy().contains("/lsyncd") && !e.file_name().to_string_lossy().starts_with(".filesync."))
+        .filter_map(|e| e.metadata().ok().map(|m| (e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned(), (m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec()))))
+        .collect()
+}
+
+fn du(dir: &std::path::Path) -> u64 {
+    walkdir::WalkDir::new(dir).into_iter().flatten().filter_map(|e| e.metadata().ok()).map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512).sum()
+}
+
+/// Not a check: the cost of keeping versions. A burst of 2,000 files of 1-8 KiB in 50
+/// directories written on node 1 (3 nodes, delay 0), then all of them overwritten once:
+/// time from the first write until every node has every file (median of
+/// `FILESYNC_MEASURE_REPS`, default 5, versions on and off alternately), and what the
+/// versions take on disk. `cargo test --test it -- --ignored measure_versions --nocapture`
+#[test]
+#[ignore]
+fn measure_versions_cost() {
+    let reps: usize = std::env::var("FILESYNC_MEASURE_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let mut times: HashMap<(bool, &str), Vec<f64>> = HashMap::new();
+    let mut disk = Vec::new();
+    for rep in 0..reps * 2 {
+        let keep = rep % 2 == 0;
+        let extra = if keep { String::new() } else { "[versions]\nkeep = false\n".into() };
+        let mut c = Cluster::new(3, Options { delay: 0, extra });
+        c.start_all();
+        let mut rng = 0x1234_5678_9abc_def0u64 ^ rep as u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for (phase, tag) in [("burst", 1u8), ("overwrite", 2u8)] {
+            let t0 = std::time::Instant::now();
+            for i in 0..2000 {
+                let len = 1024 + (next() % 7168) as usize;
+                let data: Vec<u8> = (0..len).map(|j| (j as u8).wrapping_mul(31).wrapping_add(tag).wrapping_add(i as u8)).collect();
+                write(&c.nodes[0].path(&format!("d{:02}/f{i:04}.bin", i % 50)), &data);
+            }
+            let want = quick(c.root(0));
+            until(phase, Duration::from_secs(300), || {
+                for i in 1..3 {
+                    if quick(c.root(i)) != want {
+                        return Err(format!("node{} behind", i + 1));
+                    }
+                }
+                Ok(())
+            });
+            times.entry((keep, phase)).or_default().push(t0.elapsed().as_secs_f64());
+        }
+        c.converge("identical", Duration::from_secs(60), |_| Ok(()));
+        if keep {
+            let v = until("versions settled", Duration::from_secs(30), || {
+                let v = status(&c, 1)["versions"].clone();
+                if v["count"].as_u64() == Some(2000) { Ok(v) } else { Err(v.to_string()) }
+            });
+            disk.push((v["bytes"].as_u64().unwrap(), du(&data_dir(&c, 1)), du(&c.nodes[1].home.join("webroot/lsyncd/var/state/versions"))));
+        }
+    }
+    let median = |v: &Vec<f64>| {
+        let mut v = v.clone();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    for phase in ["burst", "overwrite"] {
+        let (on, off) = (&times[&(true, phase)], &times[&(false, phase)]);
+        eprintln!("{phase}: versions on {:.2} s, off {:.2} s (medians of {reps}; ratio {:.2}); on {on:.2?}, off {off:.2?}", median(on), median(off), median(on) / median(off));
+    }
+    eprintln!("versions after 2,000 files overwritten once (status bytes, du of data/, du of versions/ with records): {disk:?}");
 }
