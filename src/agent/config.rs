@@ -389,7 +389,8 @@ max_age = "7d"                          # versions older than this are removed (
 max_percent_of_free = 10                # cap as a share of the free space (counting what versions use)
 min_free_percent = 5                    # below this much free space, no new version is kept
 
-# A peer's deletions are applied once its batch is complete (2 s after the last one); a batch
+# A peer's deletions are applied once its batch is complete (2 s after the last one, 10 s
+# after the first at most); a batch
 # that deletes too much is held here until `filesync ctl hold confirm` or `hold reject`.
 [mass_delete]
 max_files = 1000                        # hold a batch deleting more files than this (0 = no limit)

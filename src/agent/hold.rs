@@ -5,7 +5,8 @@
 //! A peer's deletion of something this node has (decided `Apply` in `apply_entry`) is not
 //! carried out at once: it becomes a need, not scheduled, in the *run* of the node that made
 //! the deletion (its author, so relayed copies of the same deletions join the same run). A
-//! run is complete [`SETTLE`] after its last deletion arrived, across pages and peers. Then
+//! run is complete [`SETTLE`] after its last deletion arrived, across pages and peers, or
+//! [`MAX_RUN`] after its first (a node that keeps deleting is judged by window). Then
 //! it is applied in one go, children first, unless it deletes more than `[mass_delete]`
 //! allows (`max_files`, or `max_percent` of the tree's files from `min_files` on). Deletions
 //! that are halves of a move do not count and are applied: a large move spans pages, its new
@@ -39,6 +40,9 @@ use crate::protocol::{Entry, EntryKind, NodeId, RelPath};
 
 /// How long after a node's last deletion its run is considered complete.
 pub const SETTLE: Duration = Duration::from_secs(2);
+/// A run is complete this long after its first deletion at the latest (a node that keeps
+/// deleting is judged by what it deletes in this window).
+pub const MAX_RUN: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -57,6 +61,8 @@ struct Run {
     since: i64,
     #[serde(skip)]
     last: Option<Instant>,
+    #[serde(skip)]
+    first: Option<Instant>,
     /// The held paths and what each is (from the needs).
     #[serde(skip)]
     paths: BTreeMap<RelPath, EntryKind>,
@@ -65,6 +71,21 @@ struct Run {
 impl Run {
     fn files(&self) -> usize {
         self.paths.values().filter(|k| **k != EntryKind::Dir).count()
+    }
+
+    /// When a settling run is complete.
+    fn due(&self) -> Option<Instant> {
+        match (self.last, self.first) {
+            (Some(l), Some(f)) => Some((l + SETTLE).min(f + MAX_RUN)),
+            (l, f) => l.map(|t| t + SETTLE).or(f.map(|t| t + MAX_RUN)),
+        }
+    }
+
+    /// A few of its paths, files first.
+    fn sample(&self, n: usize) -> Vec<String> {
+        let files = self.paths.iter().filter(|(_, k)| **k != EntryKind::Dir);
+        let dirs = self.paths.iter().filter(|(_, k)| **k == EntryKind::Dir);
+        files.chain(dirs).take(n).map(|(p, _)| p.to_string()).collect()
     }
 }
 
@@ -117,7 +138,7 @@ impl Holds {
 
     /// When the next settling run is due.
     pub fn next_wake(&self) -> Option<Instant> {
-        self.runs.values().filter(|r| r.state == State::Settling).filter_map(|r| r.last).map(|t| t + SETTLE).min()
+        self.runs.values().filter(|r| r.state == State::Settling).filter_map(Run::due).min()
     }
 }
 
@@ -127,16 +148,29 @@ impl Agent {
         let dir = crate::private_fs::PrivateDir::state(&self.s.state_dir)?;
         let runs: Vec<Run> = match dir.read("holds.json")? {
             Some(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
-                self.log.warn(format!("holds.json is unreadable ({e}); held deletions are applied only after their batch settles again"));
+                self.log.warn(format!("holds.json is unreadable ({e}); the waiting deletions are checked again as new batches"));
                 Vec::new()
             }),
             None => Vec::new(),
         };
         for mut r in runs {
-            r.last = Some(Instant::now());
+            (r.first, r.last) = (Some(Instant::now()), Some(Instant::now()));
             self.holds.runs.insert(r.node, r);
         }
+        // Waiting deletions of a node without a run (an unreadable holds.json, or retries
+        // from before) are a batch to check again, never applied unchecked.
         let needs = self.index.needs()?;
+        for n in needs.iter().filter(|n| self.s.mass_delete.enabled() && n.entry.deleted && n.copy_of.is_none()) {
+            self.holds.runs.entry(n.entry.modified_by).or_insert_with(|| Run {
+                node: n.entry.modified_by,
+                name: n.entry.modified_by_name.clone(),
+                state: State::Settling,
+                since: time::OffsetDateTime::now_utc().unix_timestamp(),
+                last: Some(Instant::now()),
+                first: Some(Instant::now()),
+                paths: BTreeMap::new(),
+            });
+        }
         self.refresh_holds(&needs);
         Ok(())
     }
@@ -155,7 +189,7 @@ impl Agent {
         }
         let disk = self.root.stat(&r.path).ok().flatten()?;
         if let std::collections::btree_map::Entry::Vacant(v) = self.holds.runs.entry(r.modified_by) {
-            v.insert(Run { node: r.modified_by, name: r.modified_by_name.clone(), state: State::Settling, since: time::OffsetDateTime::now_utc().unix_timestamp(), last: None, paths: BTreeMap::new() });
+            v.insert(Run { node: r.modified_by, name: r.modified_by_name.clone(), state: State::Settling, since: time::OffsetDateTime::now_utc().unix_timestamp(), last: None, first: Some(Instant::now()), paths: BTreeMap::new() });
             if let Err(e) = self.save_holds() {
                 // Without a durable record a restart would apply the run unchecked: apply now.
                 self.holds.runs.remove(&r.modified_by);
@@ -185,7 +219,7 @@ impl Agent {
         for node in nodes {
             let Some(run) = self.holds.runs.get(&node) else { continue };
             let result = match run.state {
-                State::Settling if run.last.is_none_or(|t| now >= t + SETTLE) => self.settle_run(node),
+                State::Settling if run.due().is_none_or(|t| now >= t) => self.settle_run(node),
                 State::Releasing => self.release(node, None).map(|_| ()),
                 _ => continue,
             };
@@ -221,7 +255,7 @@ impl Agent {
         let run = self.holds.runs.get_mut(&node).expect("BUG: checked above");
         run.state = State::Held;
         let (name, entries) = (run.name.clone(), run.paths.len());
-        let sample: Vec<String> = run.paths.keys().take(3).map(|p| p.to_string()).collect();
+        let sample = run.sample(3);
         self.save_holds()?;
         self.error(format!(
             "HOLDING {counted} deletes from {name} ({entries} entries, e.g. {}): it deleted {} at once; nothing is deleted here. Apply them with `filesync ctl --config <agent.toml> hold confirm`, or bring the files back on every node with `hold reject`",
@@ -444,7 +478,7 @@ impl Agent {
                 since: r.since,
                 files: r.files(),
                 entries: r.paths.len(),
-                sample: r.paths.keys().take(5).map(|p| p.to_string()).collect(),
+                sample: r.sample(5),
             })
             .collect();
         self.status.lock().expect("BUG: poisoned").mass_delete_holds = list;

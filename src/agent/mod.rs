@@ -201,7 +201,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     let access = server::Access::new(&s.node_name, refusals);
     let peer_ctx = Arc::new(peers::PeerCtx { me: s.node_name.clone(), folder: s.folder_id.clone(), client: client.clone(), index: index.clone(), events: ev_tx.clone(), status: status.clone(), log: log.clone(), access: access.clone() });
     let paused = Arc::new(AtomicBool::new(false));
-    let (root, versions) = open_root(&s, &log)?;
+    let (root, versions) = versions::open(&s, &log)?;
     let mut agent = Agent {
         root,
         versions,
@@ -378,32 +378,6 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     }
     agent.refresh_status();
     Ok(())
-}
-
-/// The sync root with its graveyard, and the versions area (kept in `<state_dir>/versions`
-/// when `[versions] keep` and the state dir shares the root's file system).
-fn open_root(s: &Settings, log: &LsyncdLog) -> anyhow::Result<(SyncRoot, versions::Versions)> {
-    let root = SyncRoot::new(s.root.clone()).with_graveyard(&s.state_dir.join("displaced")).context("cannot create the displaced-files directory in the state dir")?;
-    if !s.versions.keep {
-        return Ok((root, versions::Versions::off(s.versions.clone(), "versions.keep = false in agent.toml")));
-    }
-    let dir = s.state_dir.join("versions");
-    let store = match versions::Store::open(&dir) {
-        Ok(st) => st,
-        Err(e) => {
-            let why = format!("versions are not kept: {e:#}");
-            log.error(&why);
-            return Ok((root, versions::Versions::off(s.versions.clone(), &why)));
-        }
-    };
-    match root.clone().keep_displaced_in(&dir.join("data")) {
-        Ok(r) => Ok((r, versions::Versions::on(s.versions.clone(), store))),
-        Err(e) => {
-            let why = format!("versions are not kept: {e} (a version is kept by a rename; put the state dir on the sync root's file system)");
-            log.warn(&why);
-            Ok((root, versions::Versions::off(s.versions.clone(), &why)))
-        }
-    }
 }
 
 /// Opens the index; one built for another folder (the root or `folder_id` changed, e.g. the

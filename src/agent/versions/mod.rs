@@ -33,9 +33,12 @@ mod store;
 
 use std::sync::Arc;
 
+use anyhow::Context;
+
 pub use self::store::{Record, Store};
 use super::Agent;
-use super::config::VersionSettings;
+use super::config::{Settings, VersionSettings};
+use super::lsyncd_log::LsyncdLog;
 use super::root::{Cause, Grave, SyncRoot};
 use crate::protocol::versions::{Cause as CauseKind, VersionInfo, VersionList, VersionQuery, VersionsSummary, MAX_LIST};
 use crate::protocol::{Entry, EntryKind, RelPath};
@@ -235,6 +238,32 @@ pub fn list(store: Option<&Store>, q: &VersionQuery, summary: VersionsSummary) -
         .collect();
     let matched = matching.len();
     Ok(VersionList { truncated: matched > limit, versions: matching.into_iter().take(limit).collect(), matched, summary })
+}
+
+/// The sync root with its graveyard, and the versions area (kept in `<state_dir>/versions`
+/// when `[versions] keep` and the state dir shares the root's file system).
+pub(super) fn open(s: &Settings, log: &LsyncdLog) -> anyhow::Result<(SyncRoot, Versions)> {
+    let root = SyncRoot::new(s.root.clone()).with_graveyard(&s.state_dir.join("displaced")).context("cannot create the displaced-files directory in the state dir")?;
+    if !s.versions.keep {
+        return Ok((root, Versions::off(s.versions.clone(), "versions.keep = false in agent.toml")));
+    }
+    let dir = s.state_dir.join("versions");
+    let store = match Store::open(&dir) {
+        Ok(st) => st,
+        Err(e) => {
+            let why = format!("versions are not kept: {e:#}");
+            log.error(&why);
+            return Ok((root, Versions::off(s.versions.clone(), &why)));
+        }
+    };
+    match root.clone().keep_displaced_in(&dir.join("data")) {
+        Ok(r) => Ok((r, Versions::on(s.versions.clone(), store))),
+        Err(e) => {
+            let why = format!("versions are not kept: {e} (a version is kept by a rename; put the state dir on the sync root's file system)");
+            log.warn(&why);
+            Ok((root, Versions::off(s.versions.clone(), &why)))
+        }
+    }
 }
 
 impl Agent {
