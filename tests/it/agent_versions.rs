@@ -167,6 +167,54 @@ fn retention_removes_old_versions_and_holds_the_cap_under_a_flood() {
     });
 }
 
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Below `min_free_percent` free space no new version is kept, and the status says so;
+/// with space again, versions are kept again. (Node 2's webroot is a 40 MiB tmpfs.)
+#[test]
+fn versions_stop_when_free_space_is_low_and_say_so() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: mounting a small file system needs root");
+        return;
+    }
+    let mut c = Cluster::new(2, Options::default());
+    let web = c.nodes[1].home.join("webroot");
+    assert!(Command::new("mount").args(["-t", "tmpfs", "-o", "size=40m", "tmpfs"]).arg(&web).status().unwrap().success());
+    let _mount = Tmpfs(web.clone());
+    std::fs::create_dir_all(c.nodes[1].path("")).unwrap();
+    c.write_config(1, &Options { delay: 0, extra: "[versions]\nmin_free_percent = 20\n".into() });
+    // 34 MiB of 40 taken: 15% free.
+    std::fs::write(web.join("filler"), vec![1u8; 34 << 20]).unwrap();
+    c.start_all();
+    let f = c.nodes[0].path("a.txt");
+    write(&f, b"one");
+    c.converge("v1", Duration::from_secs(30), |t| t.get("a.txt").map(|_| ()).ok_or_else(|| "not yet".into()));
+    write(&f, b"two");
+    c.converge("v2", Duration::from_secs(30), |t| if t["a.txt"].hash == hash(b"two") { Ok(()) } else { Err("v1".into()) });
+    let v = until("node2 to say it keeps no versions", Duration::from_secs(30), || {
+        let v = status(&c, 1)["versions"].clone();
+        if v["keeping"] == false && v["stopped"].as_str().is_some_and(|s| s.contains("versions.min_free_percent = 20")) && std::fs::read_dir(data_dir(&c, 1)).unwrap().count() == 0 { Ok(v) } else { Err(v.to_string()) }
+    });
+    assert_eq!(v["count"], 0, "{v}");
+    until("lsyncd.status to say so", Duration::from_secs(10), || if c.nodes[1].status_file().contains("NOT KEEPING NEW ONES") { Ok(()) } else { Err(c.nodes[1].status_file()) });
+    std::fs::remove_file(web.join("filler")).unwrap();
+    until("node2 to keep versions again", Duration::from_secs(30), || if status(&c, 1)["versions"]["keeping"] == true { Ok(()) } else { Err("not yet".into()) });
+    write(&f, b"three");
+    until("the replaced content kept", Duration::from_secs(30), || {
+        let v = versions(&c, 1, "a.txt");
+        if v.iter().any(|x| x["hash"] == hash(b"two").as_str()) { Ok(()) } else { Err(format!("{v:?}")) }
+    });
+    c.stop(0);
+    c.stop(1);
+}
+
 /// kill -9 of a receiver at random moments while it applies a page of 800 overwrites and
 /// keeps versions:
 /// after a restart every version's file holds exactly its recorded content, there is no
