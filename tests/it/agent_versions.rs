@@ -400,11 +400,12 @@ fn du(dir: &std::path::Path) -> u64 {
     walkdir::WalkDir::new(dir).into_iter().flatten().filter_map(|e| e.metadata().ok()).map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512).sum()
 }
 
-/// Not a check: the cost of keeping versions. A burst of 2,000 files of 1-8 KiB in 50
-/// directories written on node 1 (3 nodes, delay 0), then all of them overwritten once:
-/// time from the first write until every node has every file (median of
-/// `FILESYNC_MEASURE_REPS`, default 5, versions on and off alternately), and what the
-/// versions take on disk. `cargo test --test it -- --ignored measure_versions --nocapture`
+/// Not a check: the cost of the safety nets. A burst of 2,000 files of 1-8 KiB in 50
+/// directories written on node 1 (3 nodes, delay 0), then all of them overwritten once, then
+/// 500 of them deleted: time from the first write (or delete) until every node has the same
+/// files (median of `FILESYNC_MEASURE_REPS`, default 5, with the defaults and with versions
+/// and the hold off, alternately), and what the versions take on disk.
+/// `cargo test --test it -- --ignored measure_versions --nocapture`
 #[test]
 #[ignore]
 fn measure_versions_cost() {
@@ -413,7 +414,7 @@ fn measure_versions_cost() {
     let mut disk = Vec::new();
     for rep in 0..reps * 2 {
         let keep = rep % 2 == 0;
-        let extra = if keep { String::new() } else { "[versions]\nkeep = false\n".into() };
+        let extra = if keep { String::new() } else { "[versions]\nkeep = false\n[mass_delete]\nmax_files = 0\nmax_percent = 0\n".into() };
         let mut c = Cluster::new(3, Options { delay: 0, extra });
         c.start_all();
         let mut rng = 0x1234_5678_9abc_def0u64 ^ rep as u64;
@@ -441,11 +442,18 @@ fn measure_versions_cost() {
             });
             times.entry((keep, phase)).or_default().push(t0.elapsed().as_secs_f64());
         }
+        let t0 = std::time::Instant::now();
+        for i in 0..500 {
+            std::fs::remove_file(c.nodes[0].path(&format!("d{:02}/f{i:04}.bin", i % 50))).unwrap();
+        }
+        let want = quick(c.root(0));
+        until("deletes", Duration::from_secs(300), || if (1..3).all(|i| quick(c.root(i)) == want) { Ok(()) } else { Err("behind".into()) });
+        times.entry((keep, "delete 500")).or_default().push(t0.elapsed().as_secs_f64());
         c.converge("identical", Duration::from_secs(60), |_| Ok(()));
         if keep {
             let v = until("versions settled", Duration::from_secs(30), || {
                 let v = status(&c, 1)["versions"].clone();
-                if v["count"].as_u64() == Some(2000) { Ok(v) } else { Err(v.to_string()) }
+                if v["count"].as_u64() == Some(2500) { Ok(v) } else { Err(v.to_string()) }
             });
             disk.push((v["bytes"].as_u64().unwrap(), du(&data_dir(&c, 1)), du(&c.nodes[1].home.join("webroot/lsyncd/var/state/versions"))));
         }
@@ -455,9 +463,9 @@ fn measure_versions_cost() {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };
-    for phase in ["burst", "overwrite"] {
+    for phase in ["burst", "overwrite", "delete 500"] {
         let (on, off) = (&times[&(true, phase)], &times[&(false, phase)]);
-        eprintln!("{phase}: versions on {:.2} s, off {:.2} s (medians of {reps}; ratio {:.2}); on {on:.2?}, off {off:.2?}", median(on), median(off), median(on) / median(off));
+        eprintln!("{phase}: safety nets on {:.2} s, off {:.2} s (medians of {reps}; ratio {:.2}); on {on:.2?}, off {off:.2?}", median(on), median(off), median(on) / median(off));
     }
-    eprintln!("versions after 2,000 files overwritten once (status bytes, du of data/, du of versions/ with records): {disk:?}");
+    eprintln!("versions after 2,000 files overwritten once and 500 deleted (status bytes, du of data/, du of versions/ with records): {disk:?}");
 }
