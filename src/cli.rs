@@ -1,5 +1,6 @@
-//! The command line: `filesync agent | ca | ctl | demo`. Each subcommand's arguments are
-//! documented here and become its `--help`.
+//! The command line: `filesync agent | ca | ctl | inspect | serve | demo`. Each
+//! subcommand's arguments are documented with the command (`serve`'s in `control`,
+//! `demo`'s in `demo`) and become its `--help`.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -44,7 +45,7 @@ pub enum Command {
     Serve(crate::control::ServeArgs),
     /// First run: embedded PostgreSQL, the control plane, and three sshd nodes on 127.0.0.11-13
     /// ready for a one-click install (`--agents-only`: just three local agents syncing).
-    Demo(DemoArgs),
+    Demo(crate::demo::DemoArgs),
 }
 
 #[derive(clap::Args)]
@@ -206,37 +207,37 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
     Ok(date.with_time(clock).assume_utc().unix_timestamp())
 }
 
-#[derive(clap::Args)]
-pub struct DemoArgs {
-    /// Where the demo's nodes live (default: /tmp/filesync-demo).
-    #[arg(long, default_value = "/tmp/filesync-demo")]
-    pub dir: PathBuf,
-    /// Batch delay in seconds for the demo agents.
-    #[arg(long, default_value_t = 1)]
-    pub delay: u64,
-    /// The old demo: three agents on 127.0.0.2-4 without control plane, SSH or database.
-    #[arg(long)]
-    pub agents_only: bool,
-    /// Dashboard address of the control-plane demo.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: std::net::SocketAddr,
-    /// How many sshd nodes the control-plane demo starts (on 127.0.0.11 and up).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=200))]
-    pub nodes: u8,
-    /// Also write the demo's URL, environment id and login as JSON to this file (for scripts
-    /// such as the benchmark; the file is mode 0600 because it holds the password).
-    #[arg(long)]
-    pub info_file: Option<PathBuf>,
+/// Secrets `serve` takes from the environment. They are removed from the process
+/// environment at start, so no child (PostgreSQL, ssh) inherits them.
+#[derive(Default)]
+pub struct EnvSecrets {
+    pub secret_key: Option<String>,
+    pub admin_password: Option<String>,
+}
+
+/// Takes the secrets out of the environment (and DATABASE_URL, which may hold a password;
+/// clap has already read it into the arguments).
+#[allow(unsafe_code)]
+fn take_secret_env() -> EnvSecrets {
+    let take = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let s = EnvSecrets { secret_key: take("FILESYNC_SECRET_KEY"), admin_password: take("FILESYNC_ADMIN_PASSWORD") };
+    for k in ["FILESYNC_SECRET_KEY", "FILESYNC_ADMIN_PASSWORD", "DATABASE_URL"] {
+        // SAFETY: called at the top of `main`, before the tokio runtime or any other thread
+        // exists, so nothing reads the environment concurrently.
+        unsafe { std::env::remove_var(k) };
+    }
+    s
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let secrets = take_secret_env();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "filesync=warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("BUG: cannot start the tokio runtime");
-    match rt.block_on(dispatch(cli)) {
+    match rt.block_on(dispatch(cli, secrets)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("filesync: error: {e:#}");
@@ -245,7 +246,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+async fn dispatch(cli: Cli, secrets: EnvSecrets) -> anyhow::Result<()> {
     match cli.command {
         Command::Agent(a) => {
             if a.print_example_config {
@@ -299,10 +300,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(mut a) => {
-            a.admin_password = std::env::var("FILESYNC_ADMIN_PASSWORD").ok().filter(|p| !p.is_empty());
+            a.admin_password = secrets.admin_password;
+            a.secret_key = secrets.secret_key;
             let (pool, _pg) = crate::control::database(&a).await?;
             let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
-            println!("filesync serve: listening on http://{}", listener.local_addr()?);
             crate::control::serve(a, pool, listener, shutdown_on_signals()).await
         }
         Command::Demo(d) if d.agents_only => crate::demo::agents_only(d, shutdown_on_signals()).await,

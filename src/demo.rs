@@ -7,12 +7,37 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use std::path::PathBuf;
+
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::DemoArgs;
+use crate::protocol::agent_toml::{AgentToml, PeerConfig, TlsConfig};
 
 pub const DEMO_PORT: u16 = 7755;
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Where the demo's nodes live (default: /tmp/filesync-demo).
+    #[arg(long, default_value = "/tmp/filesync-demo")]
+    pub dir: PathBuf,
+    /// Batch delay in seconds for the demo agents.
+    #[arg(long, default_value_t = 1)]
+    pub delay: u64,
+    /// The old demo: three agents on 127.0.0.2-4 without control plane, SSH or database.
+    #[arg(long)]
+    pub agents_only: bool,
+    /// Dashboard address of the control-plane demo.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// How many sshd nodes the control-plane demo starts (on 127.0.0.11 and up).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=200))]
+    pub nodes: u8,
+    /// Also write the demo's URL, environment id and login as JSON to this file (for scripts
+    /// such as the benchmark; the file is mode 0600 because it holds the password).
+    #[arg(long)]
+    pub info_file: Option<PathBuf>,
+}
 
 pub async fn agents_only(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let dir = &args.dir;
@@ -34,17 +59,12 @@ pub async fn agents_only(args: DemoArgs, shutdown: CancellationToken) -> anyhow:
         let cert = crate::pki::issue(&ca, name, &[*ip], &[])?;
         crate::pki::write_private(&home.join("tls/node.pem"), &cert.cert_pem)?;
         crate::pki::write_private(&home.join("tls/node.key"), &cert.key_pem)?;
-        let mut cfg = format!(
-            "node_name = \"{name}\"\nlisten = \"{ip}:{DEMO_PORT}\"\nroot = \"{}\"\ndelay = {}\nwrite_quiet = 2\n\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            root.display(),
-            args.delay,
-            pki.join("ca.pem").display(),
-            home.join("tls/node.pem").display(),
-            home.join("tls/node.key").display()
-        );
-        for (peer, pip) in nodes.iter().filter(|(n, _)| n != name) {
-            cfg.push_str(&format!("\n[[peers]]\nname = \"{peer}\"\naddress = \"{pip}:{DEMO_PORT}\"\n"));
-        }
+        let tls = TlsConfig { ca: pki.join("ca.pem"), cert: home.join("tls/node.pem"), key: home.join("tls/node.key") };
+        let mut cfg = AgentToml::new(name.as_str(), std::net::SocketAddr::new(*ip, DEMO_PORT), &root, tls);
+        cfg.delay = args.delay;
+        cfg.write_quiet = 2;
+        cfg.peers = nodes.iter().filter(|(n, _)| n != name).map(|(peer, pip)| PeerConfig { name: peer.clone(), address: std::net::SocketAddr::new(*pip, DEMO_PORT) }).collect();
+        let cfg = cfg.to_toml("filesync demo agent")?;
         let cfg_path = home.join("agent.toml");
         std::fs::write(&cfg_path, cfg)?;
         let child = tokio::process::Command::new(&exe)
@@ -94,10 +114,12 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     let dir = args.dir.clone();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let pg = crate::sandbox::Postgres::start(&dir.join("postgres"), false)?;
-    pg.create_database("filesync")?;
-    let pool = crate::control::db::connect(&pg.url("filesync")).await?;
-    let public_key = crate::control::ensure_ssh_public_key(&pool).await?;
+    // The demo's database is throwaway: fast settings, and a fresh secret key each run.
+    let pg = crate::sandbox::Postgres::start(&dir.join("postgres"), false, false)?;
+    let db_url = pg.create_app_database("filesync", "filesync")?;
+    let pool = crate::control::db::connect(&db_url).await?;
+    let secret_key = crate::control::ops::tokens::random_token(32);
+    let public_key = crate::control::ensure_ssh_public_key(&pool, &secret_key).await?;
     let mut nodes = Vec::new();
     for i in 1..=args.nodes {
         let spec = crate::sandbox::SshNodeSpec {
@@ -106,21 +128,31 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
             port: 2222,
             dir: dir.join(format!("node{i}")),
             authorized_key: public_key.clone(),
+            view: Vec::new(),
         };
         nodes.push(tokio::task::spawn_blocking(move || crate::sandbox::SshNode::start(spec)).await??);
     }
-    let password = crate::control::http::auth::random_token(9);
+    let password = crate::control::ops::tokens::random_token(12);
     let serve_args = crate::control::ServeArgs {
         listen: args.listen,
-        database_url: Some(pg.url("filesync")),
+        tls: crate::control::tls::TlsMode::Auto,
+        tls_cert: None,
+        tls_key: None,
+        database_url: Some(db_url),
         data_dir: dir.clone(),
+        secret_key_file: None,
         agent_binary: None,
         parallel_installs: 8,
-        admin_password: Some(password.clone()),
         heartbeat_seconds: 5,
         job_stale_seconds: 60,
+        max_connections: 512,
+        max_connections_per_address: 64,
+        header_timeout_seconds: 10,
+        admin_password: Some(password.clone()),
+        secret_key: Some(secret_key),
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {} (use --listen)", args.listen))?;
+    anyhow::ensure!(listener.local_addr()?.ip().is_loopback(), "the demo serves plain HTTP and listens on loopback addresses only (--listen 127.0.0.1:8080)");
     let url = format!("http://{}", listener.local_addr()?);
     let server = tokio::spawn(crate::control::serve(serve_args, pool, listener, shutdown.clone()));
     // Register the environment and nodes through the public API, as automation would.

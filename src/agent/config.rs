@@ -6,80 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde::Deserialize;
 
-/// The config file as written by a user or by the control plane.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentConfig {
-    /// This node's name: unique among the peers, used in logs and conflict copy names.
-    pub node_name: String,
-    /// Address the agent listens on for its peers (and the control plane).
-    pub listen: SocketAddr,
-    /// The sync folder.
-    pub root: PathBuf,
-    /// Where the index lives (default: `<root>/../lsyncd/var/state`).
-    pub state_dir: Option<PathBuf>,
-    /// Where `lsyncd.log` and `lsyncd.status` are written (default: `<root>/../lsyncd/var/log`).
-    pub log_dir: Option<PathBuf>,
-    /// Seconds to collect changes before sending them (lsyncd's `delay`; 0 = at once).
-    #[serde(default = "default_delay")]
-    pub delay: u64,
-    /// A file with write events but no close is shipped after this many quiet seconds.
-    #[serde(default = "default_write_quiet")]
-    pub write_quiet: u64,
-    /// Queued changes that flush a batch before `delay` is over (lsyncd's `maxDelays`).
-    #[serde(default = "default_max_batch")]
-    pub max_batch: usize,
-    /// Glob patterns (relative to the root) that are never synced.
-    #[serde(default)]
-    pub excludes: Vec<String>,
-    /// Never send local changes; list them as local modifications instead.
-    #[serde(default)]
-    pub receive_only: bool,
-    /// `lsyncd.log` is rotated when it grows past this many bytes.
-    #[serde(default = "default_log_max")]
-    pub log_max_bytes: u64,
-    /// Seconds between full rescans that catch anything the watcher missed (0 = never).
-    #[serde(default = "default_rescan")]
-    pub rescan_interval: u64,
-    pub tls: TlsConfig,
-    #[serde(default, rename = "peers")]
-    pub peers: Vec<PeerConfig>,
-    /// Cross-environment link (two-environment mode); absent in one-environment mode.
-    pub link: Option<LinkConfig>,
-    /// Which folder this is (the control plane writes `<environment>:<sync path>:<generation>`).
-    /// Peers syncing another folder are refused, and a node whose folder changed rebuilds
-    /// its index instead of announcing the old folder's files as deleted.
-    pub folder_id: Option<String>,
-    /// What peers' changes replace or delete here is kept as versions (`agent::versions`).
-    #[serde(default)]
-    pub versions: VersionsConfig,
-    /// A peer's batch that deletes too much at once is held (`agent::hold`).
-    #[serde(default)]
-    pub mass_delete: MassDeleteConfig,
-}
-
-/// `[versions]`: keeping what peers' changes replace or delete.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct VersionsConfig {
-    pub keep: Option<bool>,
-    /// `"7d"`, `"12h"`, `"30m"` or `"90s"`.
-    pub max_age: Option<String>,
-    pub max_bytes: Option<u64>,
-    pub max_percent_of_free: Option<u8>,
-    pub min_free_percent: Option<u8>,
-}
-
-/// `[mass_delete]`: when a peer's deletions are held for an operator.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct MassDeleteConfig {
-    pub max_files: Option<usize>,
-    pub max_percent: Option<u8>,
-    pub min_files: Option<usize>,
-}
+/// The config file's structs are the contract shared with the control plane, which writes
+/// them with the `toml` serializer (see `protocol::agent_toml`).
+pub use crate::protocol::agent_toml::{AgentToml as AgentConfig, LinkConfig, MassDeleteConfig, PeerConfig, TlsConfig, VersionsConfig};
 
 /// Validated `[versions]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -181,50 +111,6 @@ fn mass_delete_settings(c: &MassDeleteConfig) -> anyhow::Result<MassDelete> {
     Ok(m)
 }
 
-/// `[link]`: keep this folder identical with another environment's as well.
-#[derive(Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct LinkConfig {
-    /// This node's cross-environment port (pairing and replication with the other side).
-    pub listen: SocketAddr,
-    /// `host:port` of the link port of any node in the other environment.
-    pub remote: String,
-    /// The shared password; the same on both sides. Never sent, not even hashed (SPAKE2).
-    pub password: String,
-}
-
-/// `[tls]`: the CA and this node's certificate and key (loaded by `pki::tls`).
-pub use crate::pki::tls::TlsFiles as TlsConfig;
-
-#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct PeerConfig {
-    pub name: String,
-    pub address: SocketAddr,
-}
-
-/// The password is never printed, not even in a debug dump of the settings.
-impl std::fmt::Debug for LinkConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LinkConfig").field("listen", &self.listen).field("remote", &self.remote).field("password", &"<redacted>").finish()
-    }
-}
-
-fn default_delay() -> u64 {
-    10
-}
-fn default_write_quiet() -> u64 {
-    5
-}
-fn default_max_batch() -> usize {
-    1000
-}
-fn default_log_max() -> u64 {
-    10 * 1024 * 1024
-}
-fn default_rescan() -> u64 {
-    3600
-}
 
 /// Validated settings the agent runs with.
 #[derive(Debug, Clone)]
@@ -244,7 +130,8 @@ pub struct Settings {
     pub tls: TlsConfig,
     pub peers: Vec<PeerConfig>,
     pub link: Option<LinkConfig>,
-    /// `folder_id`, empty if unset.
+    /// Which folder this is (`<environment>:<sync path>:<generation>` from the control
+    /// plane); empty if unset.
     pub folder_id: String,
     pub versions: VersionSettings,
     pub mass_delete: MassDelete,
@@ -369,6 +256,7 @@ pub const EXAMPLE: &str = r#"# filesync agent configuration (TOML)
 node_name = "web1"                      # unique among peers
 listen = "10.0.0.11:7755"               # address peers and the control plane connect to
 root = "/var/www/webroot/ROOT"          # the sync folder
+# folder_id = "..."                     # written by the control plane: environment, sync path, generation
 # state_dir = "/var/www/webroot/lsyncd/var/state"   # index (default shown)
 # log_dir = "/var/www/webroot/lsyncd/var/log"       # lsyncd.log and lsyncd.status (default shown)
 delay = 10                              # seconds to collect changes before sending (0 = at once)

@@ -168,6 +168,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         node_name: s.node_name.clone(),
         node_id: format!("{:016x}", index.node_id),
         root: s.root.display().to_string(),
+        folder_id: s.folder_id.clone(),
         delay_s: s.delay.as_secs(),
         receive_only: s.receive_only,
         started_at: time::OffsetDateTime::now_utc().unix_timestamp(),

@@ -72,6 +72,8 @@ pub struct Status {
     pub node_name: String,
     pub node_id: String,
     pub root: String,
+    /// The folder this node syncs (`folder_id`; empty if unset).
+    pub folder_id: String,
     pub delay_s: u64,
     pub receive_only: bool,
     pub paused: bool,

@@ -4,6 +4,10 @@
 //! without anyone opening a page. An agent that stops answering turns `unreachable` (one
 //! event in the timeline), and back to `running` when it answers again.
 //!
+//! The same round retries nodes held `paused` on an old sync path (see `jobs::phases`):
+//! once their SSH port answers, a reconfigure is queued (with backoff between failures).
+//! It also forgets old failed-login records.
+//!
 //! Several processes may share the database: a round runs only in the process that takes
 //! the Postgres advisory lock [`LOCK_KEY`], so agents are not polled once per process.
 
@@ -12,7 +16,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
+use super::agent_api::{AgentApi, AgentStatus, LinkState};
 use super::db;
+use super::state::{AgentState, InstallState, JobKind};
 
 /// `pg_try_advisory_lock` key of the heartbeat round ("fs" "hb").
 pub const LOCK_KEY: i64 = 0x6673_6862;
@@ -39,81 +45,109 @@ async fn round(st: &AppState) -> anyhow::Result<()> {
         return Ok(());
     }
     let result = poll_all(st).await;
+    let _ = db::logins::forget_old(&st.pool, db::logins::FORGET_AFTER_S).await;
     db::advisory_unlock(&mut conn, LOCK_KEY).await?;
     result
 }
 
 async fn poll_all(st: &AppState) -> anyhow::Result<()> {
-    let nodes = db::environments::monitored_nodes(&st.pool).await?;
+    let nodes = db::nodes::monitored(&st.pool).await?;
     let polls = nodes.into_iter().map(|(node, env_id)| async move {
         let Ok(Some(env)) = db::environments::get(&st.pool, env_id).await else { return };
         let answer = match crate::control::jobs::install::agent_client(st, &env) {
-            Ok(client) => fetch_status(&client, &node).await,
+            Ok(client) => AgentApi::new(client, &node.address, node.agent_port).status(STATUS_TIMEOUT).await,
             Err(e) => Err(format!("no client certificate for the environment: {e}")),
         };
         match answer {
             Ok(status) => {
-                let _ = db::environments::record_heartbeat(&st.pool, node.node_id, &status).await;
-                if let Some(msg) = link_change(&node.name, node.last_status.as_ref(), &status) {
+                let _ = db::nodes::record_heartbeat(&st.pool, node.node_id, &status).await;
+                if let Some(msg) = link_change(&node.name, node.status(), &status) {
                     let _ = db::add_event(&st.pool, Some(env_id), &msg).await;
                 }
-                if db::environments::transition_agent_state(&st.pool, node.node_id, "unreachable", "running").await.unwrap_or(false) {
+                if db::nodes::transition_state(&st.pool, node.node_id, AgentState::Unreachable, AgentState::Running).await.unwrap_or(false) {
                     let _ = db::add_event(&st.pool, Some(env_id), &format!("{}: the agent answers again", node.name)).await;
                 }
             }
             Err(why) => {
-                if db::environments::transition_agent_state(&st.pool, node.node_id, "running", "unreachable").await.unwrap_or(false) {
+                if db::nodes::transition_state(&st.pool, node.node_id, AgentState::Running, AgentState::Unreachable).await.unwrap_or(false) {
                     let _ = db::add_event(&st.pool, Some(env_id), &format!("{}: the agent stopped answering ({why}); its log is still readable over SSH", node.name)).await;
                 }
             }
+        }
+        if node.agent_state == AgentState::Paused {
+            retry_held(st, env_id, &node).await;
         }
     });
     futures::future::join_all(polls).await;
     Ok(())
 }
 
-async fn fetch_status(client: &reqwest::Client, node: &db::NodeRow) -> Result<serde_json::Value, String> {
-    let url = format!("https://{}:{}/v1/status", node.address, node.agent_port);
-    let r = client.get(&url).timeout(STATUS_TIMEOUT).send().await.map_err(|e| format!("no answer from {}:{}: {e}", node.address, node.agent_port))?;
-    if !r.status().is_success() {
-        return Err(format!("{url} answered {}", r.status()));
+/// A node held paused on an older sync path: queue a reconfigure once its SSH port answers
+/// and the backoff after its last failures (5 s doubling, at most 5 min) has passed.
+async fn retry_held(st: &AppState, env_id: uuid::Uuid, node: &db::NodeRow) {
+    let Ok(Some(inst)) = db::environments::installation(&st.pool, node.layer_id).await else { return };
+    if inst.state == InstallState::ChangingPath || node.config_generation >= inst.generation {
+        return;
     }
-    r.json().await.map_err(|e| format!("{url} answered something that is not status JSON: {e}"))
+    if db::jobs::node_busy(&st.pool, node.node_id).await.unwrap_or(true) {
+        return;
+    }
+    let Ok((failures, since_last)) = db::jobs::failures_since_success(&st.pool, node.node_id).await else { return };
+    let wait = (5.0 * 2f64.powi(failures.min(6) as i32)).min(300.0);
+    if since_last.is_some_and(|s| s < wait) {
+        return;
+    }
+    let t = crate::control::ssh::Target { address: node.address.clone(), port: node.ssh_port as u16, user: node.ssh_user.clone(), pinned: None };
+    if crate::control::ssh::reachable(&t).await.is_err() {
+        return;
+    }
+    if db::jobs::enqueue(&st.pool, env_id, node.node_id, &node.name, JobKind::Reconfigure).await.is_ok() {
+        let _ = db::add_event(&st.pool, Some(env_id), &format!("{}: its SSH port answers again; reconfiguring it for the sync path {}", node.name, inst.sync_path)).await;
+        st.wake_jobs.notify_waiters();
+    }
 }
 
 /// A timeline line when a node's cross-environment link became connected or refused, or
 /// stopped being connected (not for every pairing/unreachable retry, which would flood the
 /// timeline while the other side is down).
-fn link_change(node: &str, old: Option<&serde_json::Value>, new: &serde_json::Value) -> Option<String> {
-    let state = |s: Option<&serde_json::Value>| s.and_then(|s| s.get("link")?.get("state")?.as_str().map(str::to_owned));
+fn link_change(node: &str, old: Option<&AgentStatus>, new: &AgentStatus) -> Option<String> {
+    let state = |s: Option<&AgentStatus>| s.and_then(|s| s.link.as_ref()).map(|l| l.state);
     let (before, after) = (state(old), state(Some(new)));
     if before == after {
         return None;
     }
     let after = after?;
-    let error = new.get("link").and_then(|l| l.get("error")?.as_str().map(str::to_owned));
-    let remote = new.get("link").and_then(|l| l.get("remote")?.as_str()).unwrap_or("the other environment");
-    match (before.as_deref(), after.as_str()) {
-        (_, "connected") => Some(format!("{node}: cross-environment link to {remote} connected")),
-        (_, "refused") => Some(format!("{node}: cross-environment link to {remote} refused: {}", error.as_deref().unwrap_or("the passwords differ"))),
-        (Some("connected"), other) => Some(format!("{node}: cross-environment link to {remote} no longer connected ({other}{})", error.map(|e| format!(": {e}")).unwrap_or_default())),
+    let link = new.link.as_ref()?;
+    let error = link.error.clone();
+    let remote = if link.remote.is_empty() { "the other environment" } else { link.remote.as_str() };
+    match (before, after) {
+        (_, LinkState::Connected) => Some(format!("{node}: cross-environment link to {remote} connected")),
+        (_, LinkState::Refused) => Some(format!("{node}: cross-environment link to {remote} refused: {}", error.as_deref().unwrap_or("the passwords differ"))),
+        (Some(LinkState::Connected), other) => {
+            let other = serde_json::to_value(other).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            Some(format!("{node}: cross-environment link to {remote} no longer connected ({other}{})", error.map(|e| format!(": {e}")).unwrap_or_default()))
+        }
         _ => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use super::*;
+
+    fn st(v: serde_json::Value) -> AgentStatus {
+        serde_json::from_value(v).unwrap()
+    }
 
     #[test]
     fn link_changes_worth_a_timeline_line() {
-        let st = |state: &str, error: Option<&str>| json!({"link": {"state": state, "remote": "203.0.113.7:7756", "error": error}});
-        let f = super::link_change;
-        assert_eq!(f("web1", Some(&st("pairing", None)), &st("connected", None)).as_deref(), Some("web1: cross-environment link to 203.0.113.7:7756 connected"));
-        assert_eq!(f("web1", None, &st("refused", Some("the other environment refused the password"))).as_deref(), Some("web1: cross-environment link to 203.0.113.7:7756 refused: the other environment refused the password"));
-        assert!(f("web1", Some(&st("connected", None)), &st("unreachable", Some("no answer"))).unwrap().contains("no longer connected (unreachable: no answer)"));
-        assert_eq!(f("web1", Some(&st("connected", None)), &st("connected", None)), None);
-        assert_eq!(f("web1", Some(&st("pairing", None)), &st("unreachable", None)), None);
-        assert_eq!(f("web1", Some(&json!({"link": null})), &json!({"link": null})), None);
+        let s = |state: &str, error: Option<&str>| st(serde_json::json!({"link": {"state": state, "remote": "203.0.113.7:7756", "error": error}}));
+        let f = link_change;
+        assert_eq!(f("web1", Some(&s("pairing", None)), &s("connected", None)).as_deref(), Some("web1: cross-environment link to 203.0.113.7:7756 connected"));
+        assert_eq!(f("web1", None, &s("refused", Some("the other environment refused the password"))).as_deref(), Some("web1: cross-environment link to 203.0.113.7:7756 refused: the other environment refused the password"));
+        assert!(f("web1", Some(&s("connected", None)), &s("unreachable", Some("no answer"))).unwrap().contains("no longer connected (unreachable: no answer)"));
+        assert_eq!(f("web1", Some(&s("connected", None)), &s("connected", None)), None);
+        assert_eq!(f("web1", Some(&s("pairing", None)), &s("unreachable", None)), None);
+        assert_eq!(f("web1", Some(&st(serde_json::json!({"link": null}))), &st(serde_json::json!({"link": null}))), None);
     }
 }

@@ -3,7 +3,7 @@
 //! the control plane use to reach agents, and the name a verified certificate carries.
 //! rustls with the `ring` provider (no C toolchain needed beyond ring's own).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,18 +11,9 @@ use anyhow::Context;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use serde::Deserialize;
 
-/// Where a party's TLS files are: `[tls]` in `agent.toml`.
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct TlsFiles {
-    /// CA certificate (PEM) that signed every peer's certificate.
-    pub ca: PathBuf,
-    /// This node's certificate and key (PEM).
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
+/// Where a party's TLS files are: `[tls]` in `agent.toml` (the shared contract).
+pub use crate::protocol::agent_toml::TlsConfig as TlsFiles;
 
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();

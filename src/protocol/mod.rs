@@ -2,6 +2,7 @@
 //! entries, the conflict rule and the bodies agents exchange. No IO, no tokio, no sqlx:
 //! everything here is a pure function or a plain value, so it is unit-tested exhaustively.
 
+pub mod agent_toml;
 pub mod conflict;
 pub mod entry;
 pub mod path;

@@ -5,6 +5,12 @@
 //!
 //! Layout of a node directory: `sshd/` (config, host key, authorized_keys, log),
 //! `webroot/ROOT` (what users sync), `opt/filesync` (where the installer puts the agent).
+//!
+//! A node can also see the machine through its own eyes: with a `view`, its sshd (and so
+//! everything started over SSH) runs in a private mount and host-name namespace where each
+//! given path shows one of the node's own directories. That is how a node cloned from
+//! another one is simulated: it has the original's paths and host name layout, on its
+//! own disk, with its own host name (`unshare`, `nsenter`; root only).
 
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -24,6 +30,9 @@ pub struct SshNodeSpec {
     pub dir: PathBuf,
     /// OpenSSH public key line allowed to log in as root.
     pub authorized_key: String,
+    /// (path inside the node, the node's own directory shown there): a private view of
+    /// the filesystem, for a node with another node's paths (a clone). Empty: none.
+    pub view: Vec<(PathBuf, PathBuf)>,
 }
 
 pub struct SshNode {
@@ -57,7 +66,22 @@ impl SshNode {
     fn spawn(&mut self) -> anyhow::Result<()> {
         let sshd_dir = self.spec.dir.join("sshd");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(sshd_dir.join("sshd.log"))?;
-        let child = Command::new("/usr/sbin/sshd")
+        let mut cmd = if self.spec.view.is_empty() {
+            Command::new("/usr/sbin/sshd")
+        } else {
+            let q = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
+            let mut script = String::from("set -e; ");
+            for (inside, own) in &self.spec.view {
+                std::fs::create_dir_all(own)?;
+                std::fs::create_dir_all(inside)?;
+                script.push_str(&format!("mount --bind {} {}; ", q(own), q(inside)));
+            }
+            script.push_str(&format!("hostname {}; exec /usr/sbin/sshd \"$@\"", q(Path::new(&self.spec.name))));
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--uts", "--propagation", "private", "--", "sh", "-c"]).arg(script).arg("sh");
+            c
+        };
+        let child = cmd
             .args(["-D", "-e", "-f"])
             .arg(sshd_dir.join("sshd_config"))
             .stdin(Stdio::null())
@@ -106,6 +130,19 @@ impl SshNode {
     pub fn set_authorized_key(&self, line: &str) -> anyhow::Result<()> {
         std::fs::write(self.spec.dir.join("sshd/authorized_keys"), format!("{}\n", line.trim()))?;
         Ok(())
+    }
+
+    /// A command that runs inside this node's view of the machine (its mount and host-name
+    /// namespace when it has a `view`), as if started over SSH.
+    pub fn command(&self, program: &str) -> Command {
+        match (&self.child, self.spec.view.is_empty()) {
+            (Some(c), false) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.args(["--target", &c.id().to_string(), "--mount", "--uts", "--"]).arg(program);
+                cmd
+            }
+            _ => Command::new(program),
+        }
     }
 
     pub fn webroot(&self) -> PathBuf {

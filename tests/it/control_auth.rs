@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::support::control::{ADMIN_PASSWORD, ControlPlane, describe, until};
 
 /// Logs in through the form; returns the session cookie and the CSRF token of the list page.
-async fn login(cp: &ControlPlane) -> (String, String) {
+pub(crate) async fn login(cp: &ControlPlane) -> (String, String) {
     let r = cp.http.get(format!("{}/login", cp.url)).send().await.unwrap();
     let login_cookie = r.headers().get("set-cookie").unwrap().to_str().unwrap().split(';').next().unwrap().to_owned();
     let html = r.text().await.unwrap();

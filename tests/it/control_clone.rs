@@ -3,7 +3,7 @@
 //! token; wrong and revoked tokens are refused with a clear reason.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
@@ -25,19 +25,11 @@ fn copy_tree(from: &Path, to: &Path, skip: &[&str]) {
     }
 }
 
-fn rewrite(path: &Path, from: &[(&str, &str)]) {
-    let mut text = std::fs::read_to_string(path).unwrap();
-    for (a, b) in from {
-        text = text.replace(a, b);
-    }
-    std::fs::write(path, text).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_cloned_node_enrolls_with_a_join_token() {
     let cp = ControlPlane::start().await;
-    let nodes = cp.nodes(3);
-    let env = cp.environment("clones", &nodes[..2]).await;
+    let mut nodes = cp.nodes(2);
+    let env = cp.environment("clones", &nodes).await;
     cp.post(&format!("/api/v1/environments/{env}/install"), json!({"path": "ROOT", "delay": "0"})).await;
     let jobs = cp.wait_jobs(&env, Duration::from_secs(180)).await;
     assert!(jobs.iter().all(|j| j["state"] == "succeeded"), "{}", describe(&jobs));
@@ -56,19 +48,19 @@ async fn control_cloned_node_enrolls_with_a_join_token() {
     assert_eq!(r.status().as_u16(), 403);
     assert!(r.text().await.unwrap().contains("not valid for any environment"));
 
-    // Clone node1's disk onto node3: same files, same config and state, no running processes
-    // (paths are rewritten because the sandbox's nodes share one filesystem).
+    // Clone node1's disk onto node3: a machine of its own (address, host name, disk) that
+    // sees node1's files at node1's paths, with the same config and state and no process.
+    nodes.push(cp.clone_node(3, &nodes[0]));
     let (w1, w3) = (nodes[0].webroot(), nodes[2].webroot());
     let (p1, p3) = (nodes[0].install_prefix(), nodes[2].install_prefix());
     copy_tree(&w1, &w3, &[]);
     copy_tree(&p1, &p3, &["agent.pid", "watchdog.pid", "agent.err"]);
-    let moves = [(w1.to_str().unwrap(), w3.to_str().unwrap()), (p1.to_str().unwrap(), p3.to_str().unwrap())];
-    rewrite(&p3.join("agent.toml"), &moves);
-    rewrite(&p3.join("run-agent.sh"), &moves);
     let _ = std::fs::remove_file(w3.join("lsyncd/var/log/lsyncd.log"));
     let enroll = |token: &str| format!("control_plane = \"{}\"\ntoken = \"{token}\"\naddress = \"{}\"\n", cp.url, nodes[2].spec.ip);
     std::fs::write(p3.join("enroll.toml"), enroll(bad["token"].as_str().unwrap())).unwrap();
-    Command::new("setsid").arg("sh").arg(p3.join("run-agent.sh")).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    // The clone boots: its watchdog starts at node1's path, on the clone's own disk.
+    let mut boot = nodes[2].command("setsid").arg("sh").arg(p1.join("run-agent.sh")).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::spawn(move || boot.wait());
 
     let log3 = w3.join("lsyncd/var/log/lsyncd.log");
     until("the clone reports the revoked token", Duration::from_secs(30), || {

@@ -68,9 +68,11 @@ async fn control_install_on_three_nodes_replicates_then_reconfigure_uninstall_re
 async fn control_install_failures_say_what_to_fix() {
     let cp = ControlPlane::start().await;
     let mut nodes = cp.nodes(6);
-    // node1: sync path missing; node2: auth refused; node3: unreachable; node4 fine at first;
-    // node5: its install prefix is a 2 MiB disk; node6: its install prefix is read-only.
-    std::fs::remove_dir_all(nodes[0].webroot().join("ROOT")).unwrap();
+    // node1: its webroot is missing (a sync path below an existing webroot is created, see
+    // control_install_creates_a_missing_sync_path); node2: auth refused; node3: unreachable;
+    // node4 fine at first; node5: its install prefix is a 2 MiB disk; node6: its install
+    // prefix is read-only.
+    std::fs::remove_dir_all(nodes[0].webroot()).unwrap();
     let _full = Mount::tmpfs(&nodes[4].install_prefix(), "size=2m");
     let _ro = Mount::tmpfs(&nodes[5].install_prefix(), "ro");
     nodes[1].set_authorized_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEw3bFhMxbvnLxqDMOXq1d1vVUxMvR1CrL3aHCXbOIJj stranger").unwrap();
@@ -79,7 +81,8 @@ async fn control_install_failures_say_what_to_fix() {
     cp.post(&format!("/api/v1/environments/{env}/install"), json!({"path": "ROOT"})).await;
     let jobs = cp.wait_jobs(&env, Duration::from_secs(180)).await;
     let by = |n: &str| jobs.iter().find(|j| j["node_name"] == n).unwrap()["error"].as_str().unwrap_or("").to_owned();
-    assert!(by("node1").contains("does not exist") && by("node1").contains("mkdir -p"), "{}", describe(&jobs));
+    assert!(by("node1").contains("the webroot") && by("node1").contains("does not exist on node1"), "{}", describe(&jobs));
+    assert!(!nodes[0].webroot().exists(), "a missing webroot was created");
     assert!(by("node2").contains("refused our SSH key") && by("node2").contains("authorized_keys"), "{}", describe(&jobs));
     assert!(by("node3").contains("cannot reach"), "{}", describe(&jobs));
     assert_eq!(by("node4"), "", "{}", describe(&jobs));

@@ -6,11 +6,14 @@
 pub mod environments;
 pub mod jobs;
 pub mod join_tokens;
+pub mod logins;
+pub mod nodes;
 pub mod users;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-pub use environments::{EnvironmentRow, InstallationRow, NodeRow};
+pub use environments::{EnvironmentRow, InstallationRow};
+pub use nodes::NodeRow;
 pub use jobs::JobRow;
 
 /// Connects and applies the migrations in `migrations/` (embedded at build time).
@@ -25,8 +28,37 @@ pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
+/// Whether this connection's role is a PostgreSQL superuser (it should not be: a
+/// superuser can read the server's files and its processes' environment).
+pub async fn is_superuser(db: &PgPool) -> sqlx::Result<bool> {
+    sqlx::query_scalar::<_, bool>("select rolsuper from pg_roles where rolname = current_user").fetch_one(db).await
+}
+
 pub async fn get_secret(db: &PgPool, name: &str) -> sqlx::Result<Option<String>> {
     sqlx::query_scalar::<_, String>("select value from control_secret where name = $1").bind(name).fetch_optional(db).await
+}
+
+/// Replaces a secret row (used by the one-time re-sealing of secrets).
+pub async fn replace_secret(db: &mut sqlx::PgConnection, name: &str, value: &str) -> sqlx::Result<()> {
+    sqlx::query("update control_secret set value = $2 where name = $1").bind(name).bind(value).execute(db).await?;
+    Ok(())
+}
+
+/// Sets a control-plane setting row, replacing its value.
+pub async fn set_secret(db: &mut sqlx::PgConnection, name: &str, value: &str) -> sqlx::Result<()> {
+    sqlx::query("insert into control_secret (name, value) values ($1, $2) on conflict (name) do update set value = excluded.value").bind(name).bind(value).execute(db).await?;
+    Ok(())
+}
+
+/// Takes a transaction-level advisory lock (released at commit or rollback).
+pub async fn advisory_xact_lock(db: &mut sqlx::PgConnection, key: i64) -> sqlx::Result<()> {
+    sqlx::query("select pg_advisory_xact_lock($1)").bind(key).execute(db).await?;
+    Ok(())
+}
+
+/// Every control-plane secret row, as (name, value).
+pub async fn all_secrets(db: &PgPool) -> sqlx::Result<Vec<(String, String)>> {
+    sqlx::query_as::<_, (String, String)>("select name, value from control_secret order by name").fetch_all(db).await
 }
 
 /// Stores `value` unless another process stored one first; returns the value that won.

@@ -1,62 +1,32 @@
 //! Login, sessions, CSRF and API tokens. Sessions are server-side rows keyed by the
-//! sha256 of a random cookie token (HttpOnly, SameSite=Lax); each session has its own CSRF
-//! token that every form must echo (403 otherwise). The login form, before any session,
-//! uses a double-submit cookie. Passwords are argon2id (hashed off the async runtime).
+//! sha256 of a random cookie token (HttpOnly, SameSite=Lax; under TLS also `Secure` with
+//! the `__Host-` prefix); each session has its own CSRF token that every form must echo
+//! (403 otherwise). The login form, before any session, uses a double-submit cookie.
+//! Password checks go through `limiter` (hashing gate, backoff per address and user).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
-use axum::extract::{FromRequestParts, State};
+use axum::Form;
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
-use base64::Engine;
-use sha2::Digest;
 
 use super::{Error, render};
 use crate::control::AppState;
 use crate::control::db;
+use crate::control::ops::tokens::{random_token, token_hash};
 
-pub const SESSION_COOKIE: &str = "filesync_session";
-const LOGIN_CSRF_COOKIE: &str = "filesync_login_csrf";
-
-pub fn random_token(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    rand::fill(&mut b[..]);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+/// The session and login-CSRF cookie names: `__Host-` prefixed under TLS (the browser then
+/// only accepts them with `Secure`, `Path=/` and no `Domain`).
+fn names(tls: bool) -> (&'static str, &'static str) {
+    if tls { ("__Host-filesync_session", "__Host-filesync_login_csrf") } else { ("filesync_session", "filesync_login_csrf") }
 }
 
-pub fn token_hash(token: &str) -> String {
-    hex::encode(sha2::Sha256::digest(token.as_bytes()))
-}
-
-pub async fn hash_password(password: String) -> anyhow::Result<String> {
-    tokio::task::spawn_blocking(move || {
-        use argon2::password_hash::PasswordHasher;
-        let mut salt = [0u8; 16];
-        rand::fill(&mut salt);
-        argon2::Argon2::default().hash_password_with_salt(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| anyhow::anyhow!("argon2: {e}"))
-    })
-    .await?
-}
-
-pub async fn verify_password(password: String, hash: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        use argon2::password_hash::PasswordVerifier;
-        argon2::Argon2::default().verify_password(password.as_bytes(), hash.as_str()).is_ok()
-    })
-    .await
-    .unwrap_or(false)
-}
-
-/// Checks a username and password; the user's id when they match.
-pub async fn check_login(st: &AppState, username: &str, password: &str) -> Result<Option<uuid::Uuid>, Error> {
-    let Some(u) = db::users::by_name(&st.pool, username).await? else {
-        // Same work for unknown users, so timing does not reveal which names exist.
-        let _ = verify_password(password.to_owned(), "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$2lGcSk4vnR0kD1Qy2C8IhqGAb8M6XFaiO9ZYJ4fQ2vM".into()).await;
-        return Ok(None);
-    };
-    Ok(verify_password(password.to_owned(), u.password_hash).await.then_some(u.app_user_id))
+fn set_cookie(st: &AppState, name: &str, value: &str, extra: &str) -> String {
+    let secure = if st.tls { "; Secure" } else { "" };
+    format!("{name}={value}; Path=/; HttpOnly{secure}; {extra}")
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -69,6 +39,7 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 /// A logged-in browser session. Pages without one redirect to /login.
 #[derive(Clone, Debug)]
 pub struct CurrentUser {
+    pub user_id: uuid::Uuid,
     pub username: String,
     pub csrf: String,
 }
@@ -76,10 +47,12 @@ pub struct CurrentUser {
 impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = Response;
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
-        if let Some(tok) = cookie(&parts.headers, SESSION_COOKIE)
-            && let Ok(Some(s)) = db::users::session(&st.pool, &token_hash(&tok)).await
-        {
-            return Ok(CurrentUser { username: s.username, csrf: s.csrf_token });
+        if let Some(tok) = cookie(&parts.headers, names(st.tls).0) {
+            match db::users::session(&st.pool, &token_hash(&tok)).await {
+                Ok(Some(s)) => return Ok(CurrentUser { user_id: s.app_user_id, username: s.username, csrf: s.csrf_token }),
+                Ok(None) => {}
+                Err(e) => return Err(Error::from(e).into_response()),
+            }
         }
         Err(Redirect::to("/login").into_response())
     }
@@ -90,7 +63,7 @@ impl CurrentUser {
     pub fn check_csrf(&self, form: &HashMap<String, String>) -> Result<(), Error> {
         match form.get("csrf") {
             Some(t) if constant_eq(t, &self.csrf) => Ok(()),
-            _ => Err(Error(StatusCode::FORBIDDEN, "missing or wrong CSRF token: reload the page and try again".into())),
+            _ => Err(Error::Forbidden("missing or wrong CSRF token: reload the page and try again".into())),
         }
     }
 }
@@ -107,54 +80,73 @@ pub struct LoginPage {
     pub username: String,
 }
 
-pub async fn login_page() -> Result<Response, Error> {
+pub async fn login_page(State(st): State<AppState>) -> Result<Response, Error> {
     let csrf = random_token(18);
     let mut r = render(&LoginPage { csrf: csrf.clone(), error: None, username: String::new() })?;
-    r.headers_mut().append(header::SET_COOKIE, format!("{LOGIN_CSRF_COOKIE}={csrf}; Path=/login; HttpOnly; SameSite=Strict").parse()?);
+    r.headers_mut().append(header::SET_COOKIE, set_cookie(&st, names(st.tls).1, &csrf, "SameSite=Strict").parse()?);
     Ok(r)
 }
 
-pub async fn login_submit(State(st): State<AppState>, headers: HeaderMap, Form(f): Form<HashMap<String, String>>) -> Result<Response, Error> {
-    let want = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
+pub async fn login_submit(State(st): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, Form(f): Form<HashMap<String, String>>) -> Result<Response, Error> {
+    let want = cookie(&headers, names(st.tls).1).unwrap_or_default();
     if want.is_empty() || !f.get("csrf").is_some_and(|c| constant_eq(c, &want)) {
-        return Err(Error(StatusCode::FORBIDDEN, "missing or wrong CSRF token: reload the login page".into()));
+        return Err(Error::Forbidden("missing or wrong CSRF token: reload the login page".into()));
     }
     let username = f.get("username").cloned().unwrap_or_default();
     let password = f.get("password").cloned().unwrap_or_default();
-    let Some(user) = check_login(&st, &username, &password).await? else {
-        let mut r = render(&LoginPage { csrf: want, error: Some("Wrong user name or password.".into()), username })?;
-        *r.status_mut() = StatusCode::UNAUTHORIZED;
-        return Ok(r);
+    let refused = |msg: String, status: StatusCode, username: String| -> Result<Response, Error> {
+        let mut r = render(&LoginPage { csrf: want.clone(), error: Some(msg), username })?;
+        *r.status_mut() = status;
+        Ok(r)
+    };
+    let user = match super::limiter::check_login(&st, peer.ip(), &username, &password).await {
+        Ok(Some(u)) => u,
+        Ok(None) => return refused("Wrong user name or password.".into(), StatusCode::UNAUTHORIZED, username),
+        Err(Error::TooMany { message, retry_after }) => {
+            let mut r = refused(format!("{}.", capitalize(&message)), StatusCode::TOO_MANY_REQUESTS, username)?;
+            r.headers_mut().insert(header::RETRY_AFTER, retry_after.into());
+            return Ok(r);
+        }
+        Err(e) => return Err(e),
     };
     let token = random_token(32);
     db::users::create_session(&st.pool, &token_hash(&token), user, &random_token(24)).await?;
     let mut r = Redirect::to("/").into_response();
-    r.headers_mut().append(header::SET_COOKIE, format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age=43200").parse()?);
+    r.headers_mut().append(header::SET_COOKIE, set_cookie(&st, names(st.tls).0, &token, "SameSite=Lax; Max-Age=43200").parse()?);
     Ok(r)
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
 }
 
 pub async fn logout(State(st): State<AppState>, user: CurrentUser, headers: HeaderMap, Form(f): Form<HashMap<String, String>>) -> Result<Response, Error> {
     user.check_csrf(&f)?;
-    if let Some(tok) = cookie(&headers, SESSION_COOKIE) {
+    if let Some(tok) = cookie(&headers, names(st.tls).0) {
         db::users::delete_session(&st.pool, &token_hash(&tok)).await?;
     }
     let mut r = Redirect::to("/login").into_response();
-    r.headers_mut().append(header::SET_COOKIE, format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0").parse()?);
+    r.headers_mut().append(header::SET_COOKIE, set_cookie(&st, names(st.tls).0, "", "SameSite=Lax; Max-Age=0").parse()?);
     Ok(r)
 }
 
-/// A caller of the JSON API, authenticated by `Authorization: Bearer <token>`.
-pub struct ApiUser(pub String);
+/// A caller of the JSON API, authenticated by `Authorization: Bearer <token>` (a token
+/// that is neither expired nor revoked).
+pub struct ApiUser {
+    pub user_id: uuid::Uuid,
+    pub username: String,
+}
 
 impl FromRequestParts<AppState> for ApiUser {
-    type Rejection = Response;
+    type Rejection = Error;
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, Self::Rejection> {
         let tok = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
         if let Some(tok) = tok
-            && let Ok(Some(u)) = db::users::token_user(&st.pool, &token_hash(tok)).await
+            && let Some((user_id, username)) = db::users::token_user(&st.pool, &token_hash(tok)).await?
         {
-            return Ok(ApiUser(u));
+            return Ok(ApiUser { user_id, username });
         }
-        Err((StatusCode::UNAUTHORIZED, axum::Json(serde_json::json!({"error": "missing or invalid API token (Authorization: Bearer <token>)"}))).into_response())
+        Err(Error::Unauthorized("missing, invalid, expired or revoked API token (Authorization: Bearer <token>)".into()))
     }
 }

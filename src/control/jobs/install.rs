@@ -1,40 +1,36 @@
 //! The steps of install / reconfigure / uninstall / verify on one node (DESIGN.md
 //! requirement 1): reachable → host key pinned → authenticated → OS and architecture →
-//! sync path present → inotify watches → agent uploaded → configured → running → healthy.
-//! Each step is idempotent and says `ok` when nothing had to change, so a re-run of a
-//! healthy installation changes nothing.
-//!
-//! Supervision: a node that runs systemd gets the unit `filesync-agent.service` (enabled,
-//! `Restart=always`); nodes without systemd (the PaaS containers of the seeds, and the
-//! sandbox) get a detached watchdog shell loop (`run-agent.sh`) that restarts the agent
-//! when it exits; a `stopped` file tells it to stop.
+//! sync path present (created when missing) → inotify watches → agent uploaded →
+//! configured → running → healthy. Each step is idempotent and says `ok` when nothing had
+//! to change, so a re-run of a healthy installation changes nothing. How the agent is
+//! supervised is in `supervise`, what its config says in `config`.
 
 use std::time::{Duration, Instant};
 
-use super::{StepLog, StepResult};
+use super::supervise::{self, HAS_SYSTEMD, q};
+use super::{StepLog, StepResult, config};
 use crate::control::AppState;
+use crate::control::agent_api::{AdminCommand, AgentApi};
 use crate::control::db::{self, EnvironmentRow, InstallationRow, JobRow, NodeRow};
+use crate::control::secrets::Place;
 use crate::control::ssh::{self, Conn, Target};
+use crate::control::state::InstallState;
 
-struct Ctx {
-    env: EnvironmentRow,
-    node: NodeRow,
-    peers: Vec<NodeRow>,
-    inst: Option<InstallationRow>,
+pub(crate) struct Ctx {
+    pub env: EnvironmentRow,
+    pub node: NodeRow,
+    pub peers: Vec<NodeRow>,
+    pub inst: Option<InstallationRow>,
 }
 
-async fn load(st: &AppState, job: &JobRow) -> Result<Ctx, String> {
+pub(crate) async fn load(st: &AppState, job: &JobRow) -> Result<Ctx, String> {
     let e = |e: sqlx::Error| format!("database: {e}");
     let node_id = job.node_id.ok_or("the node was removed")?;
-    let node = db::environments::node(&st.pool, node_id).await.map_err(e)?.ok_or("the node was removed")?;
+    let node = db::nodes::get(&st.pool, node_id).await.map_err(e)?.ok_or("the node was removed")?;
     let env = db::environments::get(&st.pool, job.environment_id).await.map_err(e)?.ok_or("the environment was removed")?;
-    let peers = db::environments::nodes(&st.pool, node.layer_id).await.map_err(e)?.into_iter().filter(|n| n.node_id != node.node_id && !crate::control::http::actions::leaving(n)).collect();
+    let peers = db::nodes::list(&st.pool, node.layer_id).await.map_err(e)?.into_iter().filter(|n| n.node_id != node.node_id && !n.agent_state.leaving()).collect();
     let inst = db::environments::installation(&st.pool, node.layer_id).await.map_err(e)?;
     Ok(Ctx { env, node, peers, inst })
-}
-
-fn q(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// reachable → host key → authenticated: the common start of every job.
@@ -49,7 +45,7 @@ async fn login(st: &AppState, node: &NodeRow, log: &mut StepLog) -> Result<Conn,
         let fp = ssh::fingerprint(&line).await;
         pinned_line = line.clone();
         if new {
-            db::environments::pin_host_key(&pool, node_id, &line, &fp).await.map_err(|e| e.to_string())?;
+            db::nodes::pin_host_key(&pool, node_id, &line, &fp).await.map_err(|e| e.to_string())?;
             Ok((true, format!("pinned on first contact: {fp}")))
         } else {
             Ok((false, format!("matches the pinned key {fp}")))
@@ -67,37 +63,53 @@ async fn login(st: &AppState, node: &NodeRow, log: &mut StepLog) -> Result<Conn,
     Ok(conn.expect("BUG: authenticated step returned Ok without a connection"))
 }
 
-fn paths(node: &NodeRow, inst: &InstallationRow) -> (String, String) {
-    let root = format!("{}/{}", node.webroot.trim_end_matches('/'), inst.sync_path);
-    (root, node.install_prefix.trim_end_matches('/').to_owned())
-}
-
 pub async fn install(st: &AppState, job: &JobRow, log: &mut StepLog) -> Result<(), String> {
     let ctx = load(st, job).await?;
     let inst = ctx.inst.clone().ok_or("the add-on is not installed on this environment (no settings)")?;
-    let link = link_settings(st, &ctx.node, &inst)?;
+    let link = config::link(&st.secrets, &ctx.node, &inst).await?;
+    let conf = config::build(&ctx.env, &ctx.node, &ctx.peers, &inst, link).await?;
     let conn = login(st, &ctx.node, log).await?;
-    let r = install_steps(st, &ctx, &inst, link.as_ref(), &conn, log).await;
+    let r = install_steps(st, &ctx, &inst, &config::text(&conf)?, &conn, log).await;
     conn.close().await;
     r?;
-    // A node installed (or restarted) while its layer is paused for a redeploy stays paused.
-    if db::environments::layer_paused(&st.pool, ctx.node.layer_id).await.unwrap_or(false) {
-        log.run("paused like its layer", async {
-            let client = agent_client(st, &ctx.env).map_err(|e| e.to_string())?;
-            let url = format!("https://{}:{}/v1/admin/pause", ctx.node.address, ctx.node.agent_port);
-            match client.post(&url).send().await {
-                Ok(r) if r.status().is_success() => Ok((true, "sync paused on this node until the layer is resumed".into())),
-                Ok(r) => Err(format!("the agent answered {} to pause", r.status())),
-                Err(e) => Err(format!("cannot pause the agent: {e}")),
-            }
+    // A node installed (or restarted) while its layer is paused for a redeploy stays
+    // paused; during a sync path change every node stays paused until all have the new
+    // path (the agent just restarted, unpaused).
+    let changing = inst.state == InstallState::ChangingPath;
+    if changing || db::environments::layer_paused(&st.pool, ctx.node.layer_id).await.unwrap_or(false) {
+        let why = if changing { "until every node has the new path" } else { "until the layer is resumed" };
+        log.run("paused", async {
+            let api = AgentApi::new(agent_client(st, &ctx.env).map_err(|e| e.to_string())?, &ctx.node.address, ctx.node.agent_port);
+            api.admin(AdminCommand::Pause, Duration::from_secs(10)).await.map_err(|e| format!("cannot pause the agent: {e}"))?;
+            Ok((true, format!("sync paused on this node {why}")))
         })
         .await?;
     }
+    db::nodes::set_config_generation(&st.pool, ctx.node.node_id, inst.generation).await.map_err(|e| format!("database: {e}"))?;
     Ok(())
 }
 
-async fn install_steps(st: &AppState, ctx: &Ctx, inst: &InstallationRow, link: Option<&LinkSettings>, conn: &Conn, log: &mut StepLog) -> Result<(), String> {
-    let (root, prefix) = paths(&ctx.node, inst);
+/// Creates the sync path when it is missing, below an existing webroot: each missing
+/// directory gets the owner, group and mode of the nearest existing parent. Prints
+/// `created <owner> <group> <mode>` when it created something.
+fn ensure_path_script(webroot: &str, root: &str) -> String {
+    format!(
+        r#"set -f; w={w}; p={p}
+[ -d "$w" ] || {{ echo "the webroot $w does not exist (or is not a directory)" >&2; exit 3; }}
+[ -d "$p" ] && exit 0
+d="$p"; while [ ! -e "$d" ]; do d=$(dirname "$d"); done
+[ -d "$d" ] || {{ echo "$d is not a directory" >&2; exit 4; }}
+own=$(stat -c %U "$d"); grp=$(stat -c %G "$d"); ids=$(stat -c %u:%g "$d"); mode=$(stat -c %a "$d")
+rest=${{p#"$d"}}; c="${{d%/}}"; IFS=/
+for part in $rest; do [ -z "$part" ] && continue; c="$c/$part"; mkdir "$c" && chown "$ids" "$c" && chmod "$mode" "$c" || exit 5; done
+echo "created $own $grp $mode""#,
+        w = q(webroot),
+        p = q(root)
+    )
+}
+
+async fn install_steps(st: &AppState, ctx: &Ctx, inst: &InstallationRow, config: &str, conn: &Conn, log: &mut StepLog) -> Result<(), String> {
+    let (root, prefix) = config::paths(&ctx.node, inst);
     let node = &ctx.node;
     let sh = |s: String| async move { conn.sh_ok(&s).await.map_err(|e| e.to_string()) };
 
@@ -109,11 +121,15 @@ async fn install_steps(st: &AppState, ctx: &Ctx, inst: &InstallationRow, link: O
     .await?;
 
     log.run("sync path present", async {
-        let o = conn.sh(&format!("test -d {}", q(&root))).await.map_err(|e| e.to_string())?;
-        if o.status == 0 {
-            Ok((false, format!("{root} is a directory")))
-        } else {
-            Err(format!("{root} does not exist on {}: create it (mkdir -p {root}) or choose another path in the add-on settings", node.name))
+        let o = conn.sh(&ensure_path_script(node.webroot.trim_end_matches('/'), &root)).await.map_err(|e| e.to_string())?;
+        match (o.status, o.stdout.split_whitespace().collect::<Vec<_>>().as_slice()) {
+            (0, []) => Ok((false, format!("{root} is a directory"))),
+            (0, ["created", own, grp, mode]) => {
+                let group = if grp == own { String::new() } else { format!(", group {grp}") };
+                Ok((true, format!("created {root} on {} (owner {own}{group}, mode {mode:0>4})", node.name)))
+            }
+            (3, _) => Err(format!("the webroot {} does not exist on {}: check the node's webroot", node.webroot, node.name)),
+            _ => Err(format!("cannot create {root} on {}: {}", node.name, o.stderr.trim())),
         }
     })
     .await?;
@@ -130,359 +146,185 @@ async fn install_steps(st: &AppState, ctx: &Ctx, inst: &InstallationRow, link: O
     })
     .await?;
 
-    let bin = format!("{prefix}/bin/filesync");
-    let binary_changed = log
-        .run("agent uploaded", async {
-            let have = conn.sh(&format!("sha256sum {} 2>/dev/null", q(&bin))).await.map_err(|e| e.to_string())?;
-            if have.stdout.split_whitespace().next() == Some(st.agent.sha256.as_str()) {
-                return Ok((false, format!("{bin} is current (sha256 {})", &st.agent.sha256[..16])));
-            }
-            let need_kib = st.agent.bytes.len() as u64 / 1024 + 1024;
-            let probe = conn
-                .sh(&format!("mkdir -p {p}/bin && touch {p}/bin/.write-test && rm -f {p}/bin/.write-test && df -Pk {p}/bin | tail -n 1", p = q(&prefix)))
-                .await
-                .map_err(|e| e.to_string())?;
-            if probe.status != 0 {
-                let err = probe.stderr.trim();
-                if err.contains("Read-only file system") {
-                    return Err(format!("{prefix} is on a read-only file system on {}: remount it read-write or set another install prefix for this node", node.name));
-                }
-                return Err(format!("cannot write to {prefix} on {}: {err}", node.name));
-            }
-            let free_kib = probe.stdout.split_whitespace().nth(3).and_then(|s| s.parse::<u64>().ok()).unwrap_or(u64::MAX);
-            if free_kib < need_kib {
-                return Err(format!(
-                    "not enough disk space on {}: {} MiB free in {prefix}, the agent needs {} MiB; free some space there or set another install prefix for this node",
-                    node.name,
-                    free_kib / 1024,
-                    need_kib.div_ceil(1024)
-                ));
-            }
-            conn.upload(&bin, &st.agent.bytes, 0o755).await.map_err(|e| format!("{e} (is the disk full or read-only?)"))?;
-            let check = sh(format!("sha256sum {}", q(&bin))).await?;
-            if check.split_whitespace().next() != Some(st.agent.sha256.as_str()) {
-                return Err(format!("uploaded {bin} but its checksum differs (disk full?): {}", check.trim()));
-            }
-            Ok((true, format!("uploaded {} bytes to {bin}, sha256 {} verified", st.agent.bytes.len(), &st.agent.sha256[..16])))
-        })
-        .await?;
+    let binary_changed = log.run("agent uploaded", upload_agent(st, node, &prefix, conn)).await?;
 
-    let config = agent_config(ctx, inst, link, &root, &prefix)?;
-    let mut restart_needed = binary_changed;
     let mut reload_needed = false;
     let config_changed = log
         .run("configured", async {
             let old = conn.sh(&format!("cat {}/agent.toml 2>/dev/null", q(&prefix))).await.map_err(|e| e.to_string())?.stdout;
-            let have_ca = conn.sh(&format!("cat {}/tls/ca.pem 2>/dev/null; test -s {p}/tls/node.pem && test -s {p}/tls/node.key", q(&prefix), p = q(&prefix))).await.map_err(|e| e.to_string())?;
-            // The certificate must be this node's own: a node cloned from another one
-            // carries the original's certificate, which it must never present.
-            let have_cert = conn.sh(&format!("cat {}/tls/node.pem 2>/dev/null", q(&prefix))).await.map_err(|e| e.to_string())?.stdout;
-            let own_cert = crate::pki::pem_identity(&have_cert).is_some_and(|(cn, ips)| cn == node.name && node.address.parse::<std::net::IpAddr>().map_or(true, |ip| ips.contains(&ip)));
-            let mut changed = false;
-            if have_ca.status != 0 || have_ca.stdout.trim() != ctx.env.ca_cert_pem.trim() || !own_cert {
-                let ca = crate::pki::CaFiles { cert_pem: ctx.env.ca_cert_pem.clone(), key_pem: st.secrets.open(&ctx.env.ca_key_secret).map_err(|e| e.to_string())? };
-                let ip: Vec<std::net::IpAddr> = node.address.parse().into_iter().collect();
-                let dns: Vec<String> = if ip.is_empty() { vec![node.address.clone()] } else { vec![] };
-                let cert = crate::pki::issue(&ca, &node.name, &ip, &dns).map_err(|e| e.to_string())?;
-                let up = |p: String, d: String| async move { conn.upload(&p, d.as_bytes(), 0o600).await.map_err(|e| e.to_string()) };
-                up(format!("{prefix}/tls/ca.pem"), ctx.env.ca_cert_pem.clone()).await?;
-                up(format!("{prefix}/tls/node.pem"), cert.cert_pem).await?;
-                up(format!("{prefix}/tls/node.key"), cert.key_pem).await?;
-                changed = true;
-            }
-            let script = watchdog_script(&prefix);
+            let mut changed = ensure_certificate(st, ctx, &prefix, conn).await?;
+            let script = supervise::watchdog_script(&prefix);
             let old_script = conn.sh(&format!("cat {}/run-agent.sh 2>/dev/null", q(&prefix))).await.map_err(|e| e.to_string())?.stdout;
             if old_script != script {
                 // The running watchdog keeps its copy; the agent needs no restart for it.
                 conn.upload(&format!("{prefix}/run-agent.sh"), script.as_bytes(), 0o700).await.map_err(|e| e.to_string())?;
             }
             sh(format!("mkdir -p {w}/lsyncd/var/log {w}/lsyncd/var/state", w = q(node.webroot.trim_end_matches('/')))).await?;
-            if old != config {
-                conn.upload(&format!("{prefix}/agent.toml"), config.as_bytes(), 0o600).await.map_err(|e| e.to_string())?;
-                if !changed && !old.is_empty() && reloadable(&old, &config) {
-                    // Only the peer list or the delay changed: the agent reloads them in
-                    // place, keeping its connections and pending changes.
-                    reload_needed = true;
-                    return Ok((true, format!("wrote {prefix}/agent.toml ({} peers); the agent reloads it without restarting", ctx.peers.len())));
-                }
-                let root_moved = !old.contains(&format!("root = {:?}", root));
-                let note = if old.is_empty() {
-                    ""
-                } else if root_moved {
-                    "; the sync path changed, the agent restarts"
-                } else if link_changed(&old, &config) {
-                    "; the cross-environment link settings changed (mode, address or password), the agent restarts"
-                } else {
-                    ""
-                };
-                return Ok((true, format!("wrote {prefix}/agent.toml ({} peers){note}", ctx.peers.len())));
+            if old == config {
+                return Ok((changed, format!("{prefix}/agent.toml is current")));
             }
-            Ok((changed, format!("{prefix}/agent.toml is current")))
+            conn.upload(&format!("{prefix}/agent.toml"), config.as_bytes(), 0o600).await.map_err(|e| e.to_string())?;
+            if !changed && !old.is_empty() && config::reloadable(&old, config) {
+                // Only the peer list or the delay changed: the agent reloads them in
+                // place, keeping its connections and pending changes.
+                reload_needed = true;
+                return Ok((true, format!("wrote {prefix}/agent.toml ({} peers); the agent reloads it without restarting", ctx.peers.len())));
+            }
+            changed = true;
+            let note = if old.is_empty() {
+                ""
+            } else if config::changed(&old, config, "root") {
+                "; the sync path changed, the agent restarts"
+            } else if config::changed(&old, config, "link") {
+                "; the cross-environment link settings changed (mode, address or password), the agent restarts"
+            } else {
+                ""
+            };
+            Ok((changed, format!("wrote {prefix}/agent.toml ({} peers){note}", ctx.peers.len())))
         })
         .await?;
-    if config_changed && !reload_needed {
-        restart_needed = true;
-    }
+    let restart_needed = binary_changed || (config_changed && !reload_needed);
 
     let systemd = conn.sh(HAS_SYSTEMD).await.map_err(|e| e.to_string())?.status == 0;
-    if systemd {
-        log.run("running", async {
-            let unit = systemd_unit(&prefix);
-            let old = conn.sh(&format!("cat {UNIT_PATH} 2>/dev/null")).await.map_err(|e| e.to_string())?.stdout;
-            let mut changed = false;
-            if old != unit {
-                conn.upload(UNIT_PATH, unit.as_bytes(), 0o644).await.map_err(|e| e.to_string())?;
-                sh("systemctl daemon-reload".into()).await?;
-                changed = true;
-            }
-            let active = conn.sh(&format!("systemctl is-active --quiet {UNIT}")).await.map_err(|e| e.to_string())?.status == 0;
-            if !active {
-                sh(format!("systemctl enable --now {UNIT}")).await?;
-                return Ok((true, format!("started {UNIT} under systemd (enabled at boot)")));
-            }
-            if restart_needed || changed {
-                sh(format!("systemctl restart {UNIT}")).await?;
-                return Ok((true, format!("restarted {UNIT} to apply the new binary or config")));
-            }
-            if reload_needed {
-                sh(format!("systemctl reload {UNIT}")).await?;
-                return Ok((true, format!("{UNIT} reloaded its peer list (no restart)")));
-            }
-            Ok((false, format!("{UNIT} is active")))
-        })
-        .await?;
-        let healthy = log.run("healthy", health_check(st, ctx)).await;
-        if healthy.is_err() {
-            let _ = conn.sh(&stop_script(&prefix)).await;
-        }
-        return healthy.map(|_| ());
-    }
-
-    let alive = format!("kill -0 \"$(cat {p}/watchdog.pid 2>/dev/null)\" 2>/dev/null && kill -0 \"$(cat {p}/agent.pid 2>/dev/null)\" 2>/dev/null", p = q(&prefix));
+    // The node's clock before a (re)start: the health check waits for an agent started
+    // since, not the old one still answering while it shuts down.
+    let node_now: i64 = sh("date +%s".into()).await?.trim().parse().map_err(|e| format!("cannot read the node's clock: {e}"))?;
+    let mut fresh = false;
     log.run("running", async {
-        let running = conn.sh(&alive).await.map_err(|e| e.to_string())?.status == 0;
-        if !running {
-            sh(format!("rm -f {p}/stopped; setsid nohup sh {p}/run-agent.sh >/dev/null 2>&1 < /dev/null &", p = q(&prefix))).await?;
-            return Ok((true, "started the agent under its watchdog (no systemd)".into()));
-        }
-        if restart_needed {
-            // The watchdog restarts the agent with the new binary or config within a second.
-            sh(format!("kill -TERM \"$(cat {p}/agent.pid)\"", p = q(&prefix))).await?;
-            return Ok((true, "restarted the agent to apply the new binary or config".into()));
-        }
-        if reload_needed {
-            sh(format!("kill -HUP \"$(cat {p}/agent.pid)\"", p = q(&prefix))).await?;
-            return Ok((true, "the agent reloaded its peer list (no restart)".into()));
-        }
-        Ok((false, "agent and watchdog are running".into()))
+        let (r, started) = if systemd { run_systemd(conn, &prefix, restart_needed, reload_needed).await? } else { run_watchdog(conn, &prefix, restart_needed, reload_needed).await? };
+        fresh = started;
+        Ok(r)
     })
     .await?;
-
-    let healthy = log.run("healthy", health_check(st, ctx)).await;
+    let healthy = log.run("healthy", health_check(st, ctx, fresh.then_some(node_now))).await;
     if healthy.is_err() {
         // No half-installed node left running: stop what we started.
-        let _ = conn.sh(&stop_script(&prefix)).await;
+        let _ = conn.sh(&supervise::stop_script(&prefix)).await;
     }
     healthy.map(|_| ())
 }
 
-/// Whether two agent configs differ only in what the agent reloads in place (peers, delay).
-/// Anything else, the `[link]` section included (address, password, or the mode switch
-/// that adds or removes it), needs a restart.
-fn reloadable(old: &str, new: &str) -> bool {
-    let strip = |s: &str| -> Option<toml::Table> {
-        let mut t: toml::Table = s.parse().ok()?;
-        t.remove("peers");
-        t.remove("delay");
-        Some(t)
-    };
-    matches!((strip(old), strip(new)), (Some(a), Some(b)) if a == b)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn peer_and_delay_changes_are_reloadable_others_are_not() {
-        let base = "node_name = \"n1\"\nroot = \"/w/ROOT\"\ndelay = 1\n\n[[peers]]\nname = \"n2\"\naddress = \"10.0.0.2:7755\"\n";
-        let more = format!("{base}\n[[peers]]\nname = \"n3\"\naddress = \"10.0.0.3:7755\"\n");
-        assert!(super::reloadable(base, &more));
-        assert!(super::reloadable(base, &base.replace("delay = 1", "delay = 10")));
-        assert!(!super::reloadable(base, &base.replace("/w/ROOT", "/w/ROOT2")));
-        assert!(!super::reloadable("", base));
+/// Uploads the agent binary unless the node has it; true when it uploaded.
+async fn upload_agent(st: &AppState, node: &NodeRow, prefix: &str, conn: &Conn) -> StepResult {
+    let bin = format!("{prefix}/bin/filesync");
+    let have = conn.sh(&format!("sha256sum {} 2>/dev/null", q(&bin))).await.map_err(|e| e.to_string())?;
+    if have.stdout.split_whitespace().next() == Some(st.agent.sha256.as_str()) {
+        return Ok((false, format!("{bin} is current (sha256 {})", &st.agent.sha256[..16])));
     }
-
-    fn ctx(agent_port: i32) -> super::Ctx {
-        let node = |name: &str, address: &str| crate::control::db::NodeRow {
-            node_id: uuid::Uuid::new_v4(),
-            layer_id: uuid::Uuid::nil(),
-            name: name.into(),
-            address: address.into(),
-            ssh_port: 22,
-            ssh_user: "root".into(),
-            webroot: "/var/www/webroot".into(),
-            install_prefix: "/opt/filesync".into(),
-            agent_port,
-            host_key: None,
-            host_key_fingerprint: None,
-            agent_state: "running".into(),
-            last_heartbeat_at: None,
-            last_status: None,
-        };
-        let env = crate::control::db::EnvironmentRow {
-            environment_id: uuid::Uuid::nil(),
-            name: "env".into(),
-            webroot: "/var/www/webroot".into(),
-            ca_cert_pem: String::new(),
-            ca_key_secret: String::new(),
-            client_cert_pem: String::new(),
-            client_key_secret: String::new(),
-        };
-        super::Ctx { env, node: node("web1", "10.0.0.11"), peers: vec![node("web2", "10.0.0.12")], inst: None }
-    }
-
-    fn inst(mode: &str) -> crate::control::db::InstallationRow {
-        crate::control::db::InstallationRow {
-            installation_id: uuid::Uuid::nil(),
-            layer_id: uuid::Uuid::nil(),
-            mode: mode.into(),
-            sync_path: "ROOT".into(),
-            delay_seconds: 1,
-            settings: serde_json::json!({"mode": mode, "address": "203.0.113.7:7756"}),
-            password_secret: Some("plain:unused".into()),
-            state: "installing".into(),
+    let need_kib = st.agent.bytes.len() as u64 / 1024 + 1024;
+    let probe = conn.sh(&format!("mkdir -p {p}/bin && touch {p}/bin/.write-test && rm -f {p}/bin/.write-test && df -Pk {p}/bin | tail -n 1", p = q(prefix))).await.map_err(|e| e.to_string())?;
+    if probe.status != 0 {
+        let err = probe.stderr.trim();
+        if err.contains("Read-only file system") {
+            return Err(format!("{prefix} is on a read-only file system on {}: remount it read-write or set another install prefix for this node", node.name));
         }
+        return Err(format!("cannot write to {prefix} on {}: {err}", node.name));
     }
-
-    fn config(pw: &str) -> String {
-        let c = ctx(7755);
-        let link = super::LinkSettings { listen: "10.0.0.11:7756".into(), remote: "203.0.113.7:7756".into(), password: pw.into() };
-        super::agent_config(&c, &inst("two_envs"), Some(&link), "/var/www/webroot/ROOT", "/opt/filesync").unwrap()
+    let free_kib = probe.stdout.split_whitespace().nth(3).and_then(|s| s.parse::<u64>().ok()).unwrap_or(u64::MAX);
+    if free_kib < need_kib {
+        return Err(format!("not enough disk space on {}: {} MiB free in {prefix}, the agent needs {} MiB; free some space there or set another install prefix for this node", node.name, free_kib / 1024, need_kib.div_ceil(1024)));
     }
-
-    #[test]
-    fn the_link_section_round_trips_any_password() {
-        for pw in ["correct horse battery", "a \"quoted\" pass", "back\\slash\\", "multi\nline\r\npass", "tab\tand 'single' and \'\'\'triple\'\'\' and \"\"\"", "unicode \u{e9}\u{1F511} \u{7f}\u{1b}[0m", "ends with backslash\\"] {
-            let text = config(pw);
-            let t: toml::Table = text.parse().unwrap_or_else(|e| panic!("{pw:?}: {e}\n{text}"));
-            let link = t["link"].as_table().unwrap();
-            assert_eq!(link["password"].as_str(), Some(pw), "{text}");
-            assert_eq!(link["listen"].as_str(), Some("10.0.0.11:7756"));
-            assert_eq!(link["remote"].as_str(), Some("203.0.113.7:7756"));
-            // Nothing else moved: the peers are still peers, the [link] section did not
-            // swallow them.
-            assert_eq!(t["peers"].as_array().map(Vec::len), Some(1), "{text}");
-            assert_eq!(t["node_name"].as_str(), Some("web1"));
-        }
-        let one: toml::Table = super::agent_config(&ctx(7755), &inst("one_env"), None, "/r", "/p").unwrap().parse().unwrap();
-        assert!(!one.contains_key("link"));
+    conn.upload(&bin, &st.agent.bytes, 0o755).await.map_err(|e| format!("{e} (is the disk full or read-only?)"))?;
+    let check = conn.sh_ok(&format!("sha256sum {}", q(&bin))).await.map_err(|e| e.to_string())?;
+    if check.split_whitespace().next() != Some(st.agent.sha256.as_str()) {
+        return Err(format!("uploaded {bin} but its checksum differs (disk full?): {}", check.trim()));
     }
-
-    #[test]
-    fn a_changed_link_restarts_the_agent() {
-        let a = config("first password");
-        assert!(!super::reloadable(&a, &config("second password")), "a new password must restart the agent");
-        assert!(!super::reloadable(&a, &a.replace("203.0.113.7:7756", "203.0.113.8:7756")), "a new address must restart the agent");
-        let one = super::agent_config(&ctx(7755), &inst("one_env"), None, "/var/www/webroot/ROOT", "/opt/filesync").unwrap();
-        assert!(!super::reloadable(&one, &a) && !super::reloadable(&a, &one), "switching modes must restart the agent");
-        assert!(super::link_changed(&a, &config("second password")) && !super::link_changed(&a, &a));
-        // Peers and delay stay reloadable next to an unchanged link.
-        assert!(super::reloadable(&a, &a.replace("delay = 1", "delay = 5")));
-    }
-
-    #[test]
-    fn link_settings_come_from_the_installation() {
-        let st = crate::control::secrets::Secrets::new(Some("k"));
-        let i = inst_with(&st, "the shared one");
-        let l = super::link_from(&st, &ctx(7755).node, &i).unwrap().unwrap();
-        assert_eq!((l.listen.as_str(), l.remote.as_str(), l.password.as_str()), ("10.0.0.11:7756", "203.0.113.7:7756", "the shared one"));
-        // The debug form of the settings never prints the password.
-        assert!(!format!("{l:?}").contains("shared one"));
-        assert!(super::link_from(&st, &ctx(7755).node, &inst("one_env")).unwrap().is_none());
-        let e = super::link_from(&st, &ctx(65535).node, &i).unwrap_err();
-        assert!(e.contains("65535"), "{e}");
-        let mut named = ctx(7755).node;
-        named.address = "web1.example.com".into();
-        assert!(super::link_from(&st, &named, &i).unwrap_err().contains("IP"));
-        let mut no_pw = i.clone();
-        no_pw.password_secret = None;
-        assert!(super::link_from(&st, &ctx(7755).node, &no_pw).unwrap_err().contains("password"));
-        let other_key = crate::control::secrets::Secrets::new(Some("another key"));
-        assert!(super::link_from(&other_key, &ctx(7755).node, &i).unwrap_err().contains("FILESYNC_SECRET_KEY"));
-    }
-
-    fn inst_with(st: &crate::control::secrets::Secrets, pw: &str) -> crate::control::db::InstallationRow {
-        let mut i = inst("two_envs");
-        i.password_secret = Some(st.seal(pw).unwrap());
-        i
-    }
+    Ok((true, format!("uploaded {} bytes to {bin}, sha256 {} verified", st.agent.bytes.len(), &st.agent.sha256[..16])))
 }
 
-/// The `[link]` section of a node in two-environment mode (the agent's side of the
-/// interface: `listen` is this node's link port, the agent port + 1).
-pub(crate) struct LinkSettings {
-    listen: String,
-    remote: String,
-    password: String,
-}
-
-impl std::fmt::Debug for LinkSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LinkSettings").field("listen", &self.listen).field("remote", &self.remote).field("password", &"(hidden)").finish()
+/// Installs the CA and a certificate of the node's own (re-issued when the node holds
+/// another node's, as a clone does); true when it wrote them.
+async fn ensure_certificate(st: &AppState, ctx: &Ctx, prefix: &str, conn: &Conn) -> Result<bool, String> {
+    let node = &ctx.node;
+    let have_ca = conn.sh(&format!("cat {p}/tls/ca.pem 2>/dev/null; test -s {p}/tls/node.pem && test -s {p}/tls/node.key", p = q(prefix))).await.map_err(|e| e.to_string())?;
+    let have_cert = conn.sh(&format!("cat {}/tls/node.pem 2>/dev/null", q(prefix))).await.map_err(|e| e.to_string())?.stdout;
+    let ip = config::socket_addr(node, node.agent_port).await?.ip();
+    let own_cert = crate::pki::pem_identity(&have_cert).is_some_and(|(cn, ips)| cn == node.name && ips.contains(&ip));
+    if have_ca.status == 0 && have_ca.stdout.trim() == ctx.env.ca_cert_pem.trim() && own_cert {
+        return Ok(false);
     }
+    let key = st.secrets.open(&ctx.env.ca_key_secret, &Place::environment(ctx.env.environment_id, "ca_key_secret")).map_err(|e| e.to_string())?;
+    let ca = crate::pki::CaFiles { cert_pem: ctx.env.ca_cert_pem.clone(), key_pem: key };
+    let dns: Vec<String> = if node.address.parse::<std::net::IpAddr>().is_ok() { vec![] } else { vec![node.address.clone()] };
+    let cert = crate::pki::issue(&ca, &node.name, &[ip], &dns).map_err(|e| e.to_string())?;
+    let up = |p: String, d: String| async move { conn.upload(&p, d.as_bytes(), 0o600).await.map_err(|e| e.to_string()) };
+    up(format!("{prefix}/tls/ca.pem"), ctx.env.ca_cert_pem.clone()).await?;
+    up(format!("{prefix}/tls/node.pem"), cert.cert_pem).await?;
+    up(format!("{prefix}/tls/node.key"), cert.key_pem).await?;
+    Ok(true)
 }
 
-fn link_settings(st: &AppState, node: &NodeRow, inst: &InstallationRow) -> Result<Option<LinkSettings>, String> {
-    link_from(&st.secrets, node, inst)
-}
-
-fn link_from(secrets: &crate::control::secrets::Secrets, node: &NodeRow, inst: &InstallationRow) -> Result<Option<LinkSettings>, String> {
-    if inst.mode != "two_envs" {
-        return Ok(None);
+/// Starts, restarts or reloads the agent as needed; also says whether a new agent process
+/// was started.
+async fn run_systemd(conn: &Conn, prefix: &str, restart: bool, reload: bool) -> Result<((bool, String), bool), String> {
+    let sh = |s: String| async move { conn.sh_ok(&s).await.map_err(|e| e.to_string()) };
+    let (unit, path) = (supervise::unit_name(prefix), supervise::unit_path(prefix));
+    sh(supervise::remove_legacy_unit(prefix)).await?;
+    let text = supervise::unit_text(prefix);
+    let old = conn.sh(&format!("cat {} 2>/dev/null", q(&path))).await.map_err(|e| e.to_string())?.stdout;
+    let mut changed = false;
+    if old != text {
+        conn.upload(&path, text.as_bytes(), 0o644).await.map_err(|e| e.to_string())?;
+        sh("systemctl daemon-reload".into()).await?;
+        changed = true;
     }
-    let remote = inst.settings.get("address").and_then(|a| a.as_str()).filter(|a| !a.is_empty()).ok_or("two-environment mode without the other environment's address: open the add-on dialog and set it")?;
-    let sealed = inst.password_secret.as_deref().ok_or("two-environment mode without a shared password: open the add-on dialog and type the password (the same in both environments)")?;
-    let password = secrets.open(sealed).map_err(|e| format!("cannot unseal the shared password ({e}): is FILESYNC_SECRET_KEY the one it was stored with? Otherwise type the password again in the add-on dialog"))?;
-    let port = node.agent_port + 1;
-    if !(1..=65535).contains(&port) {
-        return Err(format!("the link port is the agent port + 1, but node {} has agent port {}: give it an agent port below 65535", node.name, node.agent_port));
+    let active = conn.sh(&format!("systemctl is-active --quiet {}", q(&unit))).await.map_err(|e| e.to_string())?.status == 0;
+    if !active {
+        sh(format!("systemctl enable --now {}", q(&unit))).await?;
+        return Ok(((true, format!("started {unit} under systemd (enabled at boot)")), true));
     }
-    // The agent binds its link port to this address, so it must be an IP address.
-    let listen = match node.address.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
-        Ok(ip) => format!("{ip}:{port}"),
-        Err(_) => return Err(format!("two-environment mode: node {} has the address {:?}, but its link port listens on an IP address; set the node's address to its IP", node.name, node.address)),
-    };
-    Ok(Some(LinkSettings { listen, remote: remote.to_owned(), password }))
+    if restart || changed {
+        sh(format!("systemctl restart {}", q(&unit))).await?;
+        return Ok(((true, format!("restarted {unit} to apply the new binary or config")), true));
+    }
+    if reload {
+        sh(format!("systemctl reload {}", q(&unit))).await?;
+        return Ok(((true, format!("{unit} reloaded its peer list (no restart)")), false));
+    }
+    Ok(((false, format!("{unit} is active")), false))
 }
 
-/// Whether the `[link]` sections of two configs differ (for the step's message).
-fn link_changed(old: &str, new: &str) -> bool {
-    let link = |s: &str| s.parse::<toml::Table>().ok().and_then(|mut t| t.remove("link"));
-    link(old) != link(new)
+async fn run_watchdog(conn: &Conn, prefix: &str, restart: bool, reload: bool) -> Result<((bool, String), bool), String> {
+    let sh = |s: String| async move { conn.sh_ok(&s).await.map_err(|e| e.to_string()) };
+    let p = q(prefix);
+    let alive = format!("kill -0 \"$(cat {p}/watchdog.pid 2>/dev/null)\" 2>/dev/null && kill -0 \"$(cat {p}/agent.pid 2>/dev/null)\" 2>/dev/null");
+    if conn.sh(&alive).await.map_err(|e| e.to_string())?.status != 0 {
+        sh(format!("rm -f {p}/stopped; setsid nohup sh {p}/run-agent.sh >/dev/null 2>&1 < /dev/null &")).await?;
+        return Ok(((true, "started the agent under its watchdog (no systemd)".into()), true));
+    }
+    if restart {
+        // The watchdog restarts the agent with the new binary or config within a second.
+        sh(format!("kill -TERM \"$(cat {p}/agent.pid)\"")).await?;
+        return Ok(((true, "restarted the agent to apply the new binary or config".into()), true));
+    }
+    if reload {
+        sh(format!("kill -HUP \"$(cat {p}/agent.pid)\"")).await?;
+        return Ok(((true, "the agent reloaded its peer list (no restart)".into()), false));
+    }
+    Ok(((false, "agent and watchdog are running".into()), false))
 }
 
-/// Polls the agent's `/healthz` over mutual TLS, then records its `/v1/status`.
-async fn health_check(st: &AppState, ctx: &Ctx) -> StepResult {
-    let client = agent_client(st, &ctx.env).map_err(|e| e.to_string())?;
-    let base = format!("https://{}:{}", ctx.node.address, ctx.node.agent_port);
+/// Polls the agent's `/healthz` over mutual TLS, then records its `/v1/status`. With
+/// `started_since` (the node's clock before a restart), only an agent started since counts.
+async fn health_check(st: &AppState, ctx: &Ctx, started_since: Option<i64>) -> StepResult {
+    let api = AgentApi::new(agent_client(st, &ctx.env).map_err(|e| e.to_string())?, &ctx.node.address, ctx.node.agent_port);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = String::new();
     while Instant::now() < deadline {
-        match client.get(format!("{base}/healthz")).send().await {
-            Ok(r) if r.status().is_success() => {
-                if let Ok(r) = client.get(format!("{base}/v1/status")).send().await
-                    && let Ok(v) = r.json::<serde_json::Value>().await
-                {
-                    let _ = db::environments::record_heartbeat(&st.pool, ctx.node.node_id, &v).await;
+        match api.healthz(Duration::from_secs(5)).await {
+            Ok(()) => match api.status(Duration::from_secs(5)).await {
+                Ok(s) if started_since.is_none_or(|t| s.started_at >= t) => {
+                    let _ = db::nodes::record_heartbeat(&st.pool, ctx.node.node_id, &s).await;
+                    return Ok((false, format!("{}/healthz answers over mutual TLS", api.base())));
                 }
-                return Ok((false, format!("{base}/healthz answers over mutual TLS")));
-            }
-            Ok(r) => last = format!("answered {}", r.status()),
-            Err(e) => last = format!("{e}"),
+                Ok(s) => last = format!("the agent started at {} still answers (it is being restarted)", s.started_at),
+                Err(e) => last = e,
+            },
+            Err(e) => last = e,
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Err(format!("the agent did not answer {base}/healthz within 30 s ({last}); see {}/lsyncd/var/log/lsyncd.log and {}/agent.err on the node", ctx.node.webroot, ctx.node.install_prefix))
+    Err(format!("the agent did not answer {}/healthz within 30 s ({last}); see {}/lsyncd/var/log/lsyncd.log and {}/agent.err on the node", api.base(), ctx.node.webroot, ctx.node.install_prefix))
 }
 
 /// An mTLS client holding the environment's control-plane certificate.
@@ -492,66 +334,9 @@ pub fn agent_client(st: &AppState, env: &EnvironmentRow) -> anyhow::Result<reqwe
     if !tls.key.exists() {
         crate::pki::write_private(&tls.ca, &env.ca_cert_pem)?;
         crate::pki::write_private(&tls.cert, &env.client_cert_pem)?;
-        crate::pki::write_private(&tls.key, &st.secrets.open(&env.client_key_secret)?)?;
+        crate::pki::write_private(&tls.key, &st.secrets.open(&env.client_key_secret, &Place::environment(env.environment_id, "client_key_secret"))?)?;
     }
     crate::pki::tls::http_client(&tls)
-}
-
-fn agent_config(ctx: &Ctx, inst: &InstallationRow, link: Option<&LinkSettings>, root: &str, prefix: &str) -> Result<String, String> {
-    let w = ctx.node.webroot.trim_end_matches('/');
-    let mut s = format!(
-        "# Written by the filesync control plane; edits are replaced on the next install.\nnode_name = {:?}\nlisten = \"{}:{}\"\nroot = {:?}\nstate_dir = \"{w}/lsyncd/var/state\"\nlog_dir = \"{w}/lsyncd/var/log\"\ndelay = {}\n\n[tls]\nca = \"{prefix}/tls/ca.pem\"\ncert = \"{prefix}/tls/node.pem\"\nkey = \"{prefix}/tls/node.key\"\n",
-        ctx.node.name, ctx.node.address, ctx.node.agent_port, root, inst.delay_seconds
-    );
-    for p in &ctx.peers {
-        s.push_str(&format!("\n[[peers]]\nname = {:?}\naddress = \"{}:{}\"\n", p.name, p.address, p.agent_port));
-    }
-    if let Some(l) = link {
-        // Written with the toml crate's own string encoding: the password is arbitrary text
-        // (quotes, backslashes, newlines, control characters) and must reach the agent
-        // byte for byte. The file is uploaded with mode 0600.
-        #[derive(serde::Serialize)]
-        struct Section<'a> {
-            listen: &'a str,
-            remote: &'a str,
-            password: &'a str,
-        }
-        #[derive(serde::Serialize)]
-        struct Doc<'a> {
-            link: Section<'a>,
-        }
-        let section = toml::to_string(&Doc { link: Section { listen: &l.listen, remote: &l.remote, password: &l.password } }).map_err(|e| format!("cannot write the [link] section: {e}"))?;
-        s.push_str("\n# Two-environment mode: this node's link port, the other environment's address and the\n# shared password (never sent over the wire; see the README).\n");
-        s.push_str(&section);
-    }
-    Ok(s)
-}
-
-fn watchdog_script(prefix: &str) -> String {
-    format!(
-        "#!/bin/sh\n# filesync watchdog (no systemd on this node): restarts the agent when it exits.\n# Stop: touch {p}/stopped, then kill the pids in watchdog.pid and agent.pid.\nP={p}\necho $$ > \"$P/watchdog.pid\"\nwhile [ ! -e \"$P/stopped\" ]; do\n  \"$P/bin/filesync\" agent --config \"$P/agent.toml\" >>\"$P/agent.err\" 2>&1 &\n  echo $! > \"$P/agent.pid\"\n  wait $!\n  [ -e \"$P/stopped\" ] && break\n  sleep 1\ndone\n",
-        p = q(prefix)
-    )
-}
-
-/// True (exit 0) when the node runs systemd as its init.
-const HAS_SYSTEMD: &str = "test -d /run/systemd/system && command -v systemctl >/dev/null";
-const UNIT: &str = "filesync-agent.service";
-const UNIT_PATH: &str = "/etc/systemd/system/filesync-agent.service";
-
-fn systemd_unit(prefix: &str) -> String {
-    format!(
-        "# Written by the filesync control plane; edits are replaced on the next install.\n[Unit]\nDescription=filesync agent (File Synchronization add-on)\nWants=network-online.target\nAfter=network-online.target\n\n[Service]\nExecStart={prefix}/bin/filesync agent --config {prefix}/agent.toml\nExecReload=/bin/kill -HUP $MAINPID\nRestart=always\nRestartSec=1\nTimeoutStopSec=15\n\n[Install]\nWantedBy=multi-user.target\n"
-    )
-}
-
-/// Stops the agent whichever way it runs: the systemd unit (disabled and removed) and/or
-/// the watchdog loop.
-fn stop_script(prefix: &str) -> String {
-    format!(
-        "if [ -f {UNIT_PATH} ] && command -v systemctl >/dev/null; then systemctl disable --now {UNIT} 2>/dev/null; rm -f {UNIT_PATH}; systemctl daemon-reload 2>/dev/null; fi; P={p}; touch \"$P/stopped\" 2>/dev/null; for f in watchdog.pid agent.pid; do pid=$(cat \"$P/$f\" 2>/dev/null) && kill -TERM \"$pid\" 2>/dev/null; done; for i in $(seq 50); do pid=$(cat \"$P/agent.pid\" 2>/dev/null) && kill -0 \"$pid\" 2>/dev/null || exit 0; sleep 0.1; done; kill -KILL \"$(cat \"$P/agent.pid\")\" 2>/dev/null; exit 0",
-        p = q(prefix)
-    )
 }
 
 /// Stops the agent and its watchdog; removes binary, config, TLS material and state.
@@ -562,7 +347,7 @@ pub async fn uninstall(st: &AppState, job: &JobRow, log: &mut StepLog) -> Result
     let prefix = ctx.node.install_prefix.trim_end_matches('/').to_owned();
     let w = ctx.node.webroot.trim_end_matches('/').to_owned();
     let r = async {
-        log.run("stopped", async { conn.sh_ok(&stop_script(&prefix)).await.map(|_| (true, "agent and watchdog stopped".into())).map_err(|e| e.to_string()) }).await?;
+        log.run("stopped", async { conn.sh_ok(&supervise::stop_script(&prefix)).await.map(|_| (true, "agent and watchdog stopped".into())).map_err(|e| e.to_string()) }).await?;
         log.run("removed", async {
             conn.sh_ok(&format!("rm -rf {} {}", q(&prefix), q(&format!("{w}/lsyncd/var/state"))))
                 .await
@@ -582,7 +367,7 @@ pub async fn verify(st: &AppState, job: &JobRow, log: &mut StepLog) -> Result<()
     let ctx = load(st, job).await?;
     let conn = login(st, &ctx.node, log).await?;
     conn.close().await;
-    log.run("healthy", health_check(st, &ctx)).await.map(|_| ())
+    log.run("healthy", health_check(st, &ctx, None)).await.map(|_| ())
 }
 
 /// Reads the node's lsyncd.log tail and lsyncd.status over SSH (works with the agent down).

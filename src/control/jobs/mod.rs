@@ -2,7 +2,10 @@
 //! processes share the queue), runs at most N at once (a semaphore), and records each
 //! step's result in the job's step log as it happens, which the dashboard polls.
 
+pub mod config;
 pub mod install;
+pub mod phases;
+pub mod supervise;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::AppState;
 use super::db::{self, JobRow};
+use super::state::JobKind;
 
 /// The executable installed on nodes, read once: its bytes and sha256.
 pub struct AgentBinary {
@@ -32,8 +36,7 @@ impl AgentBinary {
 #[derive(Serialize, Clone, Debug)]
 pub struct Step {
     pub name: String,
-    /// running | ok | changed | failed
-    pub status: String,
+    pub status: StepStatus,
     pub output: String,
 }
 
@@ -43,6 +46,15 @@ pub struct StepLog {
     pub steps: Vec<Step>,
     pool: sqlx::PgPool,
     worker: String,
+}
+
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StepStatus {
+    Running,
+    Ok,
+    Changed,
+    Failed,
 }
 
 /// A step's outcome: Ok((changed, output)) or Err(what failed and what to do).
@@ -58,18 +70,18 @@ impl StepLog {
 
     /// Runs one named step, recording running → ok/changed/failed with its output.
     pub async fn run(&mut self, name: &str, f: impl std::future::Future<Output = StepResult>) -> Result<bool, String> {
-        self.steps.push(Step { name: name.into(), status: "running".into(), output: String::new() });
+        self.steps.push(Step { name: name.into(), status: StepStatus::Running, output: String::new() });
         self.save().await;
         let r = f.await;
         let last = self.steps.last_mut().expect("BUG: step just pushed");
         let out = match &r {
             Ok((changed, out)) => {
-                last.status = if *changed { "changed" } else { "ok" }.into();
+                last.status = if *changed { StepStatus::Changed } else { StepStatus::Ok };
                 last.output = out.clone();
                 Ok(*changed)
             }
             Err(e) => {
-                last.status = "failed".into();
+                last.status = StepStatus::Failed;
                 last.output = e.clone();
                 Err(format!("{name}: {e}"))
             }
@@ -127,69 +139,19 @@ pub async fn runner(state: AppState, parallel: usize, stale_seconds: u32, shutdo
 #[tracing::instrument(skip_all, fields(job.id = %job.job_id, node.name = %job.node_name, job.kind = %job.kind))]
 async fn run_job(st: &AppState, job: JobRow) {
     let mut log = StepLog { job_id: job.job_id, steps: Vec::new(), pool: st.pool.clone(), worker: st.worker.clone() };
-    let result = match job.kind.as_str() {
-        "install" | "reconfigure" => install::install(st, &job, &mut log).await,
-        "uninstall" => install::uninstall(st, &job, &mut log).await,
-        "verify" => install::verify(st, &job, &mut log).await,
-        other => Err(format!("unknown job kind {other}")),
+    let result = match job.kind {
+        JobKind::Install | JobKind::Reconfigure => install::install(st, &job, &mut log).await,
+        JobKind::Uninstall => install::uninstall(st, &job, &mut log).await,
+        JobKind::Verify => install::verify(st, &job, &mut log).await,
     };
     if let Err(e) = &result {
         tracing::error!(error = %e, "job failed");
     }
     let _ = db::jobs::finish(&st.pool, job.job_id, &st.worker, result.as_ref().err().map(String::as_str)).await;
     if let Some(node_id) = job.node_id
-        && job.kind == "uninstall"
-        && let Ok(Some(node)) = db::environments::node(&st.pool, node_id).await
-        && node.agent_state == crate::control::http::actions::REMOVING
+        && let Ok(Some(node)) = db::nodes::get(&st.pool, node_id).await
     {
-        // The end of a scale-in: forget the node, or mark it gone if it was unreachable.
-        let msg = match &result {
-            Ok(()) => {
-                let _ = db::environments::remove_node(&st.pool, node_id).await;
-                format!("scale in: node {} uninstalled and removed", node.name)
-            }
-            Err(e) => {
-                let _ = db::environments::set_agent_state(&st.pool, node_id, crate::control::http::actions::GONE).await;
-                format!("scale in: node {} could not be uninstalled ({e}); marked gone and never contacted again (remove it again to delete the row)", node.name)
-            }
-        };
-        let _ = db::add_event(&st.pool, Some(job.environment_id), &msg).await;
-        refresh_installation_state(st, job.environment_id).await;
-        return;
+        phases::after_job(st, &job, &node, &result).await;
     }
-    // A job that ends after its node started leaving (scale-in) does not bring it back.
-    let leaving = match job.node_id {
-        Some(id) => db::environments::node(&st.pool, id).await.ok().flatten().is_some_and(|n| crate::control::http::actions::leaving(&n)),
-        None => false,
-    };
-    if let Some(node_id) = job.node_id.filter(|_| !leaving) {
-        let state = match (&result, job.kind.as_str()) {
-            (Ok(()), "uninstall") => "not installed",
-            (Ok(()), _) => "running",
-            (Err(_), _) => "failed",
-        };
-        let _ = db::environments::set_agent_state(&st.pool, node_id, state).await;
-    }
-    refresh_installation_state(st, job.environment_id).await;
-}
-
-/// The installation is `installed` when every node's latest job succeeded, `failed` when
-/// one failed, and goes away when every node was uninstalled.
-async fn refresh_installation_state(st: &AppState, env: uuid::Uuid) {
-    let Ok(layer) = db::environments::cp_layer(&st.pool, env).await else { return };
-    let Ok(latest) = db::jobs::latest_per_node(&st.pool, env).await else { return };
-    let nodes: Vec<_> = db::environments::nodes(&st.pool, layer).await.unwrap_or_default().into_iter().filter(|n| !crate::control::http::actions::leaving(n)).collect();
-    let latest: Vec<_> = latest.into_iter().filter(|j| nodes.iter().any(|n| Some(n.node_id) == j.node_id)).collect();
-    if latest.iter().any(|j| j.state == "queued" || j.state == "running") {
-        return;
-    }
-    let state = if latest.iter().any(|j| j.state == "failed") {
-        "failed"
-    } else if !latest.is_empty() && latest.iter().all(|j| j.kind == "uninstall") {
-        let _ = db::environments::delete_installation(&st.pool, layer).await;
-        return;
-    } else {
-        "installed"
-    };
-    let _ = db::environments::set_installation_state(&st.pool, layer, state).await;
+    phases::refresh_installation(st, job.environment_id).await;
 }

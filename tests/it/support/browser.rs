@@ -108,6 +108,12 @@ pub struct Browser {
 
 impl Browser {
     pub async fn start() -> Browser {
+        Browser::start_with(&[]).await
+    }
+
+    /// A session with extra Chromium arguments (e.g. the SPKI hash of a self-signed
+    /// certificate to trust: `--ignore-certificate-errors-spki-list=<base64 sha256>`).
+    pub async fn start_with(extra: &[String]) -> Browser {
         let driver = Chromedriver::start().await;
         let profile = tempfile::Builder::new().prefix("filesync-it-chromium-").tempdir().unwrap();
         let caps = json!({
@@ -128,6 +134,10 @@ impl Browser {
                 ],
             },
         });
+        let mut caps = caps;
+        if let Some(args) = caps["goog:chromeOptions"]["args"].as_array_mut() {
+            args.extend(extra.iter().map(|a| json!(a)));
+        }
         let Value::Object(caps) = caps else { unreachable!() };
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
         let client = match ClientBuilder::new(connector).capabilities(caps).connect(&driver.url()).await {
@@ -155,6 +165,24 @@ impl Browser {
             eprintln!("{}", self.driver.logs());
             std::panic::resume_unwind(panic);
         }
+    }
+
+    /// Screenshots of the current page at 1400 and 800 px wide (`<name>-1400.png`,
+    /// `<name>-800.png`), the window restored afterwards.
+    pub async fn screenshots_at_widths(&self, name: &str) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for w in [1400u32, 800] {
+            if self.client.set_window_size(w, 1200).await.is_ok() {
+                // Let the page lay itself out at the new width.
+                let _ = self.js("return document.body.offsetWidth").await;
+                match self.save_screenshot(&format!("{name}-{w}")).await {
+                    Ok(p) => out.push(p),
+                    Err(e) => eprintln!("no screenshot {name}-{w}: {e}"),
+                }
+            }
+        }
+        let _ = self.client.set_window_size(1280, 1600).await;
+        out
     }
 
     pub async fn save_screenshot(&self, name: &str) -> Result<PathBuf, String> {
