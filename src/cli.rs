@@ -132,8 +132,8 @@ pub enum CtlCommand {
     },
     /// Restore versions kept on this node. The restore is a change made on this node: it
     /// replicates to every node. A file gets its newest version (or --version, or --at);
-    /// a folder, or everything, gets back the files deleted there (or --at, or those deleted
-    /// in a window). A path that holds something newer keeps it: the version is written
+    /// a folder gets back the files deleted there (or --at, or those deleted in a window);
+    /// everything needs --at or --deleted-since. A path that holds something newer keeps it: the version is written
     /// beside it as NAME.restored-<time>.EXT (unless --replace).
     Restore {
         /// A file or folder (default: everything).

@@ -103,8 +103,8 @@ pub struct VersionList {
 }
 
 /// `POST /v1/admin/restore`. Without `id`, `at` or a deletion window: a file path gets its
-/// newest version back; a folder (or `""`) gets back every file under it whose newest
-/// version is a deletion.
+/// newest version back; a folder gets back every file under it whose newest version is a
+/// deletion (the whole tree, `""`, needs `at` or a deletion window).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct RestoreRequest {
     /// A file or folder; `""`: the whole tree.

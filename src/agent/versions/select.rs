@@ -3,8 +3,8 @@
 //!
 //! Per path under the request's scope: `id` picks one version; `at: T` the content the path
 //! had at T (the oldest version displaced after T, if it was written before T); `deleted_from..deleted_to` the newest
-//! deletion in that window; otherwise a file gets its newest version and a folder (or the
-//! whole tree) gets back the files whose newest version is a deletion.
+//! deletion in that window; otherwise a file gets its newest version and a folder gets back
+//! the files whose newest version is a deletion (the whole tree needs `at` or a window).
 
 use std::collections::BTreeMap;
 
@@ -62,6 +62,9 @@ pub fn select<'a>(all: &'a [(u64, Record)], req: &RestoreRequest) -> Result<Vec<
         && f > t
     {
         return Err(format!("the deletion window ends ({t}) before it starts ({f})"));
+    }
+    if scope.is_none() && req.at.is_none() && req.deleted_from.is_none() {
+        return Err("say what to restore: a file or folder, a time (--at), or a deletion window (--deleted-since); every deletion kept here would bring back everything deleted within the retention time".into());
     }
     // A file scope: the path itself has versions and nothing below it does.
     let single = scope.as_ref().is_some_and(|s| by_path.len() == 1 && by_path.contains_key(s.as_str()));
@@ -152,7 +155,8 @@ mod tests {
         assert_eq!(r(|q| q.path = "a/x.txt".into()), Ok(vec![2]));
         // A folder: what was deleted there (z was deleted, then came back and was replaced).
         assert_eq!(r(|q| q.path = "a".into()), Ok(vec![3]));
-        assert_eq!(r(|_| {}), Ok(vec![3, 6]));
+        assert!(r(|_| {}).is_err(), "the whole tree needs a time or a window");
+        assert_eq!(r(|q| (q.deleted_from, q.deleted_to) = (Some(0), Some(100))), Ok(vec![3, 4, 6]));
         // As it was at t=15: x had the content kept at 20; y the one kept at 30.
         assert_eq!(r(|q| q.at = Some(15)), Ok(vec![2, 3, 4, 6]));
         // Deleted between 35 and 60.
