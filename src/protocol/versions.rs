@@ -73,6 +73,10 @@ pub struct VersionInfo {
     /// The node whose change took it off its name.
     pub by: String,
     pub cause: Cause,
+    /// False during its first seconds (a write through a descriptor opened before it was
+    /// replaced may still reach it; it is not counted in the totals yet).
+    #[serde(default)]
+    pub settled: bool,
 }
 
 /// Totals of the versions area, in `/v1/status` and every listing.

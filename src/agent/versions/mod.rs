@@ -341,10 +341,14 @@ pub fn describe_list(l: &VersionList) -> String {
     for v in &l.versions {
         let t = time::OffsetDateTime::from_unix_timestamp(v.kept_at).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
         let when = format!("{:04}-{:02}-{:02} {:02}:{:02}:{:02}", t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute(), t.second());
-        out.push_str(&format!("{:<20} {when:<19} {:>12} {:<12} {:<13} {}\n", v.id, v.size, v.by, v.cause.word(), v.path));
+        let why = format!("{}{}", v.cause.word(), if v.settled { "" } else { "*" });
+        out.push_str(&format!("{:<20} {when:<19} {:>12} {:<12} {why:<13} {}\n", v.id, v.size, v.by, v.path));
     }
     let s = &l.summary;
     out.push_str(&format!("{} of {} matching version(s) listed{}; ", l.versions.len(), l.matched, if l.truncated { " (use --limit for more)" } else { "" }));
+    if l.versions.iter().any(|v| !v.settled) {
+        out.push_str("* = displaced in the last few seconds, not counted yet; ");
+    }
     if s.enabled {
         out.push_str(&format!("{} kept on this node, {} bytes (cap {} bytes, kept for {})", s.count, s.bytes, s.cap_bytes, age(s.max_age_secs)));
     }

@@ -50,6 +50,7 @@ impl Record {
             hash: self.hash.map(hex::encode),
             by: self.by.clone(),
             cause: self.cause,
+            settled: self.settled,
         }
     }
 }
