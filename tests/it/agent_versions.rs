@@ -306,6 +306,14 @@ fn an_rm_rf_of_5000_files_is_held_then_rejected_or_confirmed() {
         until("lsyncd.status to say so", Duration::from_secs(10), || if c.nodes[i].status_file().contains("HOLDING 5000 deletes from node1") { Ok(()) } else { Err(c.nodes[i].status_file()) });
     }
     assert!(ctl(&c, 1, &["hold"]).contains("held deletions from node1 (5000 files"));
+    // The hold blocks node 1's deletions only: its new files still arrive.
+    write(&c.nodes[0].path("wp-content/new-upload.jpg"), b"uploaded during the hold");
+    until("node1's new file on nodes 2 and 3 during the hold", Duration::from_secs(30), || {
+        if [1, 2].iter().all(|i| c.nodes[*i].path("wp-content/new-upload.jpg").exists()) { Ok(()) } else { Err("not yet".into()) }
+    });
+    for i in [1, 2] {
+        held(&c, i).unwrap();
+    }
 
     // Rejected on node 2: back on node 1, and node 3's hold dissolves.
     let out = ctl(&c, 1, &["hold", "reject"]);
