@@ -20,6 +20,7 @@ pub mod batch;
 pub mod config;
 pub mod enroll;
 pub mod exclude;
+pub mod hold;
 pub mod identity;
 pub mod index;
 pub mod inspect;
@@ -35,6 +36,8 @@ pub mod scan;
 pub mod server;
 pub mod status;
 pub mod transfer;
+mod view;
+pub mod versions;
 pub mod watch;
 mod writers;
 
@@ -67,6 +70,16 @@ pub enum Event {
     /// A content fetch finished (into a temp file) or failed.
     Fetched { need: Need, result: anyhow::Result<transfer::Fetched> },
     Admin(AdminCmd, oneshot::Sender<String>),
+    /// Restores and mass-delete decisions; answered with a JSON body or an error message.
+    Safety(SafetyCmd, oneshot::Sender<Result<String, String>>),
+}
+
+/// Operator commands of the safety nets (`admin`), with their `protocol::versions` bodies.
+#[derive(Debug, Clone)]
+pub enum SafetyCmd {
+    Restore(crate::protocol::versions::RestoreRequest),
+    ConfirmHold(Option<String>),
+    RejectHold(Option<String>),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -123,6 +136,12 @@ struct Agent {
     status_written: Option<String>,
     /// Peer tasks and the link changed the status: refresh it by then (debounced).
     status_due: Option<Instant>,
+    /// What peers' changes displaced here, kept for restores.
+    versions: versions::Versions,
+    /// Peers' deletions waiting for the rest of their batch, or for an operator.
+    holds: hold::Holds,
+    /// When versions retention (age, size, free space) last ran.
+    versions_checked: Instant,
 }
 
 /// Runs an agent until `shutdown` is cancelled. Fails only on critical errors: the root
@@ -141,7 +160,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         }
         identity::Identity::Clone { of } => return enroll::as_clone(&s, &log, &of, shutdown).await,
     }
-    let index = Arc::new(open_index(&s, &log).inspect_err(|e| log.error(format!("{e:#}")))?);
+    let index = Arc::new(view::open_index(&s, &log).inspect_err(|e| log.error(format!("{e:#}")))?);
     let listener = TcpListener::bind(s.listen).await.with_context(|| format!("cannot listen on {} (is another agent or program using it?)", s.listen)).inspect_err(|e| log.error(format!("{e:#}")))?;
     let server_tls = crate::pki::tls::server_config(&s.tls).inspect_err(|e| log.error(format!("{e:#}")))?;
     let client = crate::pki::tls::http_client_from(&s.tls, Some(s.listen.ip()))?;
@@ -196,8 +215,12 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     let status_dirty = Arc::new(tokio::sync::Notify::new());
     let peer_ctx = Arc::new(peers::PeerCtx { dirty: status_dirty.clone(), pending: tokio::sync::watch::Sender::new(0), me: s.node_name.clone(), folder: s.folder_id.clone(), client: client.clone(), index: index.clone(), events: ev_tx.clone(), status: status.clone(), log: log.clone(), access: access.clone() });
     let paused = Arc::new(AtomicBool::new(false));
+    let (root, versions) = versions::open(&s, &log)?;
     let mut agent = Agent {
-        root: SyncRoot::new(s.root.clone()).with_graveyard(&s.state_dir.join("displaced")).context("cannot create the displaced-files directory in the state dir")?,
+        root,
+        versions,
+        holds: hold::Holds::default(),
+        versions_checked: Instant::now(),
         batcher: Batcher::new(s.delay, s.write_quiet, s.max_batch),
         s,
         index,
@@ -226,19 +249,21 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         status_due: None,
     };
 
-    // Temp files left by a crash are garbage: the real names were never touched.
-    let stale = agent.root.sweep_temps();
-    if stale > 0 {
-        agent.log.normal(format!("removed {stale} temp file(s) left by an interrupted transfer"));
-    }
+    // Temp files left by a crash are garbage (the real names were never touched), except
+    // content a crash caught on its way to the versions area; versions a crash interrupted
+    // are finished while the index still describes the old state.
+    agent.recover_versions()?;
     // What a peer's page put on disk before a crash is the peer's, not a local edit.
     agent.reconcile("start-up")?;
+    agent.load_holds()?;
     // Start-up: a full scan against the persistent index (unchanged files are not re-hashed).
     let t0 = Instant::now();
     let before = agent.index.len()?;
     agent.local_batch(vec![Target::Root], "startup scan")?;
     for n in agent.index.needs()? {
-        agent.retry_at.insert(n.entry.path.clone(), Instant::now());
+        if !agent.holds.holds(&n.entry) {
+            agent.retry_at.insert(n.entry.path.clone(), Instant::now());
+        }
     }
     agent.log.normal(format!("startup scan: {} entries in the index ({} before), {:.0} ms", agent.index.len()?, before, t0.elapsed().as_secs_f64() * 1000.0));
     memory::give_back();
@@ -254,6 +279,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         inline_relayed: false,
         folder: agent.s.folder_id.clone(),
         access: Some(access.clone()),
+        versions: agent.versions.store.clone(),
     };
     if let (Some(link), Some(listener)) = (agent.link.clone(), link_listener) {
         let link_app = server::link_router(server::AppState { inline_relayed: true, access: None, ..app_state.clone() });
@@ -289,7 +315,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         // Retries are due only when a fetch slot is free; a finished fetch wakes the loop.
         let retry = if agent.fetch_sem.available_permits() > 0 && agent.link_fetch_sem.available_permits() > 0 { agent.retry_at.values().min().copied() } else { None };
         let recheck = agent.rechecks.values().min().copied();
-        let mut wake = [agent.batcher.deadline(), retry, next_rescan, recheck, agent.root.next_reap(), agent.status_due].into_iter().flatten().min().unwrap_or(now + Duration::from_secs(3600));
+        let mut wake = [agent.batcher.deadline(), retry, next_rescan, recheck, agent.root.next_reap(), agent.status_due, agent.holds.next_wake(), agent.versions_recheck()].into_iter().flatten().min().unwrap_or(now + Duration::from_secs(3600));
         if wake < now {
             wake = now;
         }
@@ -327,10 +353,19 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
                     let msg = agent.admin(cmd);
                     let _ = reply.send(msg);
                 }
+                Some(Event::Safety(cmd, reply)) => {
+                    let r = agent.safety(cmd);
+                    let _ = reply.send(r);
+                }
                 None => break,
             },
             _ = hup.recv() => { agent.admin(AdminCmd::Reload); }
-            _ = status_tick.tick() => agent.status_due = Some(Instant::now()),
+            _ = status_tick.tick() => {
+                // Retention of versions (age, size, free space) rides on the fallback tick.
+                agent.versions_tick();
+                agent.versions_checked = Instant::now();
+                agent.status_due = Some(Instant::now());
+            }
             _ = status_dirty.notified() => { agent.status_due.get_or_insert(Instant::now() + STATUS_DEBOUNCE); }
             _ = tokio::time::sleep_until(wake.into()) => touched = agent.status_due.is_none_or(|t| t > Instant::now()),
         }
@@ -350,6 +385,11 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
                 next_rescan = if polling { Some(Instant::now() + poll_every) } else { rescan_every.map(|d| Instant::now() + d) };
             }
         agent.reap(false);
+        agent.tick_holds();
+        if agent.versions_recheck().is_some_and(|t| t <= Instant::now()) {
+            agent.versions_tick();
+            agent.versions_checked = Instant::now();
+        }
         let now = Instant::now();
         // Whatever happened may have changed what the status says (it is written only if so).
         if touched {
@@ -387,33 +427,6 @@ fn page_more_pending(rx: &mpsc::Receiver<Event>) -> bool {
     !rx.is_empty()
 }
 
-/// Opens the index; one built for another folder (the root or `folder_id` changed, e.g. the
-/// sync path was changed from `uploads` to `ROOT`) is discarded and rebuilt by scanning, so
-/// the old folder's files are never announced as deleted from the new one.
-fn open_index(s: &Settings, log: &LsyncdLog) -> anyhow::Result<Index> {
-    let mut h = blake3::Hasher::new();
-    h.update(s.root.as_os_str().as_encoded_bytes());
-    h.update(b"\0");
-    h.update(s.folder_id.as_bytes());
-    let key = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("BUG: 8 bytes")) >> 1;
-    let index = Index::open(&s.state_dir)?;
-    match index.get_meta("folder")? {
-        Some(k) if k == key => Ok(index),
-        Some(_) => {
-            log.warn(format!("the sync folder changed since the index was built (now {} {:?}): the index is rebuilt by scanning; no file is deleted or announced as deleted", s.root.display(), s.folder_id));
-            drop(index);
-            crate::private_fs::PrivateDir::state(&s.state_dir)?.remove("index.redb").context("cannot remove the old index")?;
-            let index = Index::open(&s.state_dir)?;
-            index.set_meta("folder", key)?;
-            Ok(index)
-        }
-        None => {
-            index.set_meta("folder", key)?;
-            Ok(index)
-        }
-    }
-}
-
 impl Agent {
     fn error(&self, msg: String) {
         self.log.error(&msg);
@@ -422,80 +435,5 @@ impl Agent {
 
     fn warn(&self, msg: String) {
         self.log.warn(&msg);
-    }
-
-    fn add_peer(&mut self, name: String, address: String) {
-        let link = peers::spawn(self.peer_ctx.clone(), name.clone(), address.clone(), &self.shutdown);
-        let mut st = self.status.lock().expect("BUG: poisoned");
-        let p = st.peers.entry(name.clone()).or_default();
-        p.address = address;
-        p.removed = false;
-        drop(st);
-        self.links.insert(name, link);
-    }
-
-    fn remove_peer(&mut self, name: &str) {
-        if let Some(l) = self.links.remove(name) {
-            l.cancel.cancel();
-        }
-        if let Some(p) = self.status.lock().expect("BUG: poisoned").peers.get_mut(name) {
-            p.removed = true;
-            p.connected = false;
-        }
-    }
-
-    /// Ends the grace period of files that peers' versions displaced: one written to after
-    /// the swap is kept as a conflict copy and announced.
-    fn reap(&mut self, all: bool) {
-        for copy in self.root.reap(all, &self.s.node_name) {
-            self.log.warn(format!("Conflict: a local write landed in a file after a peer's version had replaced it; the written content is kept as {copy}"));
-            self.status.lock().expect("BUG: poisoned").counters.conflicts += 1;
-            self.batcher.add(copy, HintKind::Tree, Instant::now());
-        }
-    }
-
-    fn refresh_status(&mut self) {
-        let seq = self.index.last_seq();
-        let summary = if self.summary_seq != Some(seq) {
-            self.summary_seq = Some(seq);
-            self.index.summary().ok()
-        } else {
-            None
-        };
-        let needs = self.index.needs().unwrap_or_default();
-        let mut st = self.status.lock().expect("BUG: poisoned");
-        st.last_seq = seq;
-        st.pending_local = self.batcher.len();
-        st.writing = self.batcher.writing();
-        st.pending_remote = needs.len();
-        let backlog = needs.len() as u64;
-        self.peer_ctx.pending.send_if_modified(|v| std::mem::replace(v, backlog) != backlog);
-        st.pending_errors = needs.iter().filter_map(|n| n.last_error.clone()).take(5).collect();
-        st.held_deletes = self.held_deletes;
-        st.unsyncable = self.unsyncable.iter().take(20).cloned().collect();
-        st.unsyncable_count = self.unsyncable.len();
-        st.local_modifications = self.local_mods.iter().map(|p| p.to_string()).collect();
-        if let Some(s) = summary {
-            st.files = s.files;
-            st.dirs = s.dirs;
-            st.symlinks = s.symlinks;
-            st.bytes = s.bytes;
-            st.tree_digest = format!("{:032x}", s.digest);
-            st.watches = watch::watch_count();
-        }
-        for (peer, lag) in &self.lag {
-            if let Some(p) = st.peers.get_mut(peer) {
-                p.lag_ms = Some(*lag);
-            }
-        }
-        // Written only when what it says changed: an idle agent touches no file.
-        let body = st.render_lsyncd_status();
-        drop(st);
-        if self.status_written.as_deref() != Some(body.as_str()) {
-            match Status::write_lsyncd_status(&self.s.log_dir, &body) {
-                Ok(()) => self.status_written = Some(body),
-                Err(e) => tracing::warn!(error = %e, "cannot write lsyncd.status"),
-            }
-        }
     }
 }

@@ -7,6 +7,7 @@ pub mod conflict;
 pub mod entry;
 pub mod path;
 pub mod version;
+pub mod versions;
 pub mod wire;
 
 pub use entry::{Entry, EntryKind, NodeId};

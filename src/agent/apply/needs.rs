@@ -202,6 +202,7 @@ impl Agent {
         self.finish_writes(&source, writes, &mut batch);
         let recorded = batch.commits.iter().any(|(e, _)| e.path == path);
         let queued = batch.put_needs.clone();
+        self.flush_versions();
         self.index.apply(batch)?;
         for n in &queued {
             self.schedule(n);

@@ -158,6 +158,8 @@ impl Agent {
             self.reconcile("after a failed page")?;
             return Err(e);
         }
+        // What the page displaced is recorded as versions before the page is recorded.
+        self.flush_versions();
         let applied = batch.commits.len();
         let queued = batch.put_needs.clone();
         batch.progress = Some((peer.to_owned(), Progress { index_id: page.index_id, seq: page.last_seq }));
@@ -230,7 +232,7 @@ impl Agent {
 
     /// Scans the local changes of `paths` that the index does not know yet (pending in the
     /// batcher, or on disk but not recorded), so decisions see them.
-    pub(super) fn prescan(&mut self, paths: &[RelPath]) -> anyhow::Result<()> {
+    pub(in crate::agent) fn prescan(&mut self, paths: &[RelPath]) -> anyhow::Result<()> {
         let mut targets = Vec::new();
         let mut seen = HashSet::new();
         for p in paths {
