@@ -90,8 +90,121 @@ pub struct CtlArgs {
     /// The agent's config file (its address and certificate are used to connect).
     #[arg(long, short)]
     pub config: PathBuf,
-    /// status | reload | rescan | revert | confirm-empty | pause | resume
-    pub command: String,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// Commands for a running agent. Times (`--at`, `--since`, ...) are Unix seconds, a UTC date
+/// and time (`2026-01-31T14:05:00Z`, `2026-01-31 14:05`, `2026-01-31`), or an age (`30m`,
+/// `2h`, `3d`: that long ago).
+#[derive(Subcommand)]
+pub enum CtlCommand {
+    /// Print the agent's status (JSON).
+    Status,
+    /// Re-read the peer list, the delay and the [versions] and [mass_delete] settings.
+    Reload,
+    /// Scan the whole tree now.
+    Rescan,
+    /// Receive-only nodes: put back the cluster's version of every local modification.
+    Revert,
+    /// The sync root really was emptied: send its deletes.
+    ConfirmEmpty,
+    Pause,
+    Resume,
+    /// List the versions this node kept (what peers' changes replaced or deleted), newest first.
+    Versions {
+        /// A file or folder (default: everything).
+        path: Option<String>,
+        /// Only versions of deleted files.
+        #[arg(long)]
+        deleted: bool,
+        /// Only versions kept at or after this time.
+        #[arg(long, value_parser = parse_time)]
+        since: Option<i64>,
+        /// Only versions kept at or before this time.
+        #[arg(long, value_parser = parse_time)]
+        until: Option<i64>,
+        #[arg(long, default_value_t = 200)]
+        limit: usize,
+        /// Print the JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore versions kept on this node. The restore is a change made on this node: it
+    /// replicates to every node. A file gets its newest version (or --version, or --at);
+    /// a folder gets back the files deleted there (or --at, or those deleted in a window);
+    /// everything needs --at or --deleted-since. A path that holds something newer keeps it: the version is written
+    /// beside it as NAME.restored-<time>.EXT (unless --replace).
+    Restore {
+        /// A file or folder (default: everything).
+        #[arg(default_value = "")]
+        path: String,
+        /// Exactly this version (an id from `versions`).
+        #[arg(long = "version")]
+        id: Option<u64>,
+        /// As it was at this time.
+        #[arg(long, value_parser = parse_time, conflicts_with_all = ["id", "deleted_since"])]
+        at: Option<i64>,
+        /// Files deleted from this time on (with --deleted-until, default now).
+        #[arg(long, value_parser = parse_time, conflicts_with = "id")]
+        deleted_since: Option<i64>,
+        #[arg(long, value_parser = parse_time, requires = "deleted_since")]
+        deleted_until: Option<i64>,
+        /// Replace the current file even if it changed since (it is kept as a version).
+        #[arg(long)]
+        replace: bool,
+        /// Only show what would be restored.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the peers' deletions held here, or confirm or reject a held mass delete.
+    Hold {
+        #[command(subcommand)]
+        action: Option<HoldAction>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum HoldAction {
+    /// Apply the held deletions here.
+    Confirm {
+        /// The node whose deletions are held (needed only when several are).
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Do not delete: this node sends the held files back as its own, so they come back on
+    /// the node that deleted them and on every other node.
+    Reject {
+        #[arg(long)]
+        from: Option<String>,
+    },
+}
+
+/// Unix seconds, `YYYY-MM-DD[( |T)HH:MM[:SS]][Z]` in UTC, or an age (`30m`, `2h`, `3d`).
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<i64>() {
+        return Ok(n);
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if s.ends_with(['s', 'm', 'h', 'd']) && s[..s.len() - 1].chars().all(|c| c.is_ascii_digit()) {
+        return crate::agent::config::parse_duration(s).map(|d| now - d.as_secs() as i64);
+    }
+    let bad = || format!("{s:?}: use Unix seconds, a UTC time like 2026-01-31T14:05:00Z (or 2026-01-31), or an age like 30m, 2h, 3d");
+    let t = s.trim_end_matches('Z');
+    let (date, clock) = t.split_once(['T', ' ']).unwrap_or((t, "00:00:00"));
+    let d: Vec<&str> = date.split('-').collect();
+    let c: Vec<&str> = clock.split(':').collect();
+    if d.len() != 3 || !(2..=3).contains(&c.len()) {
+        return Err(bad());
+    }
+    let num = |x: &str| x.parse::<i32>().map_err(|_| bad());
+    let month = time::Month::try_from(num(d[1])? as u8).map_err(|_| bad())?;
+    let date = time::Date::from_calendar_date(num(d[0])?, month, num(d[2])? as u8).map_err(|_| bad())?;
+    let clock = time::Time::from_hms(num(c[0])? as u8, num(c[1])? as u8, c.get(2).map_or(Ok(0), |x| num(x))? as u8).map_err(|_| bad())?;
+    Ok(date.with_time(clock).assume_utc().unix_timestamp())
 }
 
 /// Secrets `serve` takes from the environment. They are removed from the process
@@ -165,8 +278,8 @@ async fn dispatch(cli: Cli, secrets: EnvSecrets) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ctl(c) => {
-            let out = ctl(&c.config, &c.command).await?;
-            println!("{out}");
+            let out = ctl(&c.config, c.command).await?;
+            println!("{}", out.trim_end());
             Ok(())
         }
         Command::Inspect { config, state_dir, path } => {
@@ -198,18 +311,83 @@ async fn dispatch(cli: Cli, secrets: EnvSecrets) -> anyhow::Result<()> {
     }
 }
 
-/// Sends one control command to the agent described by `config`, over its own mTLS.
-pub async fn ctl(config: &std::path::Path, command: &str) -> anyhow::Result<String> {
-    let (method, path) = match command {
-        "status" => ("GET", "/v1/status".to_owned()),
-        "reload" | "rescan" | "revert" | "confirm-empty" | "pause" | "resume" => ("POST", format!("/v1/admin/{command}")),
-        other => anyhow::bail!("unknown ctl command {other:?}; use status, reload, rescan, revert, confirm-empty, pause or resume"),
-    };
-    agent_request(config, method, &path).await
+/// Sends one control command to the agent described by `config`, over its own mTLS, and
+/// returns what to print.
+pub async fn ctl(config: &std::path::Path, command: CtlCommand) -> anyhow::Result<String> {
+    use crate::protocol::versions::{HoldRequest, HoldResponse, RestoreRequest, RestoreResponse, VersionList};
+    let simple = |c: &str| format!("/v1/admin/{c}");
+    match command {
+        CtlCommand::Status => ctl_get(config, "/v1/status").await,
+        CtlCommand::Reload => agent_request(config, "POST", &simple("reload"), None).await,
+        CtlCommand::Rescan => agent_request(config, "POST", &simple("rescan"), None).await,
+        CtlCommand::Revert => agent_request(config, "POST", &simple("revert"), None).await,
+        CtlCommand::ConfirmEmpty => agent_request(config, "POST", &simple("confirm-empty"), None).await,
+        CtlCommand::Pause => agent_request(config, "POST", &simple("pause"), None).await,
+        CtlCommand::Resume => agent_request(config, "POST", &simple("resume"), None).await,
+        CtlCommand::Versions { path, deleted, since, until, limit, json } => {
+            let mut q = format!("/v1/versions?limit={limit}&deleted={deleted}");
+            if let Some(p) = &path {
+                q.push_str(&format!("&path={}", crate::agent::transfer::urlencode(p)));
+            }
+            for (k, v) in [("from", since), ("to", until)] {
+                if let Some(v) = v {
+                    q.push_str(&format!("&{k}={v}"));
+                }
+            }
+            let text = ctl_get(config, &q).await?;
+            if json {
+                return Ok(text);
+            }
+            Ok(crate::agent::versions::describe_list(&serde_json::from_str::<VersionList>(&text)?))
+        }
+        CtlCommand::Restore { path, id, at, deleted_since, deleted_until, replace, dry_run, json } => {
+            let deleted_to = deleted_since.map(|_| deleted_until.unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp()));
+            let req = RestoreRequest { path, id, at, deleted_from: deleted_since, deleted_to, replace, dry_run };
+            let text = agent_request(config, "POST", "/v1/admin/restore", Some(serde_json::to_string(&req)?)).await?;
+            if json {
+                return Ok(text);
+            }
+            let r: RestoreResponse = serde_json::from_str(&text)?;
+            let mut out = String::new();
+            for x in &r.restored {
+                let how = if x.written_to != x.path { format!(" beside a newer file, as {}", x.written_to) } else if x.replaced { " (its current content is kept as a version)".into() } else { String::new() };
+                out.push_str(&format!("{} {} (version {}){how}\n", if r.dry_run { "would restore" } else { "restored" }, x.path, x.id));
+            }
+            for x in &r.skipped {
+                out.push_str(&format!("skipped {}: {}\n", x.path, x.reason));
+            }
+            out.push_str(&r.message);
+            Ok(out)
+        }
+        CtlCommand::Hold { action: None } => {
+            let st: serde_json::Value = serde_json::from_str(&ctl_get(config, "/v1/status").await?)?;
+            let holds: Vec<crate::protocol::versions::HeldDeletes> = serde_json::from_value(st["mass_delete_holds"].clone()).unwrap_or_default();
+            if holds.is_empty() {
+                return Ok("no deletions are waiting on this node".into());
+            }
+            let when = |t: i64| {
+                let t = time::OffsetDateTime::from_unix_timestamp(t).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+                format!("{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC", t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute(), t.second())
+            };
+            Ok(holds
+                .iter()
+                .map(|h| format!("{} deletions from {} ({} files, {} entries) since {}, e.g. {}", h.state, h.from, h.files, h.entries, when(h.since), h.sample.join(", ")))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
+        CtlCommand::Hold { action: Some(a) } => {
+            let (verb, from) = match a {
+                HoldAction::Confirm { from } => ("confirm", from),
+                HoldAction::Reject { from } => ("reject", from),
+            };
+            let text = agent_request(config, "POST", &format!("/v1/admin/hold/{verb}"), Some(serde_json::to_string(&HoldRequest { from })?)).await?;
+            Ok(serde_json::from_str::<HoldResponse>(&text)?.message)
+        }
+    }
 }
 
 async fn ctl_get(config: &std::path::Path, path: &str) -> anyhow::Result<String> {
-    agent_request(config, "GET", path).await
+    agent_request(config, "GET", path, None).await
 }
 
 /// Reads a stopped agent's index. Opening it verifies the state dir as the agent's own and
@@ -219,13 +397,16 @@ fn inspect_stopped(state_dir: &std::path::Path, p: &crate::protocol::RelPath) ->
     crate::agent::inspect::report(&crate::agent::index::Index::open(state_dir)?, p)
 }
 
-async fn agent_request(config: &std::path::Path, method: &str, path: &str) -> anyhow::Result<String> {
+async fn agent_request(config: &std::path::Path, method: &str, path: &str, json: Option<String>) -> anyhow::Result<String> {
     crate::pki::tls::install_crypto_provider();
     let s = Settings::load(config)?;
     // From the agent's own address: its connection limits count it as known, not as a stranger.
     let client = crate::pki::tls::http_client_from(&s.tls, Some(s.listen.ip()))?;
     let url = format!("https://{}{}", s.listen, path);
-    let req = if method == "GET" { client.get(&url) } else { client.post(&url) };
+    let mut req = if method == "GET" { client.get(&url) } else { client.post(&url) };
+    if let Some(body) = json {
+        req = req.header("content-type", "application/json").body(body);
+    }
     let resp = req.send().await.with_context(|| format!("cannot reach the agent at {} (is it running?)", s.listen))?;
     let status = resp.status();
     let text = resp.text().await?;

@@ -5,7 +5,8 @@
 //! following links; `control` is the control plane (`filesync serve`); `sandbox` runs local
 //! PostgreSQL and sshd nodes for `demo` and tests; `cli` parses the command line; `demo` is the first-run experience.
 // Denied, not forbidden: `cli::take_secret_env` removes secrets from the environment at
-// start (std::env::remove_var is unsafe in edition 2024), the one reviewed exception.
+// start (std::env::remove_var is unsafe in edition 2024) and `agent::memory::give_back`
+// calls glibc's malloc_trim; the two reviewed exceptions.
 #![deny(unsafe_code)]
 
 pub mod agent;

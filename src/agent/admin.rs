@@ -1,6 +1,8 @@
 //! Operator commands sent to a running agent (`filesync ctl`, SIGHUP, the control plane):
-//! reload the peer list and delay, rescan, confirm an emptied root, pause and resume,
-//! revert a receive-only node's local modifications.
+//! reload the peer list, delay and the safety settings, rescan, confirm an emptied root,
+//! pause and resume, revert a receive-only node's local modifications, and the safety nets'
+//! commands (restore versions, confirm or reject a held mass delete), whose JSON bodies are
+//! `protocol::versions`.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -9,10 +11,22 @@ use std::time::Instant;
 use super::config::Settings;
 use super::index::Need;
 use super::root::Expect;
-use super::{AdminCmd, Agent};
+use super::{AdminCmd, Agent, SafetyCmd};
 use crate::protocol::{EntryKind, RelPath};
 
 impl Agent {
+    /// A restore or a decision on a held mass delete; `Ok` carries the JSON answer.
+    pub(super) fn safety(&mut self, cmd: SafetyCmd) -> Result<String, String> {
+        fn json(v: impl serde::Serialize) -> String {
+            serde_json::to_string(&v).expect("BUG: answers always serialize")
+        }
+        match cmd {
+            SafetyCmd::Restore(req) => self.restore(req).map(json),
+            SafetyCmd::ConfirmHold(from) => self.confirm_hold(from.as_deref()).map(json),
+            SafetyCmd::RejectHold(from) => self.reject_hold(from.as_deref()).map(json),
+        }
+    }
+
     pub(super) fn admin(&mut self, cmd: AdminCmd) -> String {
         match cmd {
             AdminCmd::Rescan => {
@@ -58,6 +72,11 @@ impl Agent {
                     self.batcher.set_delay(new.delay);
                     self.s.delay = new.delay;
                     self.s.peers = new.peers;
+                    // Retention and the hold threshold take effect now; switching versions
+                    // on or off needs a restart.
+                    self.versions.settings = new.versions.clone();
+                    self.s.versions = new.versions;
+                    self.s.mass_delete = new.mass_delete;
                     self.status.lock().expect("BUG: poisoned").delay_s = new.delay.as_secs();
                     let msg = format!("reloaded: peers added {added:?}, removed {removed:?}, delay {} s; pending changes kept", new.delay.as_secs());
                     self.log.normal(&msg);
@@ -104,3 +123,4 @@ impl Agent {
     }
 
 }
+

@@ -9,7 +9,108 @@ use anyhow::{Context, bail};
 
 /// The config file's structs are the contract shared with the control plane, which writes
 /// them with the `toml` serializer (see `protocol::agent_toml`).
-pub use crate::protocol::agent_toml::{AgentToml as AgentConfig, LinkConfig, PeerConfig, TlsConfig};
+pub use crate::protocol::agent_toml::{AgentToml as AgentConfig, LinkConfig, MassDeleteConfig, PeerConfig, TlsConfig, VersionsConfig};
+
+/// Validated `[versions]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionSettings {
+    pub keep: bool,
+    pub max_age: Duration,
+    /// A fixed size cap; without it the cap is `max_percent_of_free` of the free space
+    /// (counting what versions use).
+    pub max_bytes: Option<u64>,
+    pub max_percent_of_free: u8,
+    /// Below this much free space (percent of the file system) no new version is kept.
+    pub min_free_percent: u8,
+}
+
+impl Default for VersionSettings {
+    fn default() -> VersionSettings {
+        VersionSettings { keep: true, max_age: Duration::from_secs(7 * 86_400), max_bytes: None, max_percent_of_free: 10, min_free_percent: 5 }
+    }
+}
+
+/// Validated `[mass_delete]`: a run of deletions from one node is held when it deletes more
+/// than `max_files` files, or more than `max_percent` of the tree's files and at least
+/// `min_files`. Zero turns a rule off; both off applies deletions at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MassDelete {
+    pub max_files: usize,
+    pub max_percent: u8,
+    pub min_files: usize,
+}
+
+impl Default for MassDelete {
+    fn default() -> MassDelete {
+        MassDelete { max_files: 1000, max_percent: 30, min_files: 100 }
+    }
+}
+
+impl MassDelete {
+    pub fn enabled(&self) -> bool {
+        self.max_files > 0 || self.max_percent > 0
+    }
+
+    /// Whether deleting `files` of a tree of `tree_files` files is too much at once.
+    pub fn exceeded(&self, files: usize, tree_files: u64) -> bool {
+        (self.max_files > 0 && files > self.max_files)
+            || (self.max_percent > 0 && files >= self.min_files.max(1) && files as u128 * 100 > self.max_percent as u128 * tree_files as u128)
+    }
+
+    /// The rule in words, for messages.
+    pub fn describe(&self) -> String {
+        match (self.max_files, self.max_percent) {
+            (0, p) => format!("more than {p}% of the tree's files (from {} files on)", self.min_files),
+            (n, 0) => format!("more than {n} files"),
+            (n, p) => format!("more than {n} files, or more than {p}% of the tree's files (from {} files on)", self.min_files),
+        }
+    }
+}
+
+/// `"7d"`, `"12h"`, `"30m"`, `"90s"` (or a bare number of seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration: use a whole number and a unit, e.g. \"7d\", \"12h\", \"30m\" or \"90s\""))?;
+    let mult = match unit.trim() {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        u => return Err(format!("{s:?}: unknown unit {u:?}; use s, m, h or d")),
+    };
+    n.checked_mul(mult).map(Duration::from_secs).ok_or_else(|| format!("{s:?} is too long"))
+}
+
+fn versions_settings(c: &VersionsConfig) -> anyhow::Result<VersionSettings> {
+    let d = VersionSettings::default();
+    let max_age = match &c.max_age {
+        None => d.max_age,
+        Some(a) => parse_duration(a).map_err(|e| anyhow::anyhow!("versions.max_age = {e}"))?,
+    };
+    if max_age < Duration::from_secs(1) || max_age > Duration::from_secs(3650 * 86_400) {
+        bail!("versions.max_age: must be from 1 s to 3650 days");
+    }
+    let max_percent_of_free = c.max_percent_of_free.unwrap_or(d.max_percent_of_free);
+    let min_free_percent = c.min_free_percent.unwrap_or(d.min_free_percent);
+    if !(1..=90).contains(&max_percent_of_free) {
+        bail!("versions.max_percent_of_free = {max_percent_of_free}: must be from 1 to 90 (percent of the free space versions may use)");
+    }
+    if min_free_percent > 50 {
+        bail!("versions.min_free_percent = {min_free_percent}: must be from 0 to 50 (no new version is kept while less space is free)");
+    }
+    Ok(VersionSettings { keep: c.keep.unwrap_or(true), max_age, max_bytes: c.max_bytes, max_percent_of_free, min_free_percent })
+}
+
+fn mass_delete_settings(c: &MassDeleteConfig) -> anyhow::Result<MassDelete> {
+    let d = MassDelete::default();
+    let m = MassDelete { max_files: c.max_files.unwrap_or(d.max_files), max_percent: c.max_percent.unwrap_or(d.max_percent), min_files: c.min_files.unwrap_or(d.min_files) };
+    if m.max_percent > 100 {
+        bail!("mass_delete.max_percent = {}: must be from 0 (off) to 100", m.max_percent);
+    }
+    Ok(m)
+}
+
 
 /// Validated settings the agent runs with.
 #[derive(Debug, Clone)]
@@ -32,6 +133,8 @@ pub struct Settings {
     /// Which folder this is (`<environment>:<sync path>:<generation>` from the control
     /// plane); empty if unset.
     pub folder_id: String,
+    pub versions: VersionSettings,
+    pub mass_delete: MassDelete,
     pub config_path: Option<PathBuf>,
 }
 
@@ -99,6 +202,8 @@ impl Settings {
         {
             bail!("folder_id = {f:?}: use 1-512 printable characters (the control plane writes it; leave it out when running agents by hand)");
         }
+        let versions = versions_settings(&c.versions)?;
+        let mass_delete = mass_delete_settings(&c.mass_delete)?;
         let tls = TlsConfig { ca: abs(&c.tls.ca), cert: abs(&c.tls.cert), key: abs(&c.tls.key) };
         for (key, p) in [("tls.ca", &tls.ca), ("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
             if !p.is_file() {
@@ -122,6 +227,8 @@ impl Settings {
             peers: c.peers,
             link: c.link,
             folder_id: c.folder_id.unwrap_or_default(),
+            versions,
+            mass_delete,
             config_path: None,
         })
     }
@@ -161,6 +268,23 @@ log_max_bytes = 10485760                # rotate lsyncd.log past 10 MiB
 rescan_interval = 3600                  # full rescan every hour (0 = never)
 # folder_id = "shop-prod:uploads:1"     # written by the control plane: peers of another folder are refused
 
+# What peers' changes replace or delete here is kept (outside the web root, in
+# <state_dir>/versions) and can be restored with `filesync ctl restore`.
+[versions]
+keep = true                             # false: keep nothing
+max_age = "7d"                          # versions older than this are removed ("12h", "30m", "90s")
+# max_bytes = 10737418240               # size cap; default: max_percent_of_free of the free space
+max_percent_of_free = 10                # cap as a share of the free space (counting what versions use)
+min_free_percent = 5                    # below this much free space, no new version is kept
+
+# A peer's deletions are applied once its batch is complete (2 s after the last one, 10 s
+# after the first at most); a batch
+# that deletes too much is held here until `filesync ctl hold confirm` or `hold reject`.
+[mass_delete]
+max_files = 1000                        # hold a batch deleting more files than this (0 = no limit)
+max_percent = 30                        # ... or more than this share of the tree's files (0 = no limit)
+min_files = 100                         # the share counts from this many files on
+
 [tls]
 ca = "/etc/filesync/ca.pem"
 cert = "/etc/filesync/node.pem"
@@ -184,6 +308,30 @@ address = "10.0.0.13:7755"
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn safety_settings_are_validated_with_the_key_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("root")).unwrap();
+        for f in ["ca.pem", "n.pem", "n.key"] {
+            std::fs::write(dir.path().join(f), "").unwrap();
+        }
+        let base = format!("node_name = \"n1\"\nlisten = \"127.0.0.1:7755\"\nroot = \"{}\"\n", dir.path().join("root").display());
+        let tls = "[tls]\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"n.key\"\n";
+        let s = Settings::parse(&format!("{base}{tls}"), dir.path()).unwrap();
+        assert_eq!((s.versions.clone(), s.mass_delete.clone()), (VersionSettings::default(), MassDelete::default()));
+        let s = Settings::parse(&format!("{base}[versions]\nmax_age = \"90s\"\nmax_bytes = 1000\n[mass_delete]\nmax_files = 0\nmax_percent = 0\n{tls}"), dir.path()).unwrap();
+        assert_eq!(s.versions.max_age, Duration::from_secs(90));
+        assert!(!s.mass_delete.enabled());
+        for (bad, want) in [("[versions]\nmax_age = \"7 weeks\"\n", "versions.max_age"), ("[versions]\nmax_percent_of_free = 0\n", "versions.max_percent_of_free"), ("[mass_delete]\nmax_percent = 101\n", "mass_delete.max_percent"), ("[versions]\nkeeep = true\n", "keeep")] {
+            let e = format!("{:#}", Settings::parse(&format!("{base}{bad}{tls}"), dir.path()).unwrap_err());
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        let m = MassDelete::default();
+        assert!(!m.exceeded(1000, 100_000) && m.exceeded(1001, 100_000));
+        assert!(!m.exceeded(99, 100) && m.exceeded(100, 300) && !m.exceeded(100, 400), "30% counts from 100 files on");
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
+    }
 
     #[test]
     fn the_link_password_never_appears_in_debug_output_or_errors() {

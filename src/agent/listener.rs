@@ -196,8 +196,11 @@ impl Conn {
             let last = *activity.last.lock().expect("BUG: poisoned");
             if activity.in_flight.load(Ordering::SeqCst) == 0 { last.elapsed() } else { Duration::ZERO }
         };
-        let mut tick = tokio::time::interval(Duration::from_secs(5).min(idle));
         loop {
+            // Woken only when the connection could have become idle: `idle` after its last
+            // request ended (a connection with a request in flight, like a peer's long-poll,
+            // is looked at again after `idle`).
+            let check_in = idle.saturating_sub(idle_for()).max(Duration::from_millis(100));
             tokio::select! {
                 _ = conn.as_mut() => return,
                 _ = self.shutdown.cancelled() => {
@@ -205,7 +208,7 @@ impl Conn {
                     let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
                     return;
                 }
-                _ = tick.tick() => {
+                _ = tokio::time::sleep(check_in) => {
                     if idle_for() >= idle {
                         // Responses still streaming finish; no new request is taken.
                         conn.as_mut().graceful_shutdown();

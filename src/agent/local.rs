@@ -129,6 +129,9 @@ impl Agent {
         let sample: Vec<String> = out.changes.iter().take(3).map(|(e, _)| e.path.to_string()).collect();
         self.report.record(&self.index, None, &out.changes);
         self.index.commit(out.changes)?;
+        if n >= super::memory::BURST {
+            super::memory::give_back();
+        }
         let mut st = self.status.lock().expect("BUG: poisoned");
         st.counters.batches += 1;
         st.counters.local_changes += n as u64;

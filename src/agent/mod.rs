@@ -20,6 +20,7 @@ pub mod batch;
 pub mod config;
 pub mod enroll;
 pub mod exclude;
+pub mod hold;
 pub mod identity;
 pub mod index;
 pub mod inspect;
@@ -27,6 +28,7 @@ pub mod link;
 pub mod listener;
 mod local;
 pub mod lsyncd_log;
+mod memory;
 pub mod peers;
 pub mod refusals;
 pub mod report;
@@ -35,6 +37,8 @@ pub mod scan;
 pub mod server;
 pub mod status;
 pub mod transfer;
+mod view;
+pub mod versions;
 pub mod watch;
 mod writers;
 
@@ -67,6 +71,16 @@ pub enum Event {
     /// A content fetch finished (into a temp file) or failed.
     Fetched { need: Need, result: anyhow::Result<transfer::Fetched> },
     Admin(AdminCmd, oneshot::Sender<String>),
+    /// Restores and mass-delete decisions; answered with a JSON body or an error message.
+    Safety(SafetyCmd, oneshot::Sender<Result<String, String>>),
+}
+
+/// Operator commands of the safety nets (`admin`), with their `protocol::versions` bodies.
+#[derive(Debug, Clone)]
+pub enum SafetyCmd {
+    Restore(crate::protocol::versions::RestoreRequest),
+    ConfirmHold(Option<String>),
+    RejectHold(Option<String>),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -81,6 +95,10 @@ pub enum AdminCmd {
 const MAX_PARALLEL_FETCHES: usize = 8;
 /// Fetches from the other environment in flight at once (see `fetch`).
 const MAX_PARALLEL_LINK_FETCHES: usize = 64;
+/// Status changes reported by peer tasks are written at most this often.
+const STATUS_DEBOUNCE: Duration = Duration::from_secs(1);
+/// The status is refreshed at least this often (only written if it changed).
+const STATUS_FALLBACK: Duration = Duration::from_secs(60);
 /// How long after a directory appeared it is scanned once more (see `Agent::rechecks`).
 const NEW_DIR_RECHECK: Duration = Duration::from_secs(1);
 
@@ -117,6 +135,16 @@ struct Agent {
     unsyncable: BTreeSet<String>,
     /// Recent changes, conflicts and repair requests for the dashboard (`report`).
     report: Arc<report::Report>,
+    /// What `lsyncd.status` says now (without its time line), to rewrite it only on change.
+    status_written: Option<String>,
+    /// Peer tasks and the link changed the status: refresh it by then (debounced).
+    status_due: Option<Instant>,
+    /// What peers' changes displaced here, kept for restores.
+    versions: versions::Versions,
+    /// Peers' deletions waiting for the rest of their batch, or for an operator.
+    holds: hold::Holds,
+    /// When versions retention (age, size, free space) last ran.
+    versions_checked: Instant,
 }
 
 /// Runs an agent until `shutdown` is cancelled. Fails only on critical errors: the root
@@ -135,7 +163,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         }
         identity::Identity::Clone { of } => return enroll::as_clone(&s, &log, &of, shutdown).await,
     }
-    let index = Arc::new(open_index(&s, &log).inspect_err(|e| log.error(format!("{e:#}")))?);
+    let index = Arc::new(view::open_index(&s, &log).inspect_err(|e| log.error(format!("{e:#}")))?);
     let listener = TcpListener::bind(s.listen).await.with_context(|| format!("cannot listen on {} (is another agent or program using it?)", s.listen)).inspect_err(|e| log.error(format!("{e:#}")))?;
     let server_tls = crate::pki::tls::server_config(&s.tls).inspect_err(|e| log.error(format!("{e:#}")))?;
     let client = crate::pki::tls::http_client_from(&s.tls, Some(s.listen.ip()))?;
@@ -187,11 +215,16 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     let (log2, st2) = (log.clone(), status.clone());
     let refusals = refusals::Refusals::new(Arc::new(move |m: String| log2.warn(m)), Arc::new(move || st2.lock().expect("BUG: poisoned").counters.refused += 1));
     let access = server::Access::new(&s.node_name, refusals);
-    let peer_ctx = Arc::new(peers::PeerCtx { me: s.node_name.clone(), folder: s.folder_id.clone(), client: client.clone(), index: index.clone(), events: ev_tx.clone(), status: status.clone(), log: log.clone(), access: access.clone() });
+    let status_dirty = Arc::new(tokio::sync::Notify::new());
+    let peer_ctx = Arc::new(peers::PeerCtx { dirty: status_dirty.clone(), pending: tokio::sync::watch::Sender::new(0), me: s.node_name.clone(), folder: s.folder_id.clone(), client: client.clone(), index: index.clone(), events: ev_tx.clone(), status: status.clone(), log: log.clone(), access: access.clone() });
     let paused = Arc::new(AtomicBool::new(false));
     let (s_node_name, excludes_for_report, s_log_dir, log_for_report) = (s.node_name.clone(), excludes.clone(), s.log_dir.clone(), log.clone());
+    let (root, versions) = versions::open(&s, &log)?;
     let mut agent = Agent {
-        root: SyncRoot::new(s.root.clone()).with_graveyard(&s.state_dir.join("displaced")).context("cannot create the displaced-files directory in the state dir")?,
+        root,
+        versions,
+        holds: hold::Holds::default(),
+        versions_checked: Instant::now(),
         batcher: Batcher::new(s.delay, s.write_quiet, s.max_batch),
         s,
         index,
@@ -217,23 +250,28 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         link,
         unsyncable: BTreeSet::new(),
         report: Arc::new(report::Report::new(&s_node_name, excludes_for_report, log_for_report, s_log_dir)),
+        status_written: None,
+        status_due: None,
     };
 
-    // Temp files left by a crash are garbage: the real names were never touched.
-    let stale = agent.root.sweep_temps();
-    if stale > 0 {
-        agent.log.normal(format!("removed {stale} temp file(s) left by an interrupted transfer"));
-    }
+    // Temp files left by a crash are garbage (the real names were never touched), except
+    // content a crash caught on its way to the versions area; versions a crash interrupted
+    // are finished while the index still describes the old state.
+    agent.recover_versions()?;
     // What a peer's page put on disk before a crash is the peer's, not a local edit.
     agent.reconcile("start-up")?;
+    agent.load_holds()?;
     // Start-up: a full scan against the persistent index (unchanged files are not re-hashed).
     let t0 = Instant::now();
     let before = agent.index.len()?;
     agent.local_batch(vec![Target::Root], "startup scan")?;
     for n in agent.index.needs()? {
-        agent.retry_at.insert(n.entry.path.clone(), Instant::now());
+        if !agent.holds.holds(&n.entry) {
+            agent.retry_at.insert(n.entry.path.clone(), Instant::now());
+        }
     }
     agent.log.normal(format!("startup scan: {} entries in the index ({} before), {:.0} ms", agent.index.len()?, before, t0.elapsed().as_secs_f64() * 1000.0));
+    memory::give_back();
 
     let app_state = server::AppState {
         index: agent.index.clone(),
@@ -247,6 +285,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         folder: agent.s.folder_id.clone(),
         access: Some(access.clone()),
         report: agent.report.clone(),
+        versions: agent.versions.store.clone(),
     };
     if let (Some(link), Some(listener)) = (agent.link.clone(), link_listener) {
         let link_app = server::link_router(server::AppState { inline_relayed: true, access: None, ..app_state.clone() });
@@ -267,7 +306,10 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     }
 
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let mut status_tick = tokio::time::interval(Duration::from_secs(5));
+    // A fallback refresh for what reports no change itself (the link's state): rare, and it
+    // writes nothing when nothing changed.
+    let mut status_tick = tokio::time::interval(STATUS_FALLBACK);
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let rescan_every = agent.s.rescan_interval;
     let mut next_rescan = rescan_every.map(|d| Instant::now() + d);
     // Without a complete set of inotify watches the tree is polled instead (never silence).
@@ -279,10 +321,12 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         // Retries are due only when a fetch slot is free; a finished fetch wakes the loop.
         let retry = if agent.fetch_sem.available_permits() > 0 && agent.link_fetch_sem.available_permits() > 0 { agent.retry_at.values().min().copied() } else { None };
         let recheck = agent.rechecks.values().min().copied();
-        let mut wake = [agent.batcher.deadline(), retry, next_rescan, recheck, agent.root.next_reap()].into_iter().flatten().min().unwrap_or(now + Duration::from_secs(3600));
+        let mut wake = [agent.batcher.deadline(), retry, next_rescan, recheck, agent.root.next_reap(), agent.status_due, agent.holds.next_wake(), agent.versions_recheck()].into_iter().flatten().min().unwrap_or(now + Duration::from_secs(3600));
         if wake < now {
             wake = now;
         }
+        // Whether this turn handled something that may change what the status says.
+        let mut touched = true;
         tokio::select! {
             _ = shutdown.cancelled() => break,
             h = hint_rx.recv() => {
@@ -296,7 +340,11 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
             _ = wshared.wake.notified() => {}
             ev = ev_rx.recv() => match ev {
                 Some(Event::Page { peer, page, done }) => {
+                    let big = page.entries.len() >= memory::BURST;
                     let r = agent.process_page(&peer, page);
+                    if big && !page_more_pending(&ev_rx) {
+                        memory::give_back();
+                    }
                     if let Err(e) = &r {
                         agent.error(format!("applying changes from {peer}: {e:#}"));
                     }
@@ -311,11 +359,21 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
                     let msg = agent.admin(cmd);
                     let _ = reply.send(msg);
                 }
+                Some(Event::Safety(cmd, reply)) => {
+                    let r = agent.safety(cmd);
+                    let _ = reply.send(r);
+                }
                 None => break,
             },
             _ = hup.recv() => { agent.admin(AdminCmd::Reload); }
-            _ = status_tick.tick() => agent.refresh_status(),
-            _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = status_tick.tick() => {
+                // Retention of versions (age, size, free space) rides on the fallback tick.
+                agent.versions_tick();
+                agent.versions_checked = Instant::now();
+                agent.status_due = Some(Instant::now());
+            }
+            _ = status_dirty.notified() => { agent.status_due.get_or_insert(Instant::now() + STATUS_DEBOUNCE); }
+            _ = tokio::time::sleep_until(wake.into()) => touched = agent.status_due.is_none_or(|t| t > Instant::now()),
         }
         let degraded = _watcher.is_none() || wshared.warning.lock().expect("BUG: poisoned").is_some();
         if degraded && !polling {
@@ -333,7 +391,20 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
                 next_rescan = if polling { Some(Instant::now() + poll_every) } else { rescan_every.map(|d| Instant::now() + d) };
             }
         agent.reap(false);
+        agent.tick_holds();
+        if agent.versions_recheck().is_some_and(|t| t <= Instant::now()) {
+            agent.versions_tick();
+            agent.versions_checked = Instant::now();
+        }
         let now = Instant::now();
+        // Whatever happened may have changed what the status says (it is written only if so).
+        if touched {
+            agent.status_due.get_or_insert(now + STATUS_DEBOUNCE);
+        }
+        if agent.status_due.is_some_and(|t| t <= now) {
+            agent.status_due = None;
+            agent.refresh_status();
+        }
         let due_rechecks: Vec<RelPath> = agent.rechecks.iter().filter(|(_, t)| **t <= now).map(|(p, _)| p.clone()).collect();
         for p in due_rechecks {
             agent.rechecks.remove(&p);
@@ -357,31 +428,9 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Opens the index; one built for another folder (the root or `folder_id` changed, e.g. the
-/// sync path was changed from `uploads` to `ROOT`) is discarded and rebuilt by scanning, so
-/// the old folder's files are never announced as deleted from the new one.
-fn open_index(s: &Settings, log: &LsyncdLog) -> anyhow::Result<Index> {
-    let mut h = blake3::Hasher::new();
-    h.update(s.root.as_os_str().as_encoded_bytes());
-    h.update(b"\0");
-    h.update(s.folder_id.as_bytes());
-    let key = u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("BUG: 8 bytes")) >> 1;
-    let index = Index::open(&s.state_dir)?;
-    match index.get_meta("folder")? {
-        Some(k) if k == key => Ok(index),
-        Some(_) => {
-            log.warn(format!("the sync folder changed since the index was built (now {} {:?}): the index is rebuilt by scanning; no file is deleted or announced as deleted", s.root.display(), s.folder_id));
-            drop(index);
-            crate::private_fs::PrivateDir::state(&s.state_dir)?.remove("index.redb").context("cannot remove the old index")?;
-            let index = Index::open(&s.state_dir)?;
-            index.set_meta("folder", key)?;
-            Ok(index)
-        }
-        None => {
-            index.set_meta("folder", key)?;
-            Ok(index)
-        }
-    }
+/// Whether another page is already waiting (then the burst is not over).
+fn page_more_pending(rx: &mpsc::Receiver<Event>) -> bool {
+    !rx.is_empty()
 }
 
 impl Agent {
@@ -392,72 +441,5 @@ impl Agent {
 
     fn warn(&self, msg: String) {
         self.log.warn(&msg);
-    }
-
-    fn add_peer(&mut self, name: String, address: String) {
-        let link = peers::spawn(self.peer_ctx.clone(), name.clone(), address.clone(), &self.shutdown);
-        let mut st = self.status.lock().expect("BUG: poisoned");
-        let p = st.peers.entry(name.clone()).or_default();
-        p.address = address;
-        p.removed = false;
-        drop(st);
-        self.links.insert(name, link);
-    }
-
-    fn remove_peer(&mut self, name: &str) {
-        if let Some(l) = self.links.remove(name) {
-            l.cancel.cancel();
-        }
-        if let Some(p) = self.status.lock().expect("BUG: poisoned").peers.get_mut(name) {
-            p.removed = true;
-            p.connected = false;
-        }
-    }
-
-    /// Ends the grace period of files that peers' versions displaced: one written to after
-    /// the swap is kept as a conflict copy and announced.
-    fn reap(&mut self, all: bool) {
-        for copy in self.root.reap(all, &self.s.node_name) {
-            self.log.warn(format!("Conflict: a local write landed in a file after a peer's version had replaced it; the written content is kept as {copy}"));
-            self.status.lock().expect("BUG: poisoned").counters.conflicts += 1;
-            self.batcher.add(copy, HintKind::Tree, Instant::now());
-        }
-    }
-
-    fn refresh_status(&mut self) {
-        let seq = self.index.last_seq();
-        let summary = if self.summary_seq != Some(seq) {
-            self.summary_seq = Some(seq);
-            self.index.summary().ok()
-        } else {
-            None
-        };
-        let needs = self.index.needs().unwrap_or_default();
-        let mut st = self.status.lock().expect("BUG: poisoned");
-        st.last_seq = seq;
-        st.pending_local = self.batcher.len();
-        st.writing = self.batcher.writing();
-        st.pending_remote = needs.len();
-        st.pending_errors = needs.iter().filter_map(|n| n.last_error.clone()).take(5).collect();
-        st.held_deletes = self.held_deletes;
-        st.unsyncable = self.unsyncable.iter().take(20).cloned().collect();
-        st.unsyncable_count = self.unsyncable.len();
-        st.local_modifications = self.local_mods.iter().map(|p| p.to_string()).collect();
-        if let Some(s) = summary {
-            st.files = s.files;
-            st.dirs = s.dirs;
-            st.symlinks = s.symlinks;
-            st.bytes = s.bytes;
-            st.tree_digest = format!("{:032x}", s.digest);
-            st.watches = watch::watch_count();
-        }
-        for (peer, lag) in &self.lag {
-            if let Some(p) = st.peers.get_mut(peer) {
-                p.lag_ms = Some(*lag);
-            }
-        }
-        if let Err(e) = st.write_lsyncd_status(&self.s.log_dir) {
-            tracing::warn!(error = %e, "cannot write lsyncd.status");
-        }
     }
 }

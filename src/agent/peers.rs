@@ -26,6 +26,11 @@ use super::transfer::{MAX_PAGE_BYTES, decode_page, read_limited};
 use super::Event;
 use crate::protocol::wire::{ChangesQuery, ChangesResponse};
 
+/// How long a caught-up ask is held by the peer when nothing changes. Long: an idle mesh
+/// wakes for nothing (liveness is HTTP/2 PINGs every few seconds, see `pki::tls`), and the
+/// peer answers at once when something changes.
+pub const LONG_POLL: Duration = Duration::from_secs(240);
+
 pub struct PeerLink {
     pub name: String,
     pub address: String,
@@ -35,6 +40,10 @@ pub struct PeerLink {
 }
 
 pub struct PeerCtx {
+    /// Woken when a peer's state in the status changes (the event loop rewrites the status).
+    pub dirty: Arc<tokio::sync::Notify>,
+    /// This node's backlog (items accepted but not written), reported to every peer.
+    pub pending: tokio::sync::watch::Sender<u64>,
     pub me: String,
     /// This node's `folder_id` (empty if unset).
     pub folder: String,
@@ -75,15 +84,19 @@ async fn run(ctx: Arc<PeerCtx>, name: String, address: String) {
                 continue;
             }
         };
-        let (pending, _err) = {
-            let st = ctx.status.lock().expect("BUG: poisoned");
-            (st.pending_remote as u64, st.pending_errors.first().cloned())
-        };
+        // Our backlog travels with each ask; when it changes while a long-poll waits, the
+        // ask is made again at once, so the peer's view of it is never minutes old.
+        let mut backlog = ctx.pending.subscribe();
+        let pending = *backlog.borrow_and_update();
         // The first ask after (re)connecting returns at once, so the link is known to be up.
-        let wait_ms = if connected { 20_000 } else { 0 };
+        let wait_ms = if connected { LONG_POLL.as_millis() as u64 } else { 0 };
         let q = ChangesQuery { since: progress.seq, index_id: progress.index_id, wait_ms, pending, from: ctx.me.clone(), folder: ctx.folder.clone() };
         let res = match prefetched.take() {
             Some((since, index_id, page)) if since == progress.seq && index_id == progress.index_id => Ok(page),
+            _ if wait_ms > 0 => tokio::select! {
+                r = ask(&ctx.client, &address, &q, Duration::from_secs(15)) => r.map(|(p, _)| p),
+                _ = backlog.changed() => continue,
+            },
             _ => ask(&ctx.client, &address, &q, Duration::from_secs(15)).await.map(|(p, _)| p),
         };
         match res {
@@ -169,6 +182,7 @@ fn set(ctx: &PeerCtx, name: &str, address: &str, f: impl FnOnce(&mut super::stat
     p.address = address.to_owned();
     p.removed = false;
     f(p);
+    ctx.dirty.notify_one();
 }
 
 /// Asks `address` for its changes after `q.since` (holding up to `q.wait_ms`), with `slack`

@@ -21,12 +21,14 @@ pub struct Refusals {
     agg: Mutex<Aggregator>,
     sink: Sink,
     count: Counter,
+    /// Wakes the flush task when there is something to count (an idle agent never wakes).
+    pending: tokio::sync::Notify,
 }
 
 impl Refusals {
     /// Starts the aggregator; a background task flushes the counts while it is alive.
     pub fn new(sink: Sink, count: Counter) -> Arc<Refusals> {
-        let r = Arc::new(Refusals { agg: Mutex::new(Aggregator::default()), sink, count });
+        let r = Arc::new(Refusals { agg: Mutex::new(Aggregator::default()), sink, count, pending: tokio::sync::Notify::new() });
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(flush_loop(Arc::downgrade(&r)));
         }
@@ -37,6 +39,7 @@ impl Refusals {
     pub fn note(&self, who: &str, what: &str, why: &str) {
         (self.count)();
         let line = self.agg.lock().expect("BUG: poisoned").note(who, what, why, Instant::now());
+        self.pending.notify_one();
         if let Some(l) = line {
             (self.sink)(l);
         }
@@ -51,9 +54,17 @@ impl Refusals {
 }
 
 async fn flush_loop(r: Weak<Refusals>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
-        tick.tick().await;
+        // Asleep until a refusal is noted, then every 5 s until none is left to report.
+        let Some(strong) = r.upgrade() else { return };
+        let idle = strong.agg.lock().expect("BUG: poisoned").slots.is_empty();
+        if idle {
+            // (Holds the aggregator while asleep: there is one per agent, for its lifetime.)
+            strong.pending.notified().await;
+            continue;
+        }
+        drop(strong);
+        tokio::time::sleep(Duration::from_secs(5)).await;
         match r.upgrade() {
             Some(r) => r.flush(),
             None => return,

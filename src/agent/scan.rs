@@ -253,15 +253,16 @@ impl Scanner<'_> {
     }
 
     fn walk(&self, dir: Option<&RelPath>, disk: &mut BTreeMap<RelPath, DiskMeta>, out: &mut Outcome) -> anyhow::Result<()> {
-        let w = self.root.walk(dir, &|p| self.excludes.is_excluded(p))?;
-        out.errors.extend(w.errors.into_iter().map(|e| format!("scan: {e}")));
-        out.unsyncable.extend(w.unsyncable);
-        for (p, m) in w.items {
+        let mut dirs = 0;
+        let w = self.root.walk_each(dir, &|p| self.excludes.is_excluded(p), &mut |p, m| {
             if m.kind == EntryKind::Dir {
-                out.dirs_seen += 1;
+                dirs += 1;
             }
             disk.insert(p, m);
-        }
+        })?;
+        out.dirs_seen += dirs;
+        out.errors.extend(w.errors.into_iter().map(|e| format!("scan: {e}")));
+        out.unsyncable.extend(w.unsyncable);
         Ok(())
     }
 }

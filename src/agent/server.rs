@@ -1,7 +1,9 @@
 //! The agent's HTTP surface, reachable only over mutual TLS (see `listener`):
 //! `POST /v1/changes` (the replication long-poll), `GET /v1/file` and `POST /v1/delta`
-//! (content), `GET /v1/status` (JSON), `GET /healthz`, `GET /metrics` (Prometheus), and
-//! `POST /v1/admin/{reload,revert,rescan,confirm-empty,pause,resume}` for `filesync ctl`
+//! (content), `GET /v1/status` (JSON), `GET /healthz`, `GET /metrics` (Prometheus),
+//! `GET /v1/versions` (kept versions, JSON), `POST /v1/admin/{reload,revert,rescan,
+//! confirm-empty,pause,resume}`, and the JSON commands `POST /v1/admin/restore` and
+//! `POST /v1/admin/hold/{confirm,reject}` (bodies in `protocol::versions`) for `filesync ctl`
 //! and the control plane. Every path a peer sends is parsed into a `RelPath` first; a
 //! hostile one is refused with 400 and logged.
 //!
@@ -31,7 +33,8 @@ use super::listener::PeerName;
 use super::refusals::Refusals;
 use super::status::Status;
 use super::transfer::{INLINE_BUDGET, INLINE_MAX, MAX_RSYNC_DELTA_FILE, PAGE_ENTRIES};
-use super::{AdminCmd, Event};
+use super::{AdminCmd, Event, SafetyCmd};
+use crate::protocol::versions::{HoldRequest, RestoreRequest, VersionQuery};
 use crate::pki::CONTROL_PLANE_NAME;
 use crate::protocol::wire::{Blob, CONTENT_CHANGED, ChangesQuery, ChangesResponse, PROTOCOL, PROTOCOL_HEADER, same_folder};
 use crate::protocol::{EntryKind, RelPath};
@@ -54,6 +57,8 @@ pub struct AppState {
     pub access: Option<Access>,
     /// The dashboard's reports and conflict actions (`agent::report`).
     pub report: Arc<super::report::Report>,
+    /// The versions' records (listed by `GET /v1/versions`); `None` when none are kept.
+    pub versions: Option<Arc<super::versions::Store>>,
 }
 
 /// The peer port's routes, each checked against [`Access`].
@@ -65,6 +70,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/delta", post(delta))
         .route("/v1/status", get(status))
         .route("/v1/inspect", get(inspect))
+        .route("/v1/versions", get(list_versions))
+        .route("/v1/admin/restore", post(restore))
+        .route("/v1/admin/hold/{action}", post(hold))
         .route("/v1/admin/{cmd}", post(admin))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
@@ -137,7 +145,7 @@ impl RouteClass {
             "/healthz" => RouteClass::Open,
             p if p.starts_with("/v1/admin/") || p == "/v1/inspect" => RouteClass::Admin,
             "/v1/report/resolve" | "/v1/report/rehash" => RouteClass::Admin,
-            "/v1/status" | "/metrics" => RouteClass::Observe,
+            "/v1/status" | "/metrics" | "/v1/versions" => RouteClass::Observe,
             p if p == "/v1/report" || p.starts_with("/v1/report/") => RouteClass::Observe,
             _ => RouteClass::Replicate,
         }
@@ -233,7 +241,7 @@ async fn changes(State(app): State<AppState>, Extension(peer): Extension<PeerNam
         p.peer_error = None;
     }
     let mut rx = app.index.subscribe();
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms.min(30_000));
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms).min(super::peers::LONG_POLL);
     loop {
         // A long-poll outlives a reload: a node dropped from the peer list meanwhile gets
         // nothing more.
@@ -415,6 +423,41 @@ async fn admin(State(app): State<AppState>, Extension(peer): Extension<PeerName>
     rx.await.map_err(|_| internal("agent is shutting down"))
 }
 
+/// `GET /v1/versions?path=&deleted=&from=&to=&limit=`: the kept versions, newest first.
+async fn list_versions(State(app): State<AppState>, Query(q): Query<VersionQuery>) -> HttpResult<Response> {
+    let summary = app.status.lock().expect("BUG: poisoned").versions.clone();
+    let store = app.versions.clone();
+    let list = tokio::task::spawn_blocking(move || super::versions::list(store.as_deref(), &q, summary)).await.map_err(internal)?.map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+    Ok(axum::Json(list).into_response())
+}
+
+async fn restore(State(app): State<AppState>, Extension(peer): Extension<PeerName>, body: Bytes) -> HttpResult<Response> {
+    let req: RestoreRequest = serde_json::from_slice(&body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad restore request: {e}")))?;
+    app.log.normal(format!("admin command restore {:?} from {}", req.path, peer.0));
+    safety(&app, SafetyCmd::Restore(req)).await
+}
+
+async fn hold(State(app): State<AppState>, Extension(peer): Extension<PeerName>, UrlPath(action): UrlPath<String>, body: Bytes) -> HttpResult<Response> {
+    let req: HoldRequest = if body.is_empty() { HoldRequest::default() } else { serde_json::from_slice(&body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad hold request: {e}")))? };
+    let cmd = match action.as_str() {
+        "confirm" => SafetyCmd::ConfirmHold(req.from),
+        "reject" => SafetyCmd::RejectHold(req.from),
+        other => return Err((StatusCode::NOT_FOUND, format!("unknown hold action {other:?}: use confirm or reject"))),
+    };
+    app.log.normal(format!("admin command hold {action} from {}", peer.0));
+    safety(&app, cmd).await
+}
+
+/// Runs a safety command in the event loop; its refusals are 409 with the reason.
+async fn safety(app: &AppState, cmd: SafetyCmd) -> HttpResult<Response> {
+    let (tx, rx) = oneshot::channel();
+    app.events.send(Event::Safety(cmd, tx)).await.map_err(|_| internal("agent is shutting down"))?;
+    match rx.await.map_err(|_| internal("agent is shutting down"))? {
+        Ok(json) => Ok(([("content-type", "application/json")], json).into_response()),
+        Err(why) => Err((StatusCode::CONFLICT, why)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,6 +470,9 @@ mod tests {
             ("/v1/admin/pause", [false, true, true, false]),
             ("/v1/report/resolve", [false, true, true, false]),
             ("/v1/report/conflicts", [true, true, true, false]),
+            ("/v1/admin/restore", [false, true, true, false]),
+            ("/v1/admin/hold/confirm", [false, true, true, false]),
+            ("/v1/versions", [true, true, true, false]),
             ("/v1/status", [true, true, true, false]),
             ("/metrics", [true, true, true, false]),
             ("/v1/changes", [true, false, false, false]),

@@ -1,6 +1,6 @@
-//! The agent's live state as users see it: `lsyncd.status` (rewritten every five seconds,
-//! lsyncd's shape plus peers), the `/v1/status` JSON for the control plane, and the
-//! Prometheus text on `/metrics`. The event loop and the peer tasks update one `Status`
+//! The agent's live state as users see it: `lsyncd.status` (rewritten when what it says
+//! changes; lsyncd's shape plus peers, versions and held deletions), the `/v1/status` JSON
+//! for the control plane, and the Prometheus text on `/metrics`. The event loop and the peer tasks update one `Status`
 //! behind a short-held mutex; renderers take a snapshot. `lsyncd.status` is written through
 //! the verified log directory (`private_fs`), mode 0640.
 
@@ -12,6 +12,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::lsyncd_log::timestamp;
+use crate::protocol::versions::{HeldDeletes, VersionsSummary};
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct PeerStatus {
@@ -89,6 +90,11 @@ pub struct Status {
     pub watches: usize,
     pub warnings: Vec<String>,
     pub held_deletes: usize,
+    /// Peers' deletions waiting here: settling batches and mass deletes held for an
+    /// operator (`agent::hold`).
+    pub mass_delete_holds: Vec<HeldDeletes>,
+    /// The versions area (`agent::versions`).
+    pub versions: VersionsSummary,
     /// Names in the root that cannot be synced (not valid UTF-8, shown lossily), up to 20,
     /// and how many there are.
     pub unsyncable: Vec<String>,
@@ -108,10 +114,10 @@ pub struct Status {
 }
 
 impl Status {
-    pub fn write_lsyncd_status(&self, dir: &Path) -> std::io::Result<()> {
+    /// `lsyncd.status` without its first line (the time it was written).
+    pub fn render_lsyncd_status(&self) -> String {
         let now = OffsetDateTime::now_utc();
         let mut s = String::new();
-        let _ = writeln!(s, "Lsyncd status report at {}\n", timestamp(now));
         let _ = writeln!(s, "Sync1 source={}/", self.root);
         let _ = writeln!(s, "Node: {} ({}){}", self.node_name, if self.receive_only { "receive-only" } else { "send-receive" }, if self.paused { ", PAUSED" } else { "" });
         let _ = writeln!(s, "There are {} delays", self.pending_local);
@@ -125,6 +131,12 @@ impl Status {
         if self.held_deletes > 0 {
             let _ = writeln!(s, "HOLDING {} deletes: the sync root looks empty or unmounted; nothing is deleted on peers", self.held_deletes);
         }
+        for h in self.mass_delete_holds.iter().filter(|h| h.state == "held") {
+            let since = timestamp(OffsetDateTime::from_unix_timestamp(h.since).unwrap_or(now));
+            let _ = writeln!(s, "HOLDING {} deletes from {} since {since} ({} entries with directories): more than this node accepts at once; nothing was deleted here", h.files, h.from, h.entries);
+            let _ = writeln!(s, "  e.g. {}", h.sample.join(", "));
+            let _ = writeln!(s, "  apply them: filesync ctl --config <agent.toml> hold confirm --from {}; bring the files back everywhere: ... hold reject --from {}", h.from, h.from);
+        }
         if self.unsyncable_count > 0 {
             let _ = writeln!(s, "NOT SYNCED: {} name(s) that are not valid UTF-8 (rename them):", self.unsyncable_count);
             for n in &self.unsyncable {
@@ -135,6 +147,13 @@ impl Status {
             let _ = writeln!(s, "REFUSED peer {peer}: {why}");
         }
         let _ = writeln!(s, "Tree: {} files, {} directories, {} symlinks, {} bytes, digest {}", self.files, self.dirs, self.symlinks, self.bytes, self.tree_digest);
+        let v = &self.versions;
+        if v.enabled {
+            let _ = writeln!(s, "Versions: {} kept, {} bytes (cap {} bytes, kept for {}){}", v.count, v.bytes, v.cap_bytes, super::versions::age(v.max_age_secs), if v.keeping { "" } else { ", NOT KEEPING NEW ONES" });
+        }
+        if let Some(why) = &v.stopped {
+            let _ = writeln!(s, "{}{why}", if v.enabled { "  " } else { "Versions: none kept: " });
+        }
         let _ = writeln!(s, "Excluding:");
         for e in &self.excludes {
             let _ = writeln!(s, "  {e}");
@@ -187,10 +206,16 @@ impl Status {
             let _ = writeln!(s, "\nWARNING: {w}");
         }
         let _ = writeln!(s, "\nInotify watching {} directories", self.watches);
+        s
+    }
+
+    /// Writes `lsyncd.status` (the time, then `body` from `render_lsyncd_status`).
+    pub fn write_lsyncd_status(dir: &Path, body: &str) -> std::io::Result<()> {
+        let text = format!("Lsyncd status report at {}\n\n{body}", timestamp(OffsetDateTime::now_utc()));
         // Through the verified log dir: `lsyncd.status.tmp` is created exclusively and never
         // followed, then renamed over `lsyncd.status` inside the directory (`private_fs`).
         let d = crate::private_fs::PrivateDir::log(dir).map_err(|e| std::io::Error::other(format!("{e:#}")))?;
-        d.write_atomic("lsyncd.status", s.as_bytes(), false)
+        d.write_atomic("lsyncd.status", text.as_bytes(), false)
     }
 
     pub fn metrics(&self) -> String {
@@ -209,6 +234,11 @@ impl Status {
         m("applied_total", "Remote changes written to disk.", "counter", format!("filesync_applied_total {}", c.applied));
         m("local_changes_total", "Local changes announced to peers.", "counter", format!("filesync_local_changes_total {}", c.local_changes));
         m("errors_total", "Errors logged.", "counter", format!("filesync_errors_total {}", c.errors));
+        m("versions", "Versions kept on this node.", "gauge", format!("filesync_versions {}", self.versions.count));
+        m("versions_bytes", "Disk space the kept versions use.", "gauge", format!("filesync_versions_bytes {}", self.versions.bytes));
+        m("versions_keeping", "Whether new versions are kept (0: disabled or stopped for free space).", "gauge", format!("filesync_versions_keeping {}", u8::from(self.versions.keeping)));
+        let held: String = self.mass_delete_holds.iter().map(|h| format!("filesync_held_deletes{{from=\"{}\",state=\"{}\"}} {}\n", h.from, h.state, h.entries)).collect();
+        m("held_deletes", "Peers' deletions waiting here (held for an operator, or settling).", "gauge", held.trim_end().to_owned());
         let mut up = String::new();
         let mut lag = String::new();
         for (name, p) in self.peers.iter().filter(|(_, p)| !p.removed) {

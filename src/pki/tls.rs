@@ -79,6 +79,10 @@ pub fn client_config(tls: &TlsFiles) -> anyhow::Result<ClientConfig> {
 }
 
 /// An HTTP client for talking to agents: HTTP/2 over mutual TLS, pooled connections.
+/// HTTP/2 liveness of connections to agents (see `http_client_from`).
+pub const PING_EVERY: Duration = Duration::from_secs(4);
+pub const PING_TIMEOUT: Duration = Duration::from_secs(4);
+
 pub fn http_client(tls: &TlsFiles) -> anyhow::Result<reqwest::Client> {
     http_client_from(tls, None)
 }
@@ -90,8 +94,11 @@ pub fn http_client_from(tls: &TlsFiles, local: Option<std::net::IpAddr>) -> anyh
         .use_preconfigured_tls(client_config(tls)?)
         .local_address(local.filter(|ip| !ip.is_unspecified()))
         .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(15))
-        .http2_keep_alive_timeout(Duration::from_secs(10))
+        // Liveness without polling: an HTTP/2 PING every 4 s on a connection with a request
+        // in flight (a peer's long-poll always is); one unanswered for 4 s fails the request,
+        // so a partitioned peer is shown disconnected within about 8 s.
+        .http2_keep_alive_interval(PING_EVERY)
+        .http2_keep_alive_timeout(PING_TIMEOUT)
         .http2_keep_alive_while_idle(true)
         .tcp_nodelay(true)
         .pool_idle_timeout(None)

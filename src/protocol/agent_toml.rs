@@ -60,6 +60,55 @@ pub struct AgentToml {
     /// Cross-environment link (two-environment mode); absent in one-environment mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<LinkConfig>,
+    /// What peers' changes replace or delete is kept as versions (`agent::versions`).
+    #[serde(default, skip_serializing_if = "VersionsConfig::is_default")]
+    pub versions: VersionsConfig,
+    /// A peer's batch that deletes too much at once is held (`agent::hold`).
+    #[serde(default, skip_serializing_if = "MassDeleteConfig::is_default")]
+    pub mass_delete: MassDeleteConfig,
+}
+
+/// `[versions]`: keeping what peers' changes replace or delete; absent keys take the
+/// agent's defaults (`agent::config::VersionSettings`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionsConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<bool>,
+    /// `"7d"`, `"12h"`, `"30m"` or `"90s"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_percent_of_free: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_free_percent: Option<u8>,
+}
+
+impl VersionsConfig {
+    pub fn is_default(&self) -> bool {
+        *self == VersionsConfig::default()
+    }
+}
+
+/// `[mass_delete]`: when a peer's deletions are held for an operator; absent keys take the
+/// agent's defaults (`agent::config::MassDelete`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MassDeleteConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_files: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_percent: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_files: Option<usize>,
+}
+
+impl MassDeleteConfig {
+    pub fn is_default(&self) -> bool {
+        *self == MassDeleteConfig::default()
+    }
 }
 
 /// `[link]`: keep this folder identical with another environment's as well.
@@ -133,6 +182,8 @@ impl AgentToml {
             tls,
             peers: Vec::new(),
             link: None,
+            versions: VersionsConfig::default(),
+            mass_delete: MassDeleteConfig::default(),
         }
     }
 
@@ -172,6 +223,8 @@ mod tests {
             c.root = format!("/var/www/{odd}/ROOT").into();
             c.folder_id = Some(format!("00000000-0000-0000-0000-000000000000:{odd}:3"));
             c.link = Some(LinkConfig { listen: "10.0.0.11:7756".parse().unwrap(), remote: "203.0.113.7:7756".into(), password: odd.into() });
+            c.versions.max_age = Some(format!("7d{odd}"));
+            c.mass_delete.max_files = Some(5);
             let text = c.to_toml("Written by a test\nsecond line").unwrap();
             let back = AgentToml::from_toml(&text).unwrap_or_else(|e| panic!("{odd:?}: {e}\n{text}"));
             assert_eq!(back, c, "{text}");
@@ -182,7 +235,7 @@ mod tests {
     #[test]
     fn defaults_are_omitted_optionals_and_unknown_keys_refused() {
         let text = sample().to_toml("").unwrap();
-        assert!(!text.contains("folder_id") && !text.contains("state_dir") && !text.contains("[link]"), "{text}");
+        assert!(!text.contains("folder_id") && !text.contains("state_dir") && !text.contains("[link]") && !text.contains("[versions]") && !text.contains("[mass_delete]"), "{text}");
         let parsed = AgentToml::from_toml(&text).unwrap();
         assert_eq!(parsed.delay, 10);
         let e = AgentToml::from_toml(&format!("surprise = 1\n{text}")).unwrap_err();

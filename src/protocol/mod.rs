@@ -8,6 +8,7 @@ pub mod entry;
 pub mod path;
 pub mod report;
 pub mod version;
+pub mod versions;
 pub mod wire;
 
 pub use entry::{Entry, EntryKind, NodeId};

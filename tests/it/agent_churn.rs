@@ -171,7 +171,11 @@ pub fn temp_files(root: &Path) -> Vec<String> {
 
 fn run(seed: u64, ops: usize) {
     let delay = if seed % 2 == 1 { 0 } else { 1 };
-    let mut c = Cluster::new(3, Options { delay, extra: String::new() });
+    // The writers delete random subtrees, some of them a third of the tree: by the default
+    // rules such a batch is a mass delete, held for an operator (agent_versions tests that).
+    // Here no batch is held, but every deletion still waits for its batch to settle.
+    let extra = "[mass_delete]\nmax_files = 1000000\nmax_percent = 0\n".to_owned();
+    let mut c = Cluster::new(3, Options { delay, extra });
     c.start_all();
     let ledger = Ledger::default();
     let (r0, r1) = (c.root(0).to_owned(), c.root(1).to_owned());

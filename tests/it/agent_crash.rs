@@ -23,6 +23,12 @@ fn big_content() -> Vec<u8> {
     v
 }
 
+/// These tests are about deletes staying deleted, not about the mass-delete hold (which
+/// would hold their mass deletes for an operator; `agent_versions` tests it): it is off.
+fn no_hold() -> Options {
+    Options { delay: 0, extra: "[mass_delete]\nmax_files = 0\nmax_percent = 0\n".into() }
+}
+
 fn kill_mid_transfer(kill_receiver: bool) {
     let mut c = Cluster::new(2, Options::default());
     c.start_all();
@@ -73,7 +79,7 @@ fn kill9_sender_mid_transfer_leaves_no_partial_file() {
 #[test]
 fn kill9_while_applying_a_page_then_delete_resurrects_nothing() {
     let iterations: u64 = std::env::var("FILESYNC_KILL9_ITERATIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
-    let mut c = Cluster::new(2, Options::default());
+    let mut c = Cluster::new(2, no_hold());
     c.start_all();
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut resurrected = Vec::new();
@@ -110,7 +116,7 @@ fn kill9_while_applying_a_page_then_delete_resurrects_nothing() {
 /// restarts, nothing comes back, not even empty directories.
 #[test]
 fn a_mass_delete_while_a_node_is_down_stays_deleted_with_its_directories() {
-    let mut c = Cluster::new(3, Options::default());
+    let mut c = Cluster::new(3, no_hold());
     c.start_all();
     for i in 0..5000 {
         write(&c.nodes[0].path(&format!("wp-content/uploads/d{:02}/img{i:04}.jpg", i % 100)), &[(i % 251) as u8; 64]);

@@ -15,6 +15,7 @@ mod agent_operations;
 mod agent_races;
 mod agent_replication;
 mod agent_security;
+mod agent_versions;
 mod control_auth;
 mod control_browser;
 mod control_clone;

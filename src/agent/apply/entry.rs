@@ -85,7 +85,16 @@ impl Agent {
                 let mut e = r.clone();
                 e.version = version;
                 let local_live = local.filter(|s| !s.entry.deleted);
+                // What this replaces or deletes is kept as a version, with why (`versions`).
+                // (A forced revert replaces a local modification the index does not describe.)
+                self.root.displacing(&r.path, crate::agent::versions::cause_of(&r, local.filter(|_| !force)));
+                self.note_arrival(&r);
                 if r.deleted {
+                    // A deletion waits for the rest of its node's batch, or an operator (`hold`).
+                    if let Some(need) = self.hold_deletion(source, &r) {
+                        out.push(Done::Queue(need));
+                        return Ok(out);
+                    }
                     match self.root.remove(&r.path, &expect) {
                         Ok(Removed::Gone) => out.push(Done::Record(e, 0)),
                         Ok(Removed::NotEmpty) => out.push(Done::Queue(self.dir_not_empty(source, r))),

@@ -25,6 +25,7 @@
 
 pub mod decide;
 mod entry;
+pub(in crate::agent) use entry::{Content, Done};
 mod journal;
 mod needs;
 mod page;
@@ -38,6 +39,11 @@ impl Agent {
     /// When a need is looked at again: soon after a local change or a first failure, then
     /// backing off to a minute.
     pub(super) fn schedule(&mut self, need: &Need) {
+        if self.holds.holds(&need.entry) {
+            // A deletion waiting in its node's run (`hold`): applied with the run.
+            self.retry_at.remove(&need.entry.path);
+            return;
+        }
         let wait = match need.attempts {
             0 => Duration::ZERO,
             n => Duration::from_millis(500 * 2u64.pow(n.min(7))).min(Duration::from_secs(60)),

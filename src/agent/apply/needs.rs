@@ -203,6 +203,7 @@ impl Agent {
         let recorded = batch.commits.iter().any(|(e, _)| e.path == path);
         let queued = batch.put_needs.clone();
         self.report.record(&self.index, Some(&source), &batch.commits);
+        self.flush_versions();
         self.index.apply(batch)?;
         for n in &queued {
             self.schedule(n);

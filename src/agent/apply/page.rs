@@ -49,15 +49,11 @@ impl Agent {
         let entries: Vec<Entry> = page.entries.into_iter().map(|(_, e)| e).filter(|e| !self.excludes.is_excluded(&e.path)).collect();
         let paths: Vec<RelPath> = entries.iter().map(|e| e.path.clone()).collect();
         self.prescan(&paths)?;
-        let writers = self.writers_if(entries.iter().any(|e| e.deleted || e.kind != EntryKind::Dir));
         let mut items = Vec::with_capacity(entries.len());
         let mut batch = Batch::default();
         for r in entries {
             let local = self.index.get(&r.path)?;
             let disk = self.root.stat(&r.path).ok().flatten();
-            let held = self.batcher.is_writing(&r.path)
-                || !self.disk_matches(local.as_ref(), disk.as_ref())
-                || disk.as_ref().is_some_and(|d| d.kind == EntryKind::File && writers.contains(&d.ino));
             if let Some(n) = self.index.get_need(&r.path)?
                 && !n.force
                 && (matches!(r.version.compare(&n.entry.version), VersionOrdering::Newer | VersionOrdering::Equal) || n.copy_of.is_some())
@@ -67,7 +63,15 @@ impl Agent {
                 // this node's own attempt to make it (same name, same content).
                 batch.remove_needs.push(r.path.clone());
             }
-            items.push(Item { r, local, disk, held });
+            items.push(Item { r, local, disk, held: false });
+        }
+        // Files this page would replace or delete that a process has open for writing wait
+        // (only looked up when the page touches an existing file: /proc is read then).
+        let writers = self.writers_if(items.iter().any(|i| i.disk.as_ref().is_some_and(|d| d.kind == EntryKind::File)));
+        for i in &mut items {
+            i.held = self.batcher.is_writing(&i.r.path)
+                || !self.disk_matches(i.local.as_ref(), i.disk.as_ref())
+                || i.disk.as_ref().is_some_and(|d| d.kind == EntryKind::File && writers.contains(&d.ino));
         }
         let (mut live, mut dead): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|i| !i.r.deleted);
         live.sort_by(|a, b| a.r.path.cmp(&b.r.path));
@@ -154,6 +158,8 @@ impl Agent {
             self.reconcile("after a failed page")?;
             return Err(e);
         }
+        // What the page displaced is recorded as versions before the page is recorded.
+        self.flush_versions();
         let applied = batch.commits.len();
         let queued = batch.put_needs.clone();
         batch.progress = Some((peer.to_owned(), Progress { index_id: page.index_id, seq: page.last_seq }));
@@ -227,7 +233,7 @@ impl Agent {
 
     /// Scans the local changes of `paths` that the index does not know yet (pending in the
     /// batcher, or on disk but not recorded), so decisions see them.
-    pub(super) fn prescan(&mut self, paths: &[RelPath]) -> anyhow::Result<()> {
+    pub(in crate::agent) fn prescan(&mut self, paths: &[RelPath]) -> anyhow::Result<()> {
         let mut targets = Vec::new();
         let mut seen = HashSet::new();
         for p in paths {

@@ -25,7 +25,7 @@ mod ops;
 mod temp;
 pub mod walk;
 
-pub use self::graveyard::GRACE;
+pub use self::graveyard::{Cause, GRACE, Grave};
 pub use self::temp::TempFile;
 
 use std::fs::File;
@@ -191,29 +191,21 @@ pub struct SyncRoot {
     /// While set, directories written into are collected here and fsynced once by
     /// `sync_dirty_dirs` instead of after every rename (one fsync per directory per page).
     deferred_dirs: Arc<Mutex<Option<std::collections::BTreeSet<String>>>>,
-    /// Files taken off their names, kept for a grace period in `graveyard_dir` (see
-    /// `graveyard`); without it they are unlinked at once.
-    graveyard: Arc<Mutex<Vec<graveyard::Buried>>>,
-    graveyard_dir: Option<Arc<OwnedFd>>,
+    /// Files taken off their names, kept for a grace period (see `graveyard`); without
+    /// its directory they are unlinked at once.
+    graveyard: Arc<graveyard::Graveyard>,
 }
 
 impl SyncRoot {
     pub fn new(root: PathBuf) -> SyncRoot {
         let canonical = beneath::canonical(&root);
-        SyncRoot { root, canonical, deferred_dirs: Default::default(), graveyard: Default::default(), graveyard_dir: None }
+        SyncRoot { root, canonical, deferred_dirs: Default::default(), graveyard: Default::default() }
     }
 
     /// Keeps displaced files in `dir` (private, next to the agent's state) for a grace period
     /// before unlinking them; ignored when `dir` is on another file system than the root.
     pub fn with_graveyard(mut self, dir: &Path) -> io::Result<SyncRoot> {
-        let fd = graveyard::open(dir)?;
-        let same_fs = match (rustix::fs::fstat(&*fd), self.root_fd()) {
-            (Ok(a), Ok(r)) => rustix::fs::fstat(&r).is_ok_and(|b| a.st_dev == b.st_dev),
-            _ => false,
-        };
-        if same_fs {
-            self.graveyard_dir = Some(fd);
-        }
+        self.graveyard = Arc::new(graveyard::Graveyard::open(dir, self.root_fd().ok().as_ref())?);
         Ok(self)
     }
 

@@ -46,6 +46,16 @@ impl SyncRoot {
     /// Walks `start` (the whole root for `None`) without following symlinks. `skip` prunes
     /// excluded paths (and their subtrees).
     pub fn walk(&self, start: Option<&RelPath>, skip: &dyn Fn(&RelPath) -> bool) -> Result<Walked, RootError> {
+        let mut items = Vec::new();
+        let mut w = self.walk_each(start, skip, &mut |p, m| items.push((p, m)))?;
+        w.items = items;
+        Ok(w)
+    }
+
+    /// `walk`, handing each entry to `each` as it is found instead of collecting them (a
+    /// full scan of a large tree then holds one copy of it, not two). The returned
+    /// `Walked` has no items.
+    pub fn walk_each(&self, start: Option<&RelPath>, skip: &dyn Fn(&RelPath) -> bool, each: &mut dyn FnMut(RelPath, DiskMeta)) -> Result<Walked, RootError> {
         let mut out = Walked::default();
         let root = self.root_fd()?;
         let first = match start {
@@ -55,8 +65,9 @@ impl SyncRoot {
                 let Some(pfd) = beneath::open_dir(&root, &dir).ok().flatten() else { return Ok(out) };
                 let Some(st) = beneath::stat_at(&pfd, name).ok().flatten() else { return Ok(out) };
                 let Some(meta) = DiskMeta::from_stat(&st) else { return Ok(out) };
-                out.items.push((p.clone(), meta.clone()));
-                if meta.kind != EntryKind::Dir {
+                let is_dir = meta.kind == EntryKind::Dir;
+                each(p.clone(), meta);
+                if !is_dir {
                     return Ok(out);
                 }
                 match beneath::open_entry(&pfd, name, true) {
@@ -97,7 +108,7 @@ impl SyncRoot {
                         Err(e) => out.errors.push(format!("{rel}: {}", err(e))),
                     }
                 }
-                out.items.push((rel, meta));
+                each(rel, meta);
             }
         }
         Ok(out)

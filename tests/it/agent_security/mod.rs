@@ -169,8 +169,9 @@ fn links_planted_in_the_agents_own_dirs_are_never_followed() {
     }
     let mtimes: Vec<i64> = planted.iter().map(|(_, t)| std::fs::metadata(t).unwrap().mtime_nsec()).collect();
     spawn_agent(&mut c, 0, None);
-    // Many chances to write: status rewrites every 5 s, a planted link again while running,
-    // and enough log lines for several rotations.
+    // Many chances to write: a status rewrite after every change (the test keeps changing
+    // the tree), a planted link again while running, and enough log lines for several
+    // rotations.
     let own = client(&node_tls(&c, 0));
     let addr = c.nodes[0].addr();
     let rt = rt();
@@ -178,7 +179,10 @@ fn links_planted_in_the_agents_own_dirs_are_never_followed() {
     let first = until("a status written", T, || Some(status_at(&c.nodes[0].status_file())).filter(|s| !s.is_empty()).ok_or("none".to_owned()));
     // And once more while it runs (the agent may be between creating and renaming it).
     until("a link planted again at lsyncd.status.tmp", T, || std::os::unix::fs::symlink(&planted[0].1, &planted[0].0).map_err(|e| e.to_string()));
+    let mut k = 0;
     until("the log rotated twice and the status was rewritten twice", Duration::from_secs(60), || {
+        k += 1;
+        std::fs::write(c.nodes[0].root.join(format!("change{k}.txt")), b"x").unwrap();
         // Two rotations, not more: the early lines must stay within the three generations.
         let mut rotated = log_dir.join("lsyncd.log.2").symlink_metadata().is_ok_and(|m| m.is_file());
         if !rotated {

@@ -1,7 +1,9 @@
 //! `FaultProxy`: a TCP proxy between two environments in the tests, standing in for a WAN.
 //! It delays every chunk by a one-way latency (a timestamped queue per direction, so chunks
 //! keep their order and a burst is not slowed down chunk by chunk), can cut the link
-//! (every open connection is closed and new ones are refused until `heal`), counts the
+//! (every open connection is closed and new ones are refused until `heal`), drop every
+//! byte while keeping connections open (`blackhole`: a partition where packets vanish and
+//! nothing is reset), counts the
 //! bytes each way and keeps every byte it carried, so a test can check that nothing
 //! (password, file content) crosses in clear.
 //!
@@ -30,6 +32,8 @@ struct Shared {
     /// refused by the kernel) and binds it again on heal.
     cut: tokio::sync::watch::Sender<bool>,
     listening: AtomicBool,
+    /// While set, bytes read are dropped instead of forwarded.
+    blackhole: AtomicBool,
     /// Cancelled by `cut`: every connection open at that moment ends.
     generation: Mutex<CancellationToken>,
     open: AtomicUsize,
@@ -58,6 +62,7 @@ impl FaultProxy {
             latency: one_way_latency,
             cut: tokio::sync::watch::Sender::new(false),
             listening: AtomicBool::new(true),
+            blackhole: AtomicBool::new(false),
             generation: Mutex::new(CancellationToken::new()),
             open: AtomicUsize::new(0),
             up: AtomicU64::new(0),
@@ -154,6 +159,16 @@ impl FaultProxy {
         }
     }
 
+    /// Drops every byte from now on (both directions, open connections stay open) until
+    /// `unblackhole`: what a partition that drops packets looks like to both ends.
+    pub fn blackhole(&self) {
+        self.shared.blackhole.store(true, Ordering::SeqCst);
+    }
+
+    pub fn unblackhole(&self) {
+        self.shared.blackhole.store(false, Ordering::SeqCst);
+    }
+
     /// Every byte carried so far, both directions (one contiguous run per connection and
     /// direction).
     pub fn seen(&self) -> Vec<u8> {
@@ -215,8 +230,8 @@ async fn connection(sh: &Arc<Shared>, client: TcpStream) {
         b
     };
     let (up_seen, down_seen) = (record(sh), record(sh));
-    let up = pipe(cr, sw, sh.latency, up_seen, &sh.up);
-    let down = pipe(sr, cw, sh.latency, down_seen, &sh.down);
+    let up = pipe(cr, sw, sh.latency, up_seen, &sh.up, &sh.blackhole);
+    let down = pipe(sr, cw, sh.latency, down_seen, &sh.down, &sh.blackhole);
     tokio::pin!(up, down);
     // A failed direction (reset, broken pipe) ends the connection; a clean end of one
     // direction (half-close) waits for the other.
@@ -234,7 +249,7 @@ async fn connection(sh: &Arc<Shared>, client: TcpStream) {
 /// waits until a chunk's due time, never a full latency per chunk, so throughput is not
 /// limited by the latency and order is preserved. End of input is forwarded (as a
 /// shutdown of the write half) after the last chunk, with the same delay.
-async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, latency: Duration, seen: Arc<Mutex<Vec<u8>>>, delivered: &AtomicU64) -> std::io::Result<()> {
+async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, latency: Duration, seen: Arc<Mutex<Vec<u8>>>, delivered: &AtomicU64, hole: &AtomicBool) -> std::io::Result<()> {
     let (tx, mut rx) = mpsc::channel::<(tokio::time::Instant, Option<Vec<u8>>)>(QUEUE);
     let reader = async move {
         let mut buf = vec![0u8; CHUNK];
@@ -244,6 +259,9 @@ async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp:
             if n == 0 {
                 let _ = tx.send((due, None)).await;
                 return Ok::<(), std::io::Error>(());
+            }
+            if hole.load(Ordering::SeqCst) {
+                continue;
             }
             seen.lock().unwrap().extend_from_slice(&buf[..n]);
             if tx.send((due, Some(buf[..n].to_vec()))).await.is_err() {
