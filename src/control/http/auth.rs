@@ -167,3 +167,16 @@ impl FromRequestParts<AppState> for ApiUser {
         Err(Error::Unauthorized("missing, invalid, expired or revoked API token (Authorization: Bearer <token>)".into()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_pages_of_this_site_are_returned_to_after_login() {
+        for ok in ["/environments/x", "/nodes/y/logs?z=1", "/"] {
+            assert!(super::safe_next(ok), "{ok}");
+        }
+        for bad in ["//evil.example/x", "https://evil.example", "/\\evil", "evil", "/a\nb", "/x?u=http://y"] {
+            assert!(!super::safe_next(bad), "{bad}");
+        }
+    }
+}

@@ -56,7 +56,7 @@ pub async fn environments(st: &AppState, conflicts_changed: &[Uuid]) -> anyhow::
         }
         let differ = s.sync.state == SyncState::OutOfSync;
         if db::environments::set_out_of_sync(&st.pool, s.layer.layer_id, differ).await? {
-            let msg = if differ { format!("out of sync: {}", s.sync.headline.trim_start_matches("Out of sync: ")) } else { "the nodes agree again (same tree digest on every idle node)".to_owned() };
+            let msg = if differ { s.sync.headline.clone() } else { "in sync again: every idle node has the same tree digest".to_owned() };
             db::add_event(&st.pool, Some(id), &msg).await?;
         }
         let open = db::reports::open_conflicts(&st.pool, id).await?.len() as u64;
