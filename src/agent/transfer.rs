@@ -26,6 +26,8 @@ use crate::protocol::{Entry, RelPath};
 pub const INLINE_MAX: u64 = 128 * 1024;
 /// Inline content per page is capped so one page stays small.
 pub const INLINE_BUDGET: u64 = 32 * 1024 * 1024;
+/// A file being fetched is handed to write-back every this many bytes.
+const WRITEBACK_STEP: u64 = 16 * 1024 * 1024;
 /// Below this size a delta is not worth its round trip.
 pub const DELTA_MIN: u64 = 1024 * 1024;
 /// Entries per page of changes (the server's page size; a page with more is refused).
@@ -130,6 +132,7 @@ pub async fn fetch(client: &reqwest::Client, addr: &str, root: &SyncRoot, entry:
     let mut f = tokio::fs::File::from_std(tmp.file.try_clone().map_err(|e| RootError::io(dest, e))?);
     let mut hasher = blake3::Hasher::new();
     let mut n = 0u64;
+    let mut flushed = 0u64;
     let mut body = resp.bytes_stream();
     let res: anyhow::Result<()> = async {
         while let Some(chunk) = body.next().await {
@@ -140,6 +143,14 @@ pub async fn fetch(client: &reqwest::Client, addr: &str, root: &SyncRoot, entry:
             }
             hasher.update(&chunk);
             f.write_all(&chunk).await.map_err(|e| disk_error(dest, e))?;
+            // A large file starts going to disk while the rest is still on the wire, so the
+            // fsync before it is installed has little left to write (POSIX_FADV_DONTNEED
+            // starts write-back of the range without waiting for it).
+            if n - flushed >= WRITEBACK_STEP {
+                f.flush().await.map_err(|e| disk_error(dest, e))?;
+                let _ = rustix::fs::fadvise(&tmp.file, flushed, std::num::NonZeroU64::new(n - flushed), rustix::fs::Advice::DontNeed);
+                flushed = n;
+            }
         }
         f.flush().await.map_err(|e| disk_error(dest, e))?;
         if *hasher.finalize().as_bytes() != entry.hash {
