@@ -42,8 +42,12 @@ pub(super) fn open_index(s: &Settings, log: &LsyncdLog) -> anyhow::Result<Index>
 impl Agent {
     pub(super) fn add_peer(&mut self, name: String, address: String) {
         let link = peers::spawn(self.peer_ctx.clone(), name.clone(), address.clone(), &self.shutdown);
+        // What was processed before a restart counts from the start: a peer with nothing new
+        // sends no page, and the status would say 0 of its changes processed until it did.
+        let processed = self.index.progress(&name).map(|p| p.seq).unwrap_or(0);
         let mut st = self.status.lock().expect("BUG: poisoned");
         let p = st.peers.entry(name.clone()).or_default();
+        p.their_seq_processed = p.their_seq_processed.max(processed);
         p.address = address;
         p.removed = false;
         drop(st);

@@ -269,7 +269,11 @@ async fn control_dashboard_verify_repair_log_follow_and_a_failed_job_keeps_its_h
         if v["sync"]["state"] == "up_to_date" {
             break;
         }
-        assert!(Instant::now() < deadline, "not up to date after the restart: {:#}", v["sync"]);
+        if Instant::now() >= deadline {
+            let status = |i: usize| std::fs::read_to_string(nodes[i].webroot().join("lsyncd/var/log/lsyncd.status")).unwrap_or_default();
+            let log = |i: usize| std::fs::read_to_string(nodes[i].webroot().join("lsyncd/var/log/lsyncd.log")).unwrap_or_default();
+            panic!("not up to date after the restart: {:#}\n--- node1 status ---\n{}\n--- node2 status ---\n{}\n--- node2 log ---\n{}\n--- node1 log ---\n{}", v["sync"], status(0), status(1), log(1), log(0));
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(read(&data(0)), "aaaa-original", "node1 got the change: it was not behind the agent's back");
