@@ -101,7 +101,8 @@ async fn try_enroll(s: &Settings, of: &str) -> anyhow::Result<String> {
         .await
         .with_context(|| format!("no answer from the control plane at {base}"))?;
     let status = r.status();
-    let v: serde_json::Value = r.json().await.unwrap_or_default();
+    let body = crate::pki::tls::read_limited(r, 16 * 1024 * 1024, "the enrollment answer").await.unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     if !status.is_success() {
         let why = v["error"].as_str().unwrap_or("no reason given");
         anyhow::bail!("the control plane refused ({status}): {why}");

@@ -207,14 +207,4 @@ pub async fn ask(client: &reqwest::Client, address: &str, q: &ChangesQuery, slac
     Ok((decode_page(&bytes)?, bytes.len() as u64))
 }
 
-/// reqwest's errors nest their cause; show the innermost, which says what went wrong
-/// (connection refused, certificate unknown, ...).
-pub fn describe(e: &reqwest::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg = s.to_string();
-        src = s.source();
-    }
-    msg
-}
+pub use crate::pki::tls::describe;

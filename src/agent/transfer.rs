@@ -38,24 +38,7 @@ pub const MAX_PAGE_BYTES: u64 = 64 * 1024 * 1024;
 /// rsync deltas only for files up to this size (both sides hold the file in memory).
 pub const MAX_RSYNC_DELTA_FILE: u64 = 128 * 1024 * 1024;
 
-/// Reads an answer's body, refusing (and no longer reading) one larger than `limit`.
-pub async fn read_limited(resp: reqwest::Response, limit: u64, what: &str) -> anyhow::Result<Vec<u8>> {
-    if let Some(n) = resp.content_length()
-        && n > limit
-    {
-        bail!("{what} of {n} bytes is larger than the limit of {limit} bytes; refused");
-    }
-    let mut out = Vec::with_capacity(resp.content_length().unwrap_or(0) as usize);
-    let mut body = resp.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| anyhow::anyhow!("{what} broke off: {}", super::peers::describe(&e)))?;
-        if (out.len() + chunk.len()) as u64 > limit {
-            bail!("{what} is larger than the limit of {limit} bytes; refused (stopped reading)");
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
-}
+pub use crate::pki::tls::read_limited;
 
 /// Decodes a page of changes, refusing one with more entries than a page may have before
 /// decoding them (small entries take more memory decoded than encoded).
@@ -120,8 +103,8 @@ pub async fn fetch(client: &reqwest::Client, addr: &str, root: &SyncRoot, entry:
     let resp = client.get(url).send().await.with_context(|| format!("cannot reach {addr}"))?;
     if !resp.status().is_success() {
         let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        bail!("{addr} answered {status}: {}", text.trim());
+        let text = read_limited(resp, 64 * 1024, "error answer").await.unwrap_or_default();
+        bail!("{addr} answered {status}: {}", String::from_utf8_lossy(&text).trim());
     }
     if let Some(n) = resp.content_length()
         && n != entry.size

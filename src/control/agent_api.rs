@@ -164,7 +164,8 @@ impl AgentApi {
         if !r.status().is_success() {
             return Err(format!("{url} answered {}", r.status()));
         }
-        r.json().await.map_err(|e| format!("{url} answered something that is not status JSON: {e}"))
+        let body = crate::pki::tls::read_limited(r, MAX_STATUS_BYTES, "the status").await.map_err(|e| format!("{url}: {e}"))?;
+        serde_json::from_slice(&body).map_err(|e| format!("{url} answered something that is not status JSON: {e}"))
     }
 
     pub async fn healthz(&self, timeout: Duration) -> Result<(), String> {
@@ -176,28 +177,23 @@ impl AgentApi {
         }
     }
 
-    /// A report route's JSON body (`protocol::report`).
+    /// A report route's JSON body (`protocol::report`), read up to [`MAX_REPORT_BYTES`].
     pub async fn get_json<T: serde::de::DeserializeOwned>(&self, path_and_query: &str, timeout: Duration) -> Result<T, String> {
+        self.get_json_limited(path_and_query, timeout, MAX_REPORT_BYTES).await
+    }
+
+    /// A report route's JSON body, read up to `limit` bytes.
+    pub async fn get_json_limited<T: serde::de::DeserializeOwned>(&self, path_and_query: &str, timeout: Duration, limit: u64) -> Result<T, String> {
         let url = format!("{}{path_and_query}", self.base);
         let r = self.client.get(&url).timeout(timeout).send().await.map_err(|e| format!("no answer from {}: {}", self.base, why(&e, timeout)))?;
-        if !r.status().is_success() {
-            let status = r.status();
-            let text = r.text().await.unwrap_or_default();
-            return Err(format!("{url} answered {status}: {}", text.chars().take(300).collect::<String>()));
-        }
-        r.json().await.map_err(|e| format!("{url} answered something unexpected: {e}"))
+        json_answer(&url, r, limit).await
     }
 
     /// Posts a JSON body to a report route and reads its JSON answer.
     pub async fn post_json<B: Serialize, T: serde::de::DeserializeOwned>(&self, path: &str, body: &B, timeout: Duration) -> Result<T, String> {
         let url = format!("{}{path}", self.base);
         let r = self.client.post(&url).json(body).timeout(timeout).send().await.map_err(|e| format!("no answer from {}: {}", self.base, why(&e, timeout)))?;
-        if !r.status().is_success() {
-            let status = r.status();
-            let text = r.text().await.unwrap_or_default();
-            return Err(format!("{url} answered {status}: {}", text.chars().take(300).collect::<String>()));
-        }
-        r.json().await.map_err(|e| format!("{url} answered something unexpected: {e}"))
+        json_answer(&url, r, MAX_REPORT_BYTES).await
     }
 
     pub async fn report(&self, run: u64, since: u64, timeout: Duration) -> Result<NodeReport, String> {
@@ -213,12 +209,12 @@ impl AgentApi {
     }
 
     pub async fn digests(&self, timeout: Duration) -> Result<DirDigests, String> {
-        self.get_json("/v1/report/digests", timeout).await
+        self.get_json_limited("/v1/report/digests", timeout, MAX_TREE_BYTES).await
     }
 
     pub async fn files(&self, dir: &str, timeout: Duration) -> Result<FileFacts, String> {
         let q: String = url_encode(dir);
-        self.get_json(&format!("/v1/report/files?dir={q}"), timeout).await
+        self.get_json_limited(&format!("/v1/report/files?dir={q}"), timeout, MAX_TREE_BYTES).await
     }
 
     pub async fn rehash(&self, req: &RehashRequest, timeout: Duration) -> Result<RehashResult, String> {
@@ -226,7 +222,7 @@ impl AgentApi {
     }
 
     pub async fn log_tail(&self, lines: usize, timeout: Duration) -> Result<LogTail, String> {
-        self.get_json(&format!("/v1/report/log?lines={lines}"), timeout).await
+        self.get_json_limited(&format!("/v1/report/log?lines={lines}"), timeout, MAX_LOG_BYTES).await
     }
 
     pub async fn path_test(&self, path: &str, timeout: Duration) -> Result<PathTest, String> {
@@ -258,6 +254,29 @@ pub fn why(e: &reqwest::Error, timeout: Duration) -> String {
     } else {
         text
     }
+}
+
+// What an agent sends is read up to these sizes and no further (a hostile or broken agent
+// must not decide how much memory the control plane spends, nor what every page loads).
+/// `/v1/status` (its lists are capped by the agent: a real one is a few KiB per peer).
+pub const MAX_STATUS_BYTES: u64 = 1024 * 1024;
+/// A report, the conflict list, a resolve or rehash answer.
+pub const MAX_REPORT_BYTES: u64 = 4 * 1024 * 1024;
+/// The log tail (at most 5,000 lines).
+pub const MAX_LOG_BYTES: u64 = 8 * 1024 * 1024;
+/// A verify's per-directory digests or one directory's file facts of a large tree.
+pub const MAX_TREE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A report route's answer: its JSON on success, else the status and the first 300
+/// characters of what it said. The body is read up to `limit` bytes, never more.
+async fn json_answer<T: serde::de::DeserializeOwned>(url: &str, r: reqwest::Response, limit: u64) -> Result<T, String> {
+    let status = r.status();
+    if !status.is_success() {
+        let text = crate::pki::tls::read_limited(r, 64 * 1024, "the error answer").await.unwrap_or_default();
+        return Err(format!("{url} answered {status}: {}", String::from_utf8_lossy(&text).chars().take(300).collect::<String>()));
+    }
+    let body = crate::pki::tls::read_limited(r, limit, "the answer").await.map_err(|e| format!("{url}: {e}"))?;
+    serde_json::from_slice(&body).map_err(|e| format!("{url} answered something unexpected: {e}"))
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).

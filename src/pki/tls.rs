@@ -1,6 +1,7 @@
 //! TLS material loaded for use: rustls configs from PEM files (a node's or the control
 //! plane's certificate and key, the environment's CA), the HTTP/2 client every agent and
-//! the control plane use to reach agents, and the name a verified certificate carries.
+//! the control plane use to reach agents, the bounded read of an answer from it, and the name
+//! a verified certificate carries.
 //! rustls with the `ring` provider (no C toolchain needed beyond ring's own).
 
 use std::path::Path;
@@ -110,4 +111,37 @@ pub fn common_name(der: &CertificateDer<'_>) -> Option<String> {
     use x509_parser::prelude::*;
     let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
     cert.subject().iter_common_name().next()?.as_str().ok().map(str::to_owned)
+}
+
+/// The innermost cause of a request's failure ("Connection refused (os error 111)"), not
+/// reqwest's outer "error sending request for url".
+pub fn describe(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg = s.to_string();
+        src = s.source();
+    }
+    msg
+}
+
+/// Reads an answer's body, refusing (and no longer reading) one larger than `limit`: what
+/// the other side sends never decides how much memory this side spends.
+pub async fn read_limited(resp: reqwest::Response, limit: u64, what: &str) -> anyhow::Result<Vec<u8>> {
+    use futures::StreamExt;
+    if let Some(n) = resp.content_length()
+        && n > limit
+    {
+        anyhow::bail!("{what} of {n} bytes is larger than the limit of {limit} bytes; refused");
+    }
+    let mut out = Vec::with_capacity(resp.content_length().unwrap_or(0).min(limit) as usize);
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| anyhow::anyhow!("{what} broke off: {}", describe(&e)))?;
+        if (out.len() + chunk.len()) as u64 > limit {
+            anyhow::bail!("{what} is larger than the limit of {limit} bytes; refused (stopped reading)");
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }

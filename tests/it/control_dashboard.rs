@@ -18,7 +18,7 @@ use crate::support::browser::Browser;
 use crate::support::control::{ADMIN_PASSWORD, ControlPlane, describe, until};
 
 /// A control plane polling every second, `n` installed nodes (delay 1 s).
-async fn installed(name: &str, n: u32) -> (ControlPlane, Vec<filesync::sandbox::SshNode>, String) {
+pub(crate) async fn installed(name: &str, n: u32) -> (ControlPlane, Vec<filesync::sandbox::SshNode>, String) {
     let cp = ControlPlane::start_with(None, &[("FILESYNC_HEARTBEAT_SECONDS", "1")]).await;
     let nodes = cp.nodes(n);
     let env = cp.environment(name, &nodes).await;

@@ -21,6 +21,7 @@ mod control_browser;
 mod control_clone;
 mod control_dashboard;
 mod control_enroll;
+mod control_hostile;
 mod control_http;
 mod control_install;
 mod control_link;

@@ -258,3 +258,23 @@ fn the_sync_folder_is_changed_only_through_root() {
     }
     assert!(offenders.is_empty(), "change the sync folder only through agent::root: {offenders:?}");
 }
+
+/// What another machine sends (a peer, an agent answering the control plane, the control
+/// plane answering an enrolling agent) is read with a limit (`pki::tls::read_limited`),
+/// never with reqwest's unbounded `json()`, `text()` or `bytes()`.
+#[test]
+fn answers_from_other_machines_are_read_with_a_limit() {
+    let mut offenders = Vec::new();
+    for (path, text) in sources() {
+        if !(path.starts_with("agent/") || path.starts_with("control/")) {
+            continue;
+        }
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        for pat in [".json().await", ".text().await", ".bytes().await", ".json::<"] {
+            if code.contains(pat) {
+                offenders.push(format!("src/{path}: {pat}"));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "read answers with pki::tls::read_limited: {offenders:?}");
+}

@@ -14,6 +14,7 @@ use crate::control::agent_api::{AgentApi, AgentStatus};
 use crate::control::db::{self, EnvironmentRow, NodeRow};
 use crate::control::health::SyncState;
 use crate::control::state::Health;
+use crate::protocol::report::REPORT_CHANGES;
 
 const REPORT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -28,7 +29,8 @@ pub async fn after_heartbeat(st: &AppState, env: &EnvironmentRow, node: &NodeRow
     let mut pending = status.pending_local + status.writing + status.pending_remote;
     match api.report(run, since, REPORT_TIMEOUT).await {
         Ok(r) => {
-            if let Err(e) = db::reports::add_changes(&st.pool, env.environment_id, node.node_id, &node.name, &r.changes).await {
+            if let Err(e) = db::reports::add_changes(&st.pool, env.environment_id, node.node_id, &node.name, &r.changes[..r.changes.len().min(REPORT_CHANGES)]).await {
+                // (an agent sends at most REPORT_CHANGES; one that sends more is cut there)
                 tracing::warn!(node = %node.name, error = %e, "cannot store recent changes");
             }
             changed = prev.is_none_or(|p| p.run_id != r.run_id || p.conflicts_rev != r.conflicts_rev || p.conflicts != r.conflicts);

@@ -47,18 +47,9 @@ pub fn when(t: time::OffsetDateTime) -> String {
     t.to_offset(time::UtcOffset::UTC).format(&f).unwrap_or_default()
 }
 
+/// "12.0 MiB" (the status function's wording, so pages and headlines agree).
 pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if b < 1024 {
-        return format!("{b} B");
-    }
-    let mut v = b as f64 / 1024.0;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{v:.1} {}", UNITS[u])
+    crate::control::health::bytes(b)
 }
 
 pub struct EnvView {
