@@ -189,6 +189,26 @@ async fn control_dashboard_status_changes_conflicts_and_a_dying_agent_live() {
             .await;
         }
 
+        // A copy whose name holds a newline (browsers send form values with CRLF): its
+        // action still reaches exactly that file.
+        let odd = "odd\nname.sync-conflict-20260101-000000-node1-deadbeef.txt";
+        std::fs::write(nodes[1].webroot().join("ROOT").join(odd), b"odd").unwrap();
+        for n in &nodes {
+            let p = n.webroot().join("ROOT").join(odd);
+            until(&format!("{} holds the odd copy", n.spec.name), Duration::from_secs(30), || if p.exists() { Ok(()) } else { Err("not yet".into()) }).await;
+        }
+        c.goto(&format!("{}/environments/{env}/conflicts", cp.url)).await.unwrap();
+        b.reload_until("the odd copy listed", Duration::from_secs(60), "const r = [...document.querySelectorAll('#conflict-table tr[data-copy]')].find(r => r.dataset.copy.includes('\\n')); if (!r) return null; r.id = 'odd-row'; return r.dataset.copy", |v| {
+            if v.as_str() == Some(odd) { Ok(()) } else { Err(format!("{v}")) }
+        })
+        .await;
+        click_confirmed(&b, "#odd-row button.keep-winner").await;
+        b.wait_js("the action done", PAGE, "return (document.querySelector('.result') || {}).textContent || null", |v| v.as_str().map(str::to_owned).ok_or_else(|| "no result".into())).await;
+        for n in &nodes {
+            let p = n.webroot().join("ROOT").join(odd);
+            until(&format!("the odd copy gone on {}", n.spec.name), Duration::from_secs(30), || if p.exists() { Err("still there".into()) } else { Ok(()) }).await;
+        }
+
         c.goto(&format!("{}/environments/{env}/changes", cp.url)).await.unwrap();
         b.page_screenshots("changes").await;
 

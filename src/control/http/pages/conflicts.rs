@@ -20,6 +20,9 @@ use crate::control::ops;
 
 pub struct ConflictRowView {
     pub copy: String,
+    /// The copy's path as the forms send it: hex of its bytes, so a name holding a newline
+    /// (sent as CRLF by browsers) or any other character comes back exactly as it is.
+    pub key: String,
     pub original: String,
     pub loser: String,
     pub time: String,
@@ -63,6 +66,7 @@ async fn page(st: &AppState, user: CurrentUser, id: Uuid, results: Vec<(bool, St
                 _ => "gone".into(),
             },
             on_nodes: c.on_nodes.join(", "),
+            key: hex::encode(&c.copy.path),
             copy: c.copy.path,
         })
         .collect();
@@ -82,7 +86,11 @@ pub async fn show(State(st): State<AppState>, user: CurrentUser, Path(id): Path<
 pub async fn resolve(State(st): State<AppState>, user: CurrentUser, Path(id): Path<Uuid>, Form(pairs): Form<Vec<(String, String)>>) -> Result<Response, Error> {
     let form: HashMap<String, String> = pairs.iter().cloned().collect();
     user.check_csrf(&form)?;
-    let copies: Vec<String> = pairs.iter().filter(|(k, _)| k == "copy").map(|(_, v)| v.clone()).collect();
+    let copies = pairs
+        .iter()
+        .filter(|(k, _)| k == "copy")
+        .map(|(_, v)| hex::decode(v).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(|| Error::BadRequest("a conflict copy was sent in a form this page did not make (expected the hex of its path)".into())))
+        .collect::<Result<Vec<String>, Error>>()?;
     let action = form.get("action").and_then(|a| ResolveAction::parse(a)).ok_or_else(|| Error::BadRequest("choose an action: keep_winner, restore_copy or keep_both".into()))?;
     if copies.is_empty() {
         return page(&st, user, id, vec![(false, "select at least one conflict copy".into())]).await;
