@@ -144,7 +144,10 @@ impl RouteClass {
         match path {
             "/healthz" => RouteClass::Open,
             p if p.starts_with("/v1/admin/") || p == "/v1/inspect" => RouteClass::Admin,
-            "/v1/report/resolve" | "/v1/report/rehash" => RouteClass::Admin,
+            // Acting, and reading the whole folder (a verify's digests, file facts) or the
+            // log: the control plane's business, not a peer's (a stolen peer certificate
+            // must not make a node hash its whole tree back to back).
+            "/v1/report/resolve" | "/v1/report/rehash" | "/v1/report/digests" | "/v1/report/files" | "/v1/report/log" => RouteClass::Admin,
             "/v1/status" | "/metrics" | "/v1/versions" => RouteClass::Observe,
             p if p == "/v1/report" || p.starts_with("/v1/report/") => RouteClass::Observe,
             _ => RouteClass::Replicate,
@@ -470,6 +473,9 @@ mod tests {
             ("/v1/admin/pause", [false, true, true, false]),
             ("/v1/report/resolve", [false, true, true, false]),
             ("/v1/report/conflicts", [true, true, true, false]),
+            ("/v1/report/digests", [false, true, true, false]),
+            ("/v1/report/files", [false, true, true, false]),
+            ("/v1/report/log", [false, true, true, false]),
             ("/v1/admin/restore", [false, true, true, false]),
             ("/v1/admin/hold/confirm", [false, true, true, false]),
             ("/v1/versions", [true, true, true, false]),
