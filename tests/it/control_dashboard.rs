@@ -171,8 +171,17 @@ async fn control_dashboard_status_changes_conflicts_and_a_dying_agent_live() {
             .await;
         assert!(copies.iter().all(|c| c["original"] == "hello.txt" && c["copy"].as_str().unwrap().starts_with("hello.sync-conflict-")), "{copies:?}");
         b.page_screenshots("conflicts").await;
-        let events = cp.get(&format!("/api/v1/environments/{env}")).await["events"].to_string();
-        assert!(events.contains("conflict on hello.txt"), "no conflict event: {events}");
+        // The event comes from the heartbeat that reads the agents' conflict lists (the page
+        // above asked the agents itself): it follows within a few heartbeats.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let events = cp.get(&format!("/api/v1/environments/{env}")).await["events"].to_string();
+            if events.contains("conflict on hello.txt") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no conflict event: {events}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
 
         // "Restore the copy" on the first one: every node then holds that content as
         // hello.txt, and the copy is gone everywhere.
