@@ -232,10 +232,7 @@ fn take_secret_env() -> EnvSecrets {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let secrets = take_secret_env();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "filesync=warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "filesync=warn".into())).with_writer(std::io::stderr).init();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("BUG: cannot start the tokio runtime");
     match rt.block_on(dispatch(cli, secrets)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -350,7 +347,13 @@ pub async fn ctl(config: &std::path::Path, command: CtlCommand) -> anyhow::Resul
             let r: RestoreResponse = serde_json::from_str(&text)?;
             let mut out = String::new();
             for x in &r.restored {
-                let how = if x.written_to != x.path { format!(" beside a newer file, as {}", x.written_to) } else if x.replaced { " (its current content is kept as a version)".into() } else { String::new() };
+                let how = if x.written_to != x.path {
+                    format!(" beside a newer file, as {}", x.written_to)
+                } else if x.replaced {
+                    " (its current content is kept as a version)".into()
+                } else {
+                    String::new()
+                };
                 out.push_str(&format!("{} {} (version {}){how}\n", if r.dry_run { "would restore" } else { "restored" }, x.path, x.id));
             }
             for x in &r.skipped {

@@ -67,13 +67,7 @@ pub async fn agents_only(args: DemoArgs, shutdown: CancellationToken) -> anyhow:
         let cfg = cfg.to_toml("filesync demo agent")?;
         let cfg_path = home.join("agent.toml");
         std::fs::write(&cfg_path, cfg)?;
-        let child = tokio::process::Command::new(&exe)
-            .arg("agent")
-            .arg("--config")
-            .arg(&cfg_path)
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start an agent")?;
+        let child = tokio::process::Command::new(&exe).arg("agent").arg("--config").arg(&cfg_path).kill_on_drop(true).spawn().context("cannot start an agent")?;
         children.push(child);
     }
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -172,7 +166,8 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         }
     }
     let token = token.expect("BUG: loop ends with a token");
-    let env: serde_json::Value = http.post(format!("{url}/api/v1/environments")).bearer_auth(&token).json(&serde_json::json!({"name": "demo", "webroot": "/var/www/webroot"})).send().await?.json().await?;
+    let env: serde_json::Value =
+        http.post(format!("{url}/api/v1/environments")).bearer_auth(&token).json(&serde_json::json!({"name": "demo", "webroot": "/var/www/webroot"})).send().await?.json().await?;
     let env_id = env["result"].as_str().context("cannot create the demo environment")?.to_owned();
     for n in &nodes {
         let body = serde_json::json!({

@@ -111,8 +111,7 @@ impl PrivateDir {
             anyhow::bail!("{} cannot be the agent's own directory (it has no name)", dir.display());
         }
         std::fs::create_dir_all(&anchor).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", anchor.display()))?;
-        let mut fd = rustix::fs::open(&anchor, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", anchor.display()))?;
+        let mut fd = rustix::fs::open(&anchor, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).map_err(|e| anyhow::anyhow!("cannot open {}: {e}", anchor.display()))?;
         let mut path = anchor;
         for (i, name) in owned.iter().enumerate() {
             let want = if i + 1 == owned.len() { mode } else { PARENT_MODE };

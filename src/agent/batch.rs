@@ -118,12 +118,7 @@ impl Batcher {
         if self.root_since.take().is_some() {
             out.push(Target::Root);
         }
-        let taken: Vec<RelPath> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| !p.writing || p.last + quiet <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
+        let taken: Vec<RelPath> = self.pending.iter().filter(|(_, p)| !p.writing || p.last + quiet <= now).map(|(k, _)| k.clone()).collect();
         for k in taken {
             let p = self.pending.remove(&k).expect("BUG: key just listed");
             out.push(Target::Path { path: k, recursive: p.recursive });

@@ -53,8 +53,7 @@ impl MassDelete {
 
     /// Whether deleting `files` of a tree of `tree_files` files is too much at once.
     pub fn exceeded(&self, files: usize, tree_files: u64) -> bool {
-        (self.max_files > 0 && files > self.max_files)
-            || (self.max_percent > 0 && files >= self.min_files.max(1) && files as u128 * 100 > self.max_percent as u128 * tree_files as u128)
+        (self.max_files > 0 && files > self.max_files) || (self.max_percent > 0 && files >= self.min_files.max(1) && files as u128 * 100 > self.max_percent as u128 * tree_files as u128)
     }
 
     /// The rule in words, for messages.
@@ -111,7 +110,6 @@ fn mass_delete_settings(c: &MassDeleteConfig) -> anyhow::Result<MassDelete> {
     Ok(m)
 }
 
-
 /// Validated settings the agent runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -142,10 +140,8 @@ pub const MAX_DELAY_SECS: u64 = 86_400;
 
 impl Settings {
     pub fn load(path: &Path) -> anyhow::Result<Settings> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read agent config {}", path.display()))?;
-        let mut s = Settings::parse(&text, path.parent().unwrap_or(Path::new(".")))
-            .with_context(|| format!("invalid agent config {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read agent config {}", path.display()))?;
+        let mut s = Settings::parse(&text, path.parent().unwrap_or(Path::new("."))).with_context(|| format!("invalid agent config {}", path.display()))?;
         s.config_path = Some(path.to_owned());
         Ok(s)
     }
@@ -153,10 +149,7 @@ impl Settings {
     /// Parses and validates; relative paths are taken relative to `base`.
     pub fn parse(text: &str, base: &Path) -> anyhow::Result<Settings> {
         let c: AgentConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.message().trim()).context(describe_toml_error(&e, text)))?;
-        if c.node_name.is_empty()
-            || c.node_name.len() > 63
-            || !c.node_name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.')
-        {
+        if c.node_name.is_empty() || c.node_name.len() > 63 || !c.node_name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_' || ch == '.') {
             bail!("node_name {:?}: use 1-63 letters, digits, '-', '_' or '.'", c.node_name);
         }
         if c.delay > MAX_DELAY_SECS {
@@ -241,11 +234,7 @@ fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
             let line = text[..start].matches('\n').count() + 1;
             let src = text.lines().nth(line - 1).unwrap_or("").trim();
             // The line may hold the link password: never repeat it in an error.
-            if src.to_ascii_lowercase().contains("password") {
-                format!("line {line} (the password line; not repeated here)")
-            } else {
-                format!("line {line} (`{src}`)")
-            }
+            if src.to_ascii_lowercase().contains("password") { format!("line {line} (the password line; not repeated here)") } else { format!("line {line} (`{src}`)") }
         }
         None => "config".to_owned(),
     }
@@ -323,7 +312,12 @@ mod tests {
         let s = Settings::parse(&format!("{base}[versions]\nmax_age = \"90s\"\nmax_bytes = 1000\n[mass_delete]\nmax_files = 0\nmax_percent = 0\n{tls}"), dir.path()).unwrap();
         assert_eq!(s.versions.max_age, Duration::from_secs(90));
         assert!(!s.mass_delete.enabled());
-        for (bad, want) in [("[versions]\nmax_age = \"7 weeks\"\n", "versions.max_age"), ("[versions]\nmax_percent_of_free = 0\n", "versions.max_percent_of_free"), ("[mass_delete]\nmax_percent = 101\n", "mass_delete.max_percent"), ("[versions]\nkeeep = true\n", "keeep")] {
+        for (bad, want) in [
+            ("[versions]\nmax_age = \"7 weeks\"\n", "versions.max_age"),
+            ("[versions]\nmax_percent_of_free = 0\n", "versions.max_percent_of_free"),
+            ("[mass_delete]\nmax_percent = 101\n", "mass_delete.max_percent"),
+            ("[versions]\nkeeep = true\n", "keeep"),
+        ] {
             let e = format!("{:#}", Settings::parse(&format!("{base}{bad}{tls}"), dir.path()).unwrap_err());
             assert!(e.contains(want), "{bad}: {e}");
         }

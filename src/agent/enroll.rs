@@ -80,9 +80,8 @@ pub async fn as_clone(s: &Settings, log: &LsyncdLog, of: &str, shutdown: Cancell
 
 async fn try_enroll(s: &Settings, of: &str) -> anyhow::Result<String> {
     let path = enroll_file(s);
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!("no {}: the platform's clone hook should write control_plane = \"<URL>\" and token = \"<join token from the environment page>\" there", path.display())
-    })?;
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("no {}: the platform's clone hook should write control_plane = \"<URL>\" and token = \"<join token from the environment page>\" there", path.display()))?;
     let f: EnrollFile = toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))?;
     let base = f.control_plane.trim_end_matches('/');
     let address = match f.address {

@@ -20,12 +20,10 @@
 //! its own, with versions that supersede the deletions, so by the normal rules they come
 //! back on the node that deleted them and on every other (their holds dissolve).
 //!
-//! What is blocked meanwhile: only that node's deletions (later ones, moves included, join
-//! the held run). Its new files and edits, everyone else's changes, and newer versions of
-//! held paths (which replace the held deletion) are applied as usual; peer progress
-//! advances (held deletions are recorded needs). Runs are persisted in
-//! `<state_dir>/holds.json` (written before the page that starts one is recorded), so a
-//! restart keeps a hold held and a confirmed one applying; their paths are the needs.
+//! What is blocked meanwhile: only that node's deletions (later ones, moves included, join the held run). Its new files
+//! and edits, everyone else's changes, and newer versions of held paths (which replace the held deletion) are applied as
+//! usual; peer progress advances (held deletions are recorded needs). Runs are persisted in `<state_dir>/holds.json`
+//! (written before the page that starts one is recorded), so a restart keeps a hold held and a confirmed one applying.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -189,7 +187,15 @@ impl Agent {
         }
         let disk = self.root.stat(&r.path).ok().flatten()?;
         if let std::collections::btree_map::Entry::Vacant(v) = self.holds.runs.entry(r.modified_by) {
-            v.insert(Run { node: r.modified_by, name: r.modified_by_name.clone(), state: State::Settling, since: time::OffsetDateTime::now_utc().unix_timestamp(), last: None, first: Some(Instant::now()), paths: BTreeMap::new() });
+            v.insert(Run {
+                node: r.modified_by,
+                name: r.modified_by_name.clone(),
+                state: State::Settling,
+                since: time::OffsetDateTime::now_utc().unix_timestamp(),
+                last: None,
+                first: Some(Instant::now()),
+                paths: BTreeMap::new(),
+            });
             if let Err(e) = self.save_holds() {
                 // Without a durable record a restart would apply the run unchecked: apply now.
                 self.holds.runs.remove(&r.modified_by);
@@ -305,7 +311,8 @@ impl Agent {
 
     /// The needs that are `node`'s waiting deletions (all, or those in `only`).
     fn run_needs(&self, node: NodeId, only: Option<&HashSet<RelPath>>) -> anyhow::Result<Vec<Need>> {
-        let mut v: Vec<Need> = self.index.needs()?.into_iter().filter(|n| n.entry.deleted && n.entry.modified_by == node && n.copy_of.is_none() && only.is_none_or(|o| o.contains(&n.entry.path))).collect();
+        let mut v: Vec<Need> =
+            self.index.needs()?.into_iter().filter(|n| n.entry.deleted && n.entry.modified_by == node && n.copy_of.is_none() && only.is_none_or(|o| o.contains(&n.entry.path))).collect();
         v.sort_by(|a, b| b.entry.path.cmp(&a.entry.path));
         Ok(v)
     }
@@ -387,7 +394,11 @@ impl Agent {
             (_, []) => Err("no deletions are held on this node".into()),
             (None, [r]) => Ok(r.node),
             (None, _) => Err(format!("deletions from several nodes are held ({}); say which with --from", held.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", "))),
-            (Some(f), _) => held.iter().find(|r| r.name == f).map(|r| r.node).ok_or_else(|| format!("no deletions from {f:?} are held here (held: {})", held.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", "))),
+            (Some(f), _) => held
+                .iter()
+                .find(|r| r.name == f)
+                .map(|r| r.node)
+                .ok_or_else(|| format!("no deletions from {f:?} are held here (held: {})", held.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", "))),
         }
     }
 
@@ -455,7 +466,9 @@ impl Agent {
                 self.log.normal(format!("the held deletions from {name} are resolved: every held path changed since (restored or replaced elsewhere)"));
             }
         }
-        if !empty.is_empty() && let Err(e) = self.save_holds() {
+        if !empty.is_empty()
+            && let Err(e) = self.save_holds()
+        {
             self.error(format!("cannot record pending deletions: {e:#}"));
         }
         self.publish_holds();

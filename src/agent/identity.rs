@@ -32,9 +32,13 @@ pub enum Identity {
     Fresh,
     Same,
     /// The state dir belonged to a node of another name.
-    Renamed { was: String },
+    Renamed {
+        was: String,
+    },
     /// The state dir (and config) were copied from node `of` on another machine.
-    Clone { of: String },
+    Clone {
+        of: String,
+    },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -98,7 +102,11 @@ mod tests {
         for f in ["ca.pem", "n.pem", "n.key"] {
             std::fs::write(dir.join(f), "").unwrap();
         }
-        let text = format!("node_name = \"{name}\"\nlisten = \"127.0.0.1:7755\"\nroot = \"{}\"\nstate_dir = \"{}\"\n[tls]\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"n.key\"\n", dir.join("root").display(), dir.join("state").display());
+        let text = format!(
+            "node_name = \"{name}\"\nlisten = \"127.0.0.1:7755\"\nroot = \"{}\"\nstate_dir = \"{}\"\n[tls]\nca = \"ca.pem\"\ncert = \"n.pem\"\nkey = \"n.key\"\n",
+            dir.join("root").display(),
+            dir.join("state").display()
+        );
         Settings::parse(&text, dir).unwrap()
     }
 

@@ -51,15 +51,8 @@ pub struct Limits {
 /// Both ports. A peer keeps one HTTP/2 connection (its long-poll and fetches multiplexed),
 /// the control plane one or two; 128 strangers at once stay far below the 1024 descriptors
 /// a service gets by default, whatever the peers hold.
-pub const LIMITS: Limits = Limits {
-    per_source: 16,
-    per_known_source: 64,
-    strangers: 128,
-    handshake: Duration::from_secs(5),
-    header_read: Duration::from_secs(10),
-    idle: Duration::from_secs(120),
-    max_streams: 128,
-};
+pub const LIMITS: Limits =
+    Limits { per_source: 16, per_known_source: 64, strangers: 128, handshake: Duration::from_secs(5), header_read: Duration::from_secs(10), idle: Duration::from_secs(120), max_streams: 128 };
 
 /// Which addresses are known (a peer's): they have their own per-address budget and do
 /// not count against the strangers' total.
@@ -229,14 +222,8 @@ struct Activity {
 /// Accepts on `listener` until `shutdown`: each connection within the gate's limits gets
 /// a TLS handshake with the current `tls()` config (within the handshake limit) and is
 /// then given to `handle`.
-pub async fn serve<H, Fut>(
-    listener: TcpListener,
-    gate: Arc<Gate>,
-    tls: impl Fn() -> Arc<ServerConfig> + Send + 'static,
-    counters: Option<ByteCounters>,
-    shutdown: CancellationToken,
-    handle: H,
-) where
+pub async fn serve<H, Fut>(listener: TcpListener, gate: Arc<Gate>, tls: impl Fn() -> Arc<ServerConfig> + Send + 'static, counters: Option<ByteCounters>, shutdown: CancellationToken, handle: H)
+where
     H: Fn(Conn) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {

@@ -181,11 +181,7 @@ impl Agent {
     pub(super) fn disk_matches(&self, stored: Option<&Stored>, disk: Option<&DiskMeta>) -> bool {
         match (stored.filter(|s| !s.entry.deleted), disk) {
             (None, None) => true,
-            (Some(s), Some(d)) => {
-                s.entry.kind == d.kind
-                    && s.entry.mode == d.mode
-                    && (d.kind == EntryKind::Dir || (s.entry.size == d.size && s.entry.mtime_ns == d.mtime_ns && s.ino == d.ino))
-            }
+            (Some(s), Some(d)) => s.entry.kind == d.kind && s.entry.mode == d.mode && (d.kind == EntryKind::Dir || (s.entry.size == d.size && s.entry.mtime_ns == d.mtime_ns && s.ino == d.ino)),
             _ => false,
         }
     }

@@ -125,8 +125,7 @@ impl LsyncdLog {
 
 /// lsyncd's timestamp shape: `Sat Nov 22 10:15:02 2026` (UTC).
 pub fn timestamp(t: OffsetDateTime) -> String {
-    t.format(format_description!("[weekday repr:short] [month repr:short] [day] [hour]:[minute]:[second] [year]"))
-        .unwrap_or_default()
+    t.format(format_description!("[weekday repr:short] [month repr:short] [day] [hour]:[minute]:[second] [year]")).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -37,8 +37,8 @@ pub mod scan;
 pub mod server;
 pub mod status;
 pub mod transfer;
-mod view;
 pub mod versions;
+mod view;
 pub mod watch;
 mod writers;
 
@@ -61,15 +61,22 @@ use self::root::SyncRoot;
 use self::scan::Target;
 use self::status::Status;
 use self::watch::{Hint, HintKind, WatchShared};
-use crate::protocol::wire::ChangesResponse;
 use crate::protocol::RelPath;
+use crate::protocol::wire::ChangesResponse;
 
 /// Everything that can wake the event loop besides file-system hints and timers.
 pub enum Event {
     /// A page of a peer's changes; `done` is answered once it is processed.
-    Page { peer: String, page: ChangesResponse, done: oneshot::Sender<anyhow::Result<()>> },
+    Page {
+        peer: String,
+        page: ChangesResponse,
+        done: oneshot::Sender<anyhow::Result<()>>,
+    },
     /// A content fetch finished (into a temp file) or failed.
-    Fetched { need: Need, result: anyhow::Result<transfer::Fetched> },
+    Fetched {
+        need: Need,
+        result: anyhow::Result<transfer::Fetched>,
+    },
     Admin(AdminCmd, oneshot::Sender<String>),
     /// Restores and mass-delete decisions; answered with a JSON body or an error message.
     Safety(SafetyCmd, oneshot::Sender<Result<String, String>>),
@@ -208,7 +215,9 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         None => None,
     };
     let link_listener = match &s.link {
-        Some(l) => Some(TcpListener::bind(l.listen).await.with_context(|| format!("cannot listen on the link port {} (is another program using it?)", l.listen)).inspect_err(|e| log.error(format!("{e:#}")))?),
+        Some(l) => Some(
+            TcpListener::bind(l.listen).await.with_context(|| format!("cannot listen on the link port {} (is another program using it?)", l.listen)).inspect_err(|e| log.error(format!("{e:#}")))?,
+        ),
         None => None,
     };
     // Who may use this node's routes: peers hold grants while their tasks run (`server::Access`).
@@ -216,7 +225,18 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     let refusals = refusals::Refusals::new(Arc::new(move |m: String| log2.warn(m)), Arc::new(move || st2.lock().expect("BUG: poisoned").counters.refused += 1));
     let access = server::Access::new(&s.node_name, refusals);
     let status_dirty = Arc::new(tokio::sync::Notify::new());
-    let peer_ctx = Arc::new(peers::PeerCtx { dirty: status_dirty.clone(), pending: tokio::sync::watch::Sender::new(0), me: s.node_name.clone(), folder: s.folder_id.clone(), client: client.clone(), index: index.clone(), events: ev_tx.clone(), status: status.clone(), log: log.clone(), access: access.clone() });
+    let peer_ctx = Arc::new(peers::PeerCtx {
+        dirty: status_dirty.clone(),
+        pending: tokio::sync::watch::Sender::new(0),
+        me: s.node_name.clone(),
+        folder: s.folder_id.clone(),
+        client: client.clone(),
+        index: index.clone(),
+        events: ev_tx.clone(),
+        status: status.clone(),
+        log: log.clone(),
+        access: access.clone(),
+    });
     let paused = Arc::new(AtomicBool::new(false));
     let (s_node_name, excludes_for_report, s_log_dir, log_for_report) = (s.node_name.clone(), excludes.clone(), s.log_dir.clone(), log.clone());
     let (root, versions) = versions::open(&s, &log)?;
@@ -321,7 +341,11 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         // Retries are due only when a fetch slot is free; a finished fetch wakes the loop.
         let retry = if agent.fetch_sem.available_permits() > 0 && agent.link_fetch_sem.available_permits() > 0 { agent.retry_at.values().min().copied() } else { None };
         let recheck = agent.rechecks.values().min().copied();
-        let mut wake = [agent.batcher.deadline(), retry, next_rescan, recheck, agent.root.next_reap(), agent.status_due, agent.holds.next_wake(), agent.versions_recheck()].into_iter().flatten().min().unwrap_or(now + Duration::from_secs(3600));
+        let mut wake = [agent.batcher.deadline(), retry, next_rescan, recheck, agent.root.next_reap(), agent.status_due, agent.holds.next_wake(), agent.versions_recheck()]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(now + Duration::from_secs(3600));
         if wake < now {
             wake = now;
         }
@@ -386,10 +410,11 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
             agent.batcher.add_root(Instant::now());
         }
         if let Some(t) = next_rescan
-            && Instant::now() >= t {
-                agent.batcher.add_root(Instant::now());
-                next_rescan = if polling { Some(Instant::now() + poll_every) } else { rescan_every.map(|d| Instant::now() + d) };
-            }
+            && Instant::now() >= t
+        {
+            agent.batcher.add_root(Instant::now());
+            next_rescan = if polling { Some(Instant::now() + poll_every) } else { rescan_every.map(|d| Instant::now() + d) };
+        }
         agent.reap(false);
         agent.tick_holds();
         if agent.versions_recheck().is_some_and(|t| t <= Instant::now()) {
@@ -413,9 +438,10 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         if !agent.paused.load(Ordering::SeqCst) {
             let due = agent.batcher.take_due(Instant::now());
             if !due.is_empty()
-                && let Err(e) = agent.local_batch(due, "batch") {
-                    agent.error(format!("scan failed: {e:#}"));
-                }
+                && let Err(e) = agent.local_batch(due, "batch")
+            {
+                agent.error(format!("scan failed: {e:#}"));
+            }
         }
         agent.start_due_fetches();
     }

@@ -18,12 +18,12 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::Event;
 use super::index::Index;
 use super::lsyncd_log::LsyncdLog;
 use super::server::{Access, Grant};
 use super::status::Status;
 use super::transfer::{MAX_PAGE_BYTES, decode_page, read_limited};
-use super::Event;
 use crate::protocol::wire::{ChangesQuery, ChangesResponse};
 
 /// How long a caught-up ask is held by the peer when nothing changes. Long: an idle mesh

@@ -128,30 +128,20 @@ impl Scanner<'_> {
         }
 
         // Deletions: in scope, live in the index, not on disk; children before parents.
-        let mut deleted: Vec<Stored> = scope
-            .into_values()
-            .rev()
-            .filter(|s| !s.entry.deleted && !disk.contains_key(&s.entry.path) && !self.excludes.is_excluded(&s.entry.path))
-            .collect();
+        let mut deleted: Vec<Stored> = scope.into_values().rev().filter(|s| !s.entry.deleted && !disk.contains_key(&s.entry.path) && !self.excludes.is_excluded(&s.entry.path)).collect();
         if full_root && self.guard_empty_root && disk.is_empty() && !deleted.is_empty() {
             out.held_deletes = deleted.len();
             deleted.clear();
         }
         // Moved files keep their hash: index them by (inode, size, mtime).
-        let moved: HashMap<(u64, u64, i64), [u8; 32]> = deleted
-            .iter()
-            .filter(|s| s.entry.kind == EntryKind::File)
-            .map(|s| ((s.ino, s.entry.size, s.entry.mtime_ns), s.entry.hash))
-            .collect();
+        let moved: HashMap<(u64, u64, i64), [u8; 32]> = deleted.iter().filter(|s| s.entry.kind == EntryKind::File).map(|s| ((s.ino, s.entry.size, s.entry.mtime_ns), s.entry.hash)).collect();
 
         for (path, m) in disk {
             let known = self.index.get(&path)?;
             let live = known.as_ref().filter(|k| !k.entry.deleted);
             if let Some(k) = live {
                 let e = &k.entry;
-                let same_meta = e.kind == m.kind
-                    && e.mode == m.mode
-                    && (m.kind == EntryKind::Dir || (e.size == m.size && e.mtime_ns == m.mtime_ns));
+                let same_meta = e.kind == m.kind && e.mode == m.mode && (m.kind == EntryKind::Dir || (e.size == m.size && e.mtime_ns == m.mtime_ns));
                 if same_meta && (m.kind == EntryKind::Dir || k.ino == m.ino) {
                     continue;
                 }
@@ -170,10 +160,10 @@ impl Scanner<'_> {
                     }
                 },
                 EntryKind::File => {
-                    let reuse = moved.get(&(m.ino, m.size, m.mtime_ns)).copied().or_else(|| {
-                        live.filter(|k| k.ino == m.ino && k.entry.size == m.size && k.entry.mtime_ns == m.mtime_ns && k.entry.kind == EntryKind::File)
-                            .map(|k| k.entry.hash)
-                    });
+                    let reuse = moved
+                        .get(&(m.ino, m.size, m.mtime_ns))
+                        .copied()
+                        .or_else(|| live.filter(|k| k.ino == m.ino && k.entry.size == m.size && k.entry.mtime_ns == m.mtime_ns && k.entry.kind == EntryKind::File).map(|k| k.entry.hash));
                     match reuse {
                         Some(h) => (h, String::new(), m.clone()),
                         None => match hash_file(self.root, &path) {
@@ -193,9 +183,7 @@ impl Scanner<'_> {
             };
             if let Some(k) = live {
                 let e = &k.entry;
-                if e.kind == meta.kind && e.hash == hash && e.target == target && e.mode == meta.mode
-                    && (meta.kind == EntryKind::Dir || e.mtime_ns == meta.mtime_ns)
-                {
+                if e.kind == meta.kind && e.hash == hash && e.target == target && e.mode == meta.mode && (meta.kind == EntryKind::Dir || e.mtime_ns == meta.mtime_ns) {
                     out.inode_updates.push((path, meta.ino));
                     continue;
                 }

@@ -27,15 +27,15 @@ use axum::{Extension, Router};
 use tokio::sync::{mpsc, oneshot};
 
 use super::index::Index;
-use super::lsyncd_log::LsyncdLog;
-use super::root::SyncRoot;
 use super::listener::PeerName;
+use super::lsyncd_log::LsyncdLog;
 use super::refusals::Refusals;
+use super::root::SyncRoot;
 use super::status::Status;
 use super::transfer::{INLINE_BUDGET, INLINE_MAX, MAX_RSYNC_DELTA_FILE, PAGE_ENTRIES};
 use super::{AdminCmd, Event, SafetyCmd};
-use crate::protocol::versions::{HoldRequest, RestoreRequest, VersionQuery};
 use crate::pki::CONTROL_PLANE_NAME;
+use crate::protocol::versions::{HoldRequest, RestoreRequest, VersionQuery};
 use crate::protocol::wire::{Blob, CONTENT_CHANGED, ChangesQuery, ChangesResponse, PROTOCOL, PROTOCOL_HEADER, same_folder};
 use crate::protocol::{EntryKind, RelPath};
 
@@ -87,15 +87,22 @@ pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerCon
     use super::listener::{self, Gate, LIMITS};
     let a = access.clone();
     let gate = Gate::new(LIMITS, Arc::new(move |ip| ip == own_ip || a.known_ip(ip)), access.refusals.clone());
-    listener::serve(listener, gate, move || tls.clone(), None, shutdown, move |conn| {
-        let app = app.clone();
-        async move {
-            // Mutual TLS is required here, so a certificate was verified; one without a
-            // name gets nothing but the open routes.
-            let name = conn.peer_name().unwrap_or_else(|| "?".into());
-            conn.serve_http(app, name).await
-        }
-    })
+    listener::serve(
+        listener,
+        gate,
+        move || tls.clone(),
+        None,
+        shutdown,
+        move |conn| {
+            let app = app.clone();
+            async move {
+                // Mutual TLS is required here, so a certificate was verified; one without a
+                // name gets nothing but the open routes.
+                let name = conn.peer_name().unwrap_or_else(|| "?".into());
+                conn.serve_http(app, name).await
+            }
+        },
+    )
     .await;
 }
 
@@ -210,12 +217,7 @@ async fn authorize(State(access): State<Access>, Extension(peer): Extension<Peer
 /// The routes the other environment may use on the link port: replication only, no
 /// status, metrics or admin commands.
 pub fn link_router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/changes", post(changes))
-        .route("/v1/file", get(file))
-        .route("/v1/delta", post(delta))
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(state)
+    Router::new().route("/v1/changes", post(changes)).route("/v1/file", get(file)).route("/v1/delta", post(delta)).route("/healthz", get(|| async { "ok" })).with_state(state)
 }
 
 type HttpResult<T> = Result<T, (StatusCode, String)>;
@@ -343,11 +345,7 @@ async fn file(State(app): State<AppState>, Extension(peer): Extension<PeerName>,
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     app.status.lock().expect("BUG: poisoned").counters.bytes_sent += len;
     let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(f), 256 * 1024);
-    Response::builder()
-        .header("content-type", "application/octet-stream")
-        .header("content-length", len)
-        .body(Body::from_stream(stream))
-        .map_err(internal)
+    Response::builder().header("content-type", "application/octet-stream").header("content-length", len).body(Body::from_stream(stream)).map_err(internal)
 }
 
 async fn delta(State(app): State<AppState>, Extension(peer): Extension<PeerName>, Query(q): Query<ContentQuery>, body: Bytes) -> HttpResult<Response> {

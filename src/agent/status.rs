@@ -149,7 +149,15 @@ impl Status {
         let _ = writeln!(s, "Tree: {} files, {} directories, {} symlinks, {} bytes, digest {}", self.files, self.dirs, self.symlinks, self.bytes, self.tree_digest);
         let v = &self.versions;
         if v.enabled {
-            let _ = writeln!(s, "Versions: {} kept, {} bytes (cap {} bytes, kept for {}){}", v.count, v.bytes, v.cap_bytes, super::versions::age(v.max_age_secs), if v.keeping { "" } else { ", NOT KEEPING NEW ONES" });
+            let _ = writeln!(
+                s,
+                "Versions: {} kept, {} bytes (cap {} bytes, kept for {}){}",
+                v.count,
+                v.bytes,
+                v.cap_bytes,
+                super::versions::age(v.max_age_secs),
+                if v.keeping { "" } else { ", NOT KEEPING NEW ONES" }
+            );
         }
         if let Some(why) = &v.stopped {
             let _ = writeln!(s, "{}{why}", if v.enabled { "  " } else { "Versions: none kept: " });

@@ -11,7 +11,6 @@
 //! announced, and rsync deltas (which hold a file in memory) only for files up to
 //! [`MAX_RSYNC_DELTA_FILE`].
 
-
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -360,7 +359,16 @@ mod tests {
             modified_by_name: "n".into(),
             origin: Default::default(),
         };
-        let p = ChangesResponse { node_id: 7, node_name: "node1".into(), index_id: 9, entries: (0..n as u64).map(|i| (i, e.clone())).collect(), blobs: vec![], last_seq: n as u64, more: false, folder: String::new() };
+        let p = ChangesResponse {
+            node_id: 7,
+            node_name: "node1".into(),
+            index_id: 9,
+            entries: (0..n as u64).map(|i| (i, e.clone())).collect(),
+            blobs: vec![],
+            last_seq: n as u64,
+            more: false,
+            folder: String::new(),
+        };
         postcard::to_allocvec(&p).unwrap()
     }
 

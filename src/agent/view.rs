@@ -25,7 +25,11 @@ pub(super) fn open_index(s: &Settings, log: &LsyncdLog) -> anyhow::Result<Index>
     match index.get_meta("folder")? {
         Some(k) if k == key => Ok(index),
         Some(_) => {
-            log.warn(format!("the sync folder changed since the index was built (now {} {:?}): the index is rebuilt by scanning; no file is deleted or announced as deleted", s.root.display(), s.folder_id));
+            log.warn(format!(
+                "the sync folder changed since the index was built (now {} {:?}): the index is rebuilt by scanning; no file is deleted or announced as deleted",
+                s.root.display(),
+                s.folder_id
+            ));
             drop(index);
             crate::private_fs::PrivateDir::state(&s.state_dir)?.remove("index.redb").context("cannot remove the old index")?;
             let index = Index::open(&s.state_dir)?;

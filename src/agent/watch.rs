@@ -115,9 +115,10 @@ fn classify(ev: &notify::Event) -> Vec<Option<HintKind>> {
 fn refine(path: &Path, kind: HintKind) -> HintKind {
     if kind == HintKind::Writing
         && let Ok(m) = std::fs::symlink_metadata(path)
-            && m.file_type().is_symlink() {
-                return HintKind::Changed;
-            }
+        && m.file_type().is_symlink()
+    {
+        return HintKind::Changed;
+    }
     kind
 }
 

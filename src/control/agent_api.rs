@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::protocol::report::{Conflicts, ConflictCopy, DirDigests, FileFacts, LogTail, NodeReport, PathTest, RecentChange, RehashRequest, RehashResult, ResolveAction, ResolveRequest, ResolveResult};
+pub use crate::protocol::report::{
+    ConflictCopy, Conflicts, DirDigests, FileFacts, LogTail, NodeReport, PathTest, RecentChange, RehashRequest, RehashResult, ResolveAction, ResolveRequest, ResolveResult,
+};
 
 /// An admin command on `/v1/admin/<name>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,11 +251,7 @@ pub fn why(e: &reqwest::Error, timeout: Duration) -> String {
         cause = inner;
     }
     let text = cause.to_string();
-    if text.contains("Connection refused") {
-        "connection refused (is the agent running?)".into()
-    } else {
-        text
-    }
+    if text.contains("Connection refused") { "connection refused (is the agent running?)".into() } else { text }
 }
 
 // What an agent sends is read up to these sizes and no further (a hostile or broken agent

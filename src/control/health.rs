@@ -161,11 +161,7 @@ pub fn span(s: u64) -> String {
 /// "12:01 UTC" today, else "2026-11-22 12:01 UTC".
 pub fn clock(t: OffsetDateTime, now: OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);
-    if t.date() == now.to_offset(time::UtcOffset::UTC).date() {
-        format!("{:02}:{:02} UTC", t.hour(), t.minute())
-    } else {
-        format!("{} {:02}:{:02} UTC", t.date(), t.hour(), t.minute())
-    }
+    if t.date() == now.to_offset(time::UtcOffset::UTC).date() { format!("{:02}:{:02} UTC", t.hour(), t.minute()) } else { format!("{} {:02}:{:02} UTC", t.date(), t.hour(), t.minute()) }
 }
 
 fn names(v: &[String]) -> String {
@@ -253,7 +249,17 @@ pub fn assess(env: &EnvFacts, nodes: &[NodeFacts]) -> (EnvSync, Vec<NodeSync>) {
             _ => String::new(),
         };
         let job_running = n.last_job.is_some_and(|j| !j.state.finished());
-        let mut ns = NodeSync { name: n.name.to_owned(), state: SyncState::UpToDate, label: String::new(), pending_files: w.local + w.inbound, pending_bytes: 0, eta_seconds: None, differs_from: Vec::new(), reachable: w.up, job_note };
+        let mut ns = NodeSync {
+            name: n.name.to_owned(),
+            state: SyncState::UpToDate,
+            label: String::new(),
+            pending_files: w.local + w.inbound,
+            pending_bytes: 0,
+            eta_seconds: None,
+            differs_from: Vec::new(),
+            reachable: w.up,
+            job_note,
+        };
         let (state, label) = if n.lifecycle.leaving() {
             (SyncState::Leaving, "leaving the environment".to_owned())
         } else if n.lifecycle == AgentState::NotInstalled && !w.up {
@@ -266,27 +272,33 @@ pub fn assess(env: &EnvFacts, nodes: &[NodeFacts]) -> (EnvSync, Vec<NodeSync>) {
             } else {
                 let age = n.last_heartbeat.map(|t| span((env.now - t).whole_seconds().max(0) as u64));
                 let why = n.health_error.map(|e| format!(" ({e})")).unwrap_or_default();
-                (SyncState::Unreachable, match age {
-                    Some(a) => format!("unreachable: no answer for {a}{why}"),
-                    None => format!("unreachable: never answered{why}"),
-                })
+                (
+                    SyncState::Unreachable,
+                    match age {
+                        Some(a) => format!("unreachable: no answer for {a}{why}"),
+                        None => format!("unreachable: never answered{why}"),
+                    },
+                )
             }
         } else {
             let s = n.status.expect("BUG: reachable without a status");
             let pending_bytes = n.report.map(|r| r.pending_bytes).unwrap_or(0);
             ns.pending_bytes = pending_bytes;
-            let problems: Vec<String> = [
-                (s.held_deletes > 0).then(|| format!("holding {} deletes: the sync root looks empty or unmounted", s.held_deletes)),
-                {
-                    let foreign: Vec<&str> = s.foreign_folders.keys().map(String::as_str).filter(|k| !held.contains(k)).collect();
-                    (!foreign.is_empty()).then(|| format!("refusing peers that sync another folder: {}", foreign.join(", ")))
-                },
-            ]
+            let problems: Vec<String> = [(s.held_deletes > 0).then(|| format!("holding {} deletes: the sync root looks empty or unmounted", s.held_deletes)), {
+                let foreign: Vec<&str> = s.foreign_folders.keys().map(String::as_str).filter(|k| !held.contains(k)).collect();
+                (!foreign.is_empty()).then(|| format!("refusing peers that sync another folder: {}", foreign.join(", ")))
+            }]
             .into_iter()
             .flatten()
             .collect();
             if s.paused {
-                let what = if n.held { "paused on the old sync path until a reconfigure reaches it".to_owned() } else if paused_note.is_empty() { "paused".to_owned() } else { format!("paused {paused_note}") };
+                let what = if n.held {
+                    "paused on the old sync path until a reconfigure reaches it".to_owned()
+                } else if paused_note.is_empty() {
+                    "paused".to_owned()
+                } else {
+                    format!("paused {paused_note}")
+                };
                 let label = if w.local > 0 { format!("{what}; {} local change(s) not sent", w.local) } else { what };
                 (SyncState::Paused, label)
             } else if !problems.is_empty() {
@@ -324,7 +336,8 @@ pub fn assess(env: &EnvFacts, nodes: &[NodeFacts]) -> (EnvSync, Vec<NodeSync>) {
 
     let active: Vec<&NodeSync> = out.iter().filter(|n| !matches!(n.state, SyncState::Leaving)).collect();
     let up: Vec<&&NodeSync> = active.iter().filter(|n| n.reachable).collect();
-    let installing = matches!(env.installation, Some(InstallState::Installing | InstallState::ChangingPath | InstallState::Uninstalling)) && out.iter().any(|n| n.state == SyncState::Installing) || nodes.iter().any(|n| n.last_job.is_some_and(|j| !j.state.finished()));
+    let installing = matches!(env.installation, Some(InstallState::Installing | InstallState::ChangingPath | InstallState::Uninstalling)) && out.iter().any(|n| n.state == SyncState::Installing)
+        || nodes.iter().any(|n| n.last_job.is_some_and(|j| !j.state.finished()));
     let since = env.out_of_sync_since.map(|t| format!(" since {}", clock(t, env.now))).unwrap_or_default();
     let (state, headline) = if env.installation.is_none() && up.is_empty() {
         (SyncState::NotInstalled, if installing { "Installing".to_owned() } else { "Not installed".to_owned() })

@@ -111,7 +111,13 @@ impl Manifest {
             }
             // A field left out takes its default; one sent empty (a cleared dialog field) is
             // empty, and refused when required: it never silently becomes the default.
-            let v = if f.kind == "password" { password() } else if values.contains_key(&f.name) { get(&f.name) } else { f.default.clone() };
+            let v = if f.kind == "password" {
+                password()
+            } else if values.contains_key(&f.name) {
+                get(&f.name)
+            } else {
+                f.default.clone()
+            };
             let Some(v) = v else {
                 if f.kind == "password" && password_stored {
                     continue;
@@ -216,9 +222,7 @@ pub fn check_address(v: &str) -> Result<(), String> {
     if !host.is_empty() && host.chars().all(|c| c.is_ascii_digit() || c == '.') {
         return Err(format!("{host:?} is not a valid IPv4 address"));
     }
-    let ok = !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && !l.starts_with('-'));
+    let ok = !host.is_empty() && host.len() <= 253 && host.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && !l.starts_with('-'));
     if ok { Ok(()) } else { Err(format!("{host:?} is not an IP address or host name")) }
 }
 
@@ -303,7 +307,9 @@ mod tests {
         for ok in ["203.0.113.7:7756", "db.example.com:7755", "node-2:1", "[2001:db8::7]:7756", "localhost:65535"] {
             assert!(check_address(ok).is_ok(), "{ok}");
         }
-        for bad in ["203.0.113.7", "203.0.113.7:", "203.0.113.7:0", "203.0.113.7:65536", "203.0.113.7:x", ":7755", "2001:db8::7:7756", "bad host:7755", "-x.example:1", "999.1.1.1:7755", "a..b:1", "a_b:1"] {
+        for bad in
+            ["203.0.113.7", "203.0.113.7:", "203.0.113.7:0", "203.0.113.7:65536", "203.0.113.7:x", ":7755", "2001:db8::7:7756", "bad host:7755", "-x.example:1", "999.1.1.1:7755", "a..b:1", "a_b:1"]
+        {
             assert!(check_address(bad).is_err(), "{bad}");
         }
         let m = Manifest::load().unwrap();

@@ -138,7 +138,10 @@ pub fn secret_passphrase(args: &ServeArgs) -> anyhow::Result<String> {
     let path = args.secret_key_file.clone().unwrap_or_else(|| args.data_dir.join("secret.key"));
     let (key, created) = secrets::key_file(&path)?;
     if created {
-        println!("filesync serve: created the secret key {} (mode 0600); back it up with the database: without it the CA keys, SSH key and link passwords stored there cannot be opened", path.display());
+        println!(
+            "filesync serve: created the secret key {} (mode 0600); back it up with the database: without it the CA keys, SSH key and link passwords stored there cannot be opened",
+            path.display()
+        );
     }
     Ok(key)
 }

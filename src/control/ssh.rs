@@ -16,7 +16,9 @@ use tokio::io::AsyncWriteExt;
 pub enum SshError {
     #[error("cannot reach {addr}: {reason}. Check that the node is up, the address and SSH port are right, and no firewall blocks it")]
     Unreachable { addr: String, reason: String },
-    #[error("the host key of {addr} has CHANGED: pinned {pinned}, now offered {offered}. If the node was reinstalled on purpose, forget the pinned key (node page → Forget host key) and retry; otherwise someone may be impersonating it")]
+    #[error(
+        "the host key of {addr} has CHANGED: pinned {pinned}, now offered {offered}. If the node was reinstalled on purpose, forget the pinned key (node page → Forget host key) and retry; otherwise someone may be impersonating it"
+    )]
     HostKeyChanged { addr: String, pinned: String, offered: String },
     #[error("{addr} refused our SSH key for user {user}: {reason}. Add the control plane's public key (shown on the dashboard) to ~{user}/.ssh/authorized_keys on the node")]
     AuthFailed { addr: String, user: String, reason: String },
@@ -141,11 +143,7 @@ impl Conn {
     /// Runs `script` with `sh -c` on the node.
     pub async fn sh(&self, script: &str) -> Result<Output, SshError> {
         let out = self.session.command("sh").arg("-c").arg(script).output().await.map_err(|e| SshError::Other(e.to_string()))?;
-        Ok(Output {
-            status: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        })
+        Ok(Output { status: out.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&out.stdout).into_owned(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() })
     }
 
     /// Runs `script` and fails unless it exits 0.
@@ -162,7 +160,9 @@ impl Conn {
     pub async fn upload(&self, path: &str, data: &[u8], mode: u32) -> Result<(), SshError> {
         // Written beside the target and renamed into place; a failed write (disk full, read-only,
         // broken connection) removes its temp file, so nothing half-written is left behind.
-        let script = format!("umask 077 && mkdir -p \"$(dirname \"$1\")\" && {{ cat > \"$1.tmp\" && chmod {mode:o} \"$1.tmp\" && mv -f \"$1.tmp\" \"$1\"; }} || {{ rc=$?; cat >/dev/null; rm -f \"$1.tmp\"; exit $rc; }}");
+        let script = format!(
+            "umask 077 && mkdir -p \"$(dirname \"$1\")\" && {{ cat > \"$1.tmp\" && chmod {mode:o} \"$1.tmp\" && mv -f \"$1.tmp\" \"$1\"; }} || {{ rc=$?; cat >/dev/null; rm -f \"$1.tmp\"; exit $rc; }}"
+        );
         let mut child = self
             .session
             .command("sh")

@@ -85,8 +85,7 @@ pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
 }
 
 pub fn load_ca(dir: &Path) -> anyhow::Result<CaFiles> {
-    let cert_pem = std::fs::read_to_string(dir.join("ca.pem"))
-        .with_context(|| format!("no CA in {} (create one with `filesync ca init --dir {}`)", dir.display(), dir.display()))?;
+    let cert_pem = std::fs::read_to_string(dir.join("ca.pem")).with_context(|| format!("no CA in {} (create one with `filesync ca init --dir {}`)", dir.display(), dir.display()))?;
     let key_pem = std::fs::read_to_string(dir.join("ca.key")).with_context(|| format!("cannot read {}", dir.join("ca.key").display()))?;
     Ok(CaFiles { cert_pem, key_pem })
 }

@@ -34,9 +34,7 @@ pub fn load_certs(p: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 
 pub fn load_key(p: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
     let data = std::fs::read(p).with_context(|| format!("cannot read key {}", p.display()))?;
-    rustls_pemfile::private_key(&mut data.as_slice())
-        .with_context(|| format!("{} is not a PEM private key", p.display()))?
-        .with_context(|| format!("{} holds no private key", p.display()))
+    rustls_pemfile::private_key(&mut data.as_slice()).with_context(|| format!("{} is not a PEM private key", p.display()))?.with_context(|| format!("{} holds no private key", p.display()))
 }
 
 /// Trust roots from PEM text (a CA the other environment sent, or a file's content).
@@ -62,19 +60,14 @@ pub fn roots(ca: &Path) -> anyhow::Result<RootCertStore> {
 /// A server that requires a client certificate chaining to `tls.ca`.
 pub fn server_config(tls: &TlsFiles) -> anyhow::Result<Arc<ServerConfig>> {
     let verifier = WebPkiClientVerifier::builder(Arc::new(roots(&tls.ca)?)).build()?;
-    let mut cfg = ServerConfig::builder()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(load_certs(&tls.cert)?, load_key(&tls.key)?)
-        .context("node certificate and key do not match")?;
+    let mut cfg = ServerConfig::builder().with_client_cert_verifier(verifier).with_single_cert(load_certs(&tls.cert)?, load_key(&tls.key)?).context("node certificate and key do not match")?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
 
 pub fn client_config(tls: &TlsFiles) -> anyhow::Result<ClientConfig> {
-    let mut cfg = ClientConfig::builder()
-        .with_root_certificates(roots(&tls.ca)?)
-        .with_client_auth_cert(load_certs(&tls.cert)?, load_key(&tls.key)?)
-        .context("node certificate and key do not match")?;
+    let mut cfg =
+        ClientConfig::builder().with_root_certificates(roots(&tls.ca)?).with_client_auth_cert(load_certs(&tls.cert)?, load_key(&tls.key)?).context("node certificate and key do not match")?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }

@@ -66,10 +66,7 @@ fn copy_name(path: &RelPath, has_ext: bool, tail: &str) -> RelPath {
     while !stem.is_char_boundary(cut) {
         cut -= 1;
     }
-    path.with_file_name(&format!("{}{}", &stem[..cut], suffix))
-        .or_else(|_| path.with_file_name(&suffix))
-        .or_else(|_| RelPath::parse(&format!("sync-conflict-{tail}")))
-        .unwrap_or_else(|_| path.clone())
+    path.with_file_name(&format!("{}{}", &stem[..cut], suffix)).or_else(|_| path.with_file_name(&suffix)).or_else(|_| RelPath::parse(&format!("sync-conflict-{tail}"))).unwrap_or_else(|_| path.clone())
 }
 
 pub fn is_conflict_copy(name: &str) -> bool {

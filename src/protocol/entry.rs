@@ -47,17 +47,12 @@ impl Entry {
     /// Same content and kind (ignoring metadata and versions): two such versions never
     /// need a conflict copy.
     pub fn same_content(&self, other: &Entry) -> bool {
-        self.deleted == other.deleted
-            && (self.deleted
-                || (self.kind == other.kind && self.hash == other.hash && self.target == other.target))
+        self.deleted == other.deleted && (self.deleted || (self.kind == other.kind && self.hash == other.hash && self.target == other.target))
     }
 
     /// Same content and same replicated metadata.
     pub fn same_state(&self, other: &Entry) -> bool {
-        self.same_content(other)
-            && (self.deleted
-                || (self.mode == other.mode
-                    && (self.kind == EntryKind::Dir || self.mtime_ns == other.mtime_ns)))
+        self.same_content(other) && (self.deleted || (self.mode == other.mode && (self.kind == EntryKind::Dir || self.mtime_ns == other.mtime_ns)))
     }
 
     pub fn short_hash(&self) -> String {

@@ -12,13 +12,6 @@ pub use sshd::{SshNode, SshNodeSpec};
 /// Runs a command and turns a non-zero exit into an error that carries its stderr.
 pub(crate) fn run(cmd: &mut std::process::Command) -> anyhow::Result<String> {
     let out = cmd.output().map_err(|e| anyhow::anyhow!("cannot run {:?}: {e}", cmd.get_program()))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{:?} failed ({}): {}{}",
-        cmd.get_program(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
+    anyhow::ensure!(out.status.success(), "{:?} failed ({}): {}{}", cmd.get_program(), out.status, String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -219,9 +219,9 @@ fn link_conflict_across_environments_keeps_both_versions_everywhere() {
 /// their own budget) and keeps replicating over mutual TLS.
 #[test]
 fn link_pairing_guesses_are_counted_throttled_and_do_not_lock_out_the_other_side() {
+    use filesync::agent::link::{PairError, attempt_pairing, time_for_guesses};
     use std::sync::{Arc, Mutex};
     use std::time::Instant;
-    use filesync::agent::link::{PairError, attempt_pairing, time_for_guesses};
 
     let mut a = Cluster::new(2, Options::default());
     let mut b = Cluster::new(2, Options::default());

@@ -58,9 +58,7 @@ fn receive_only_node_never_sends_and_reverts() {
     c.write_config(1, &Options { delay: 0, extra: "receive_only = true".into() });
     c.start_all();
     write(&c.nodes[0].path("app/index.php"), b"<?php echo 1;");
-    until("file on the receive-only node", T, || {
-        if c.nodes[1].path("app/index.php").exists() { Ok(()) } else { Err("missing".into()) }
-    });
+    until("file on the receive-only node", T, || if c.nodes[1].path("app/index.php").exists() { Ok(()) } else { Err("missing".into()) });
     // A worker changes code locally: it is not sent, and is listed as a local modification.
     write(&c.nodes[1].path("app/index.php"), b"<?php hacked();");
     write(&c.nodes[1].path("app/extra.php"), b"<?php extra();");

@@ -41,7 +41,10 @@ fn every_kind_of_change_converges_on_three_nodes() {
     // Symlinks made on node 2: one inside the root, one pointing outside (kept as a link).
     std::os::unix::fs::symlink("b/c.txt", c.nodes[1].path("a/link")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", c.nodes[1].path("outside")).unwrap();
-    let t = c.converge("symlinks from node2", T, |t| { has("a/link")(t)?; has("outside")(t) });
+    let t = c.converge("symlinks from node2", T, |t| {
+        has("a/link")(t)?;
+        has("outside")(t)
+    });
     assert_eq!(t["outside"].target, "/etc/passwd");
     assert_eq!(t["outside"].kind, 'l', "a link leaving the root is replicated as a link, not followed");
 
@@ -243,10 +246,11 @@ fn metrics_and_status_are_served_to_certificate_holders() {
     let tls = filesync::pki::tls::TlsFiles { ca: c.pki.join("ca.pem"), cert: c.nodes[1].home.join("tls/node.pem"), key: c.nodes[1].home.join("tls/node.key") };
     let client = filesync::pki::tls::http_client(&tls).unwrap();
     let addr = c.nodes[0].addr();
-    let text = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-        client.get(format!("https://{addr}/metrics")).send().await.unwrap().text().await.unwrap()
-    });
-    for m in ["filesync_pending_local_changes", "filesync_replication_lag_seconds", "filesync_conflicts_total", "filesync_bytes_sent_total", "filesync_watches", "filesync_peer_connected{peer=\"node2\"} 1"] {
+    let text =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async { client.get(format!("https://{addr}/metrics")).send().await.unwrap().text().await.unwrap() });
+    for m in
+        ["filesync_pending_local_changes", "filesync_replication_lag_seconds", "filesync_conflicts_total", "filesync_bytes_sent_total", "filesync_watches", "filesync_peer_connected{peer=\"node2\"} 1"]
+    {
         assert!(text.contains(m), "metrics lack {m}:\n{text}");
     }
     // Both nodes report the same tree digest once in sync.

@@ -200,7 +200,11 @@ fn versions_stop_when_free_space_is_low_and_say_so() {
     c.converge("v2", Duration::from_secs(30), |t| if t["a.txt"].hash == hash(b"two") { Ok(()) } else { Err("v1".into()) });
     let v = until("node2 to say it keeps no versions", Duration::from_secs(30), || {
         let v = status(&c, 1)["versions"].clone();
-        if v["keeping"] == false && v["stopped"].as_str().is_some_and(|s| s.contains("versions.min_free_percent = 20")) && std::fs::read_dir(data_dir(&c, 1)).unwrap().count() == 0 { Ok(v) } else { Err(v.to_string()) }
+        if v["keeping"] == false && v["stopped"].as_str().is_some_and(|s| s.contains("versions.min_free_percent = 20")) && std::fs::read_dir(data_dir(&c, 1)).unwrap().count() == 0 {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
     });
     assert_eq!(v["count"], 0, "{v}");
     until("lsyncd.status to say so", Duration::from_secs(10), || if c.nodes[1].status_file().contains("NOT KEEPING NEW ONES") { Ok(()) } else { Err(c.nodes[1].status_file()) });

@@ -18,7 +18,8 @@ pub(crate) async fn login(cp: &ControlPlane) -> (String, String) {
         .http
         .post(format!("{}/login", cp.url))
         .header("cookie", &login_cookie)
-        .header("content-type", "application/x-www-form-urlencoded").body(form(&[("csrf", csrf.as_str()), ("username", "admin"), ("password", ADMIN_PASSWORD)]))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("csrf", csrf.as_str()), ("username", "admin"), ("password", ADMIN_PASSWORD)]))
         .send()
         .await
         .unwrap();
@@ -57,7 +58,8 @@ async fn control_auth_nothing_without_login_or_token() {
     }
     let r = cp.http.post(format!("{}/api/v1/tokens", cp.url)).json(&json!({"username": "admin", "password": "wrong"})).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = cp.http.post(format!("{}/login", cp.url)).header("content-type", "application/x-www-form-urlencoded").body(form(&[("username", "admin"), ("password", ADMIN_PASSWORD)])).send().await.unwrap();
+    let r =
+        cp.http.post(format!("{}/login", cp.url)).header("content-type", "application/x-www-form-urlencoded").body(form(&[("username", "admin"), ("password", ADMIN_PASSWORD)])).send().await.unwrap();
     assert_eq!(r.status(), 403, "login without its CSRF token");
 }
 
@@ -118,15 +120,14 @@ async fn control_auth_file_names_from_nodes_are_escaped_in_the_log_view() {
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(dir.join("script>.txt"), vec![b'x'; 200 * 1024]).unwrap();
     let copy = nodes[1].webroot().join("ROOT").join(path);
-    until("the file on node2", Duration::from_secs(30), || std::fs::metadata(&copy).map(|m| m.len()).map_err(|e| e.to_string()).and_then(|n| if n == 200 * 1024 { Ok(()) } else { Err(format!("{n} bytes")) })).await;
+    until("the file on node2", Duration::from_secs(30), || {
+        std::fs::metadata(&copy).map(|m| m.len()).map_err(|e| e.to_string()).and_then(|n| if n == 200 * 1024 { Ok(()) } else { Err(format!("{n} bytes")) })
+    })
+    .await;
 
     let (session, _) = login(&cp).await;
-    let ids: HashMap<String, String> = cp.get(&format!("/api/v1/environments/{env}")).await["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| (n["name"].as_str().unwrap().to_owned(), n["node_id"].as_str().unwrap().to_owned()))
-        .collect();
+    let ids: HashMap<String, String> =
+        cp.get(&format!("/api/v1/environments/{env}")).await["nodes"].as_array().unwrap().iter().map(|n| (n["name"].as_str().unwrap().to_owned(), n["node_id"].as_str().unwrap().to_owned())).collect();
     for (node, line) in [("node1", "local change(s): "), ("node2", "Normal: received ")] {
         // The log page and its live fragment (what the page's script puts in innerHTML).
         for page in [format!("/nodes/{}/logs", ids[node]), format!("/nodes/{}/logs/live", ids[node])] {
@@ -144,7 +145,10 @@ async fn control_auth_file_names_from_nodes_are_escaped_in_the_log_view() {
             // The name is there as text (escaped, e.g. `&#60;script&#62;` or `&lt;script&gt;`),
             // never as markup: the only script element is the dashboard's own.
             assert!(!html.contains("<script>alert(1)") && !html.contains("</script>.txt") && !html.contains("alert(1)<"), "{node}: {path} unescaped in {page}:\n{html}");
-            assert!(html.contains("&#60;script&#62;alert(1)&#60;/script&#62;.txt") || html.contains("&lt;script&gt;alert(1)&lt;/script&gt;.txt"), "{node}: {path} not escaped as expected in {page}:\n{html}");
+            assert!(
+                html.contains("&#60;script&#62;alert(1)&#60;/script&#62;.txt") || html.contains("&lt;script&gt;alert(1)&lt;/script&gt;.txt"),
+                "{node}: {path} not escaped as expected in {page}:\n{html}"
+            );
             assert_eq!(html.matches("<script").count(), if page.ends_with("/live") { 0 } else { 1 }, "{page}:\n{html}");
         }
     }
@@ -152,5 +156,7 @@ async fn control_auth_file_names_from_nodes_are_escaped_in_the_log_view() {
 
 /// The text of HTML as a browser shows it, for the entities askama and `escape` produce.
 fn unescape(html: &str) -> String {
-    [("&#60;", "<"), ("&lt;", "<"), ("&#62;", ">"), ("&gt;", ">"), ("&#34;", "\""), ("&quot;", "\""), ("&#39;", "'"), ("&#38;", "&"), ("&amp;", "&")].iter().fold(html.to_owned(), |s, (e, c)| s.replace(e, c))
+    [("&#60;", "<"), ("&lt;", "<"), ("&#62;", ">"), ("&gt;", ">"), ("&#34;", "\""), ("&quot;", "\""), ("&#39;", "'"), ("&#38;", "&"), ("&amp;", "&")]
+        .iter()
+        .fold(html.to_owned(), |s, (e, c)| s.replace(e, c))
 }

@@ -32,7 +32,9 @@ async fn control_browser_login_install_watch_progress_replicate_and_read_logs() 
 
         // A wrong password is refused on the form, which keeps the user name.
         log_in(&b, "not the password").await;
-        let err = b.wait_js("the login error", PAGE, "const e = document.querySelector('#login-error'); return e && e.textContent", |v| v.as_str().map(str::to_owned).ok_or_else(|| "no error shown".into())).await;
+        let err = b
+            .wait_js("the login error", PAGE, "const e = document.querySelector('#login-error'); return e && e.textContent", |v| v.as_str().map(str::to_owned).ok_or_else(|| "no error shown".into()))
+            .await;
         assert_eq!(err, "Wrong user name or password.");
         assert_eq!(c.find(Locator::Css("#username")).await.unwrap().prop("value").await.unwrap().as_deref(), Some("admin"));
 
@@ -281,7 +283,8 @@ async fn control_browser_over_tls_with_a_self_signed_certificate() {
         c.goto(&cp.url).await.unwrap();
         b.wait_js("the login form over https", PAGE, "return location.protocol + ' ' + location.pathname", |v| expect_str(v, "https: /login")).await;
         log_in(&b, "not the password").await;
-        b.wait_js("the login error", PAGE, "const e = document.querySelector('#login-error'); return e && e.textContent", |v| v.as_str().map(str::to_owned).ok_or_else(|| "no error shown".into())).await;
+        b.wait_js("the login error", PAGE, "const e = document.querySelector('#login-error'); return e && e.textContent", |v| v.as_str().map(str::to_owned).ok_or_else(|| "no error shown".into()))
+            .await;
         b.page_screenshots("login").await;
         log_in(&b, ADMIN_PASSWORD).await;
         b.wait_js("the environment list", PAGE, "return location.pathname + ' ' + [...document.querySelectorAll('a.env-link')].map(a => a.textContent).join(',')", |v| expect_str(v, "/ shop")).await;
@@ -302,7 +305,9 @@ async fn control_browser_over_tls_with_a_self_signed_certificate() {
         b.wait_js("the API tokens page", PAGE, "return location.pathname + ' ' + !!document.querySelector('#new-token-form')", |v| expect_str(v, "/tokens true")).await;
         set_field(&b, "input[name=name]", "deploy script").await;
         c.find(Locator::Css("#create-token")).await.unwrap().click().await.unwrap();
-        let token = b.wait_js("the new token", PAGE, "const e = document.querySelector('#new-api-token'); return e && e.textContent", |v| v.as_str().map(str::to_owned).ok_or_else(|| "not shown".into())).await;
+        let token = b
+            .wait_js("the new token", PAGE, "const e = document.querySelector('#new-api-token'); return e && e.textContent", |v| v.as_str().map(str::to_owned).ok_or_else(|| "not shown".into()))
+            .await;
         assert!(token.starts_with("fsa_"), "{token}");
         b.page_screenshots("tokens").await;
         let r = cp.http.get(format!("{}/api/v1/environments", cp.url)).bearer_auth(&token).send().await.unwrap();

@@ -287,11 +287,8 @@ async fn control_dashboard_verify_repair_log_follow_and_a_failed_job_keeps_its_h
     }
     filetime::set_file_mtime(data(1), mtime).unwrap();
     let prefix = nodes[1].install_prefix();
-    let started = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("rm -f '{p}/stopped'; setsid nohup sh '{p}/run-agent.sh' >/dev/null 2>&1 </dev/null &", p = prefix.display()))
-        .status()
-        .unwrap();
+    let started =
+        std::process::Command::new("sh").arg("-c").arg(format!("rm -f '{p}/stopped'; setsid nohup sh '{p}/run-agent.sh' >/dev/null 2>&1 </dev/null &", p = prefix.display())).status().unwrap();
     assert!(started.success());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -302,7 +299,14 @@ async fn control_dashboard_verify_repair_log_follow_and_a_failed_job_keeps_its_h
         if Instant::now() >= deadline {
             let status = |i: usize| std::fs::read_to_string(nodes[i].webroot().join("lsyncd/var/log/lsyncd.status")).unwrap_or_default();
             let log = |i: usize| std::fs::read_to_string(nodes[i].webroot().join("lsyncd/var/log/lsyncd.log")).unwrap_or_default();
-            panic!("not up to date after the restart: {:#}\n--- node1 status ---\n{}\n--- node2 status ---\n{}\n--- node2 log ---\n{}\n--- node1 log ---\n{}", v["sync"], status(0), status(1), log(1), log(0));
+            panic!(
+                "not up to date after the restart: {:#}\n--- node1 status ---\n{}\n--- node2 status ---\n{}\n--- node2 log ---\n{}\n--- node1 log ---\n{}",
+                v["sync"],
+                status(0),
+                status(1),
+                log(1),
+                log(0)
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -502,7 +506,14 @@ async fn control_dashboard_pages_and_api_answer_in_their_own_shape() {
     // The page is a modal dialog with constraints and linked labels, and asks before
     // destructive actions.
     let html = get(page.clone()).await.unwrap().text().await.unwrap();
-    for want in ["<dialog id=\"install-dialog\"", "<label for=\"field-delay\"", "type=\"number\" name=\"delay\" id=\"field-delay\"", "min=\"0\" max=\"3600\"", "data-confirm=\"Remove node1?", "name=\"viewport\""] {
+    for want in [
+        "<dialog id=\"install-dialog\"",
+        "<label for=\"field-delay\"",
+        "type=\"number\" name=\"delay\" id=\"field-delay\"",
+        "min=\"0\" max=\"3600\"",
+        "data-confirm=\"Remove node1?",
+        "name=\"viewport\"",
+    ] {
         assert!(html.contains(want), "the environment page lacks {want:?}");
     }
 

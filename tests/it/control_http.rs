@@ -48,7 +48,10 @@ async fn control_every_response_carries_security_headers_and_api_errors_are_json
     let (s, env) = cp.post("/api/v1/environments", json!({"name": "hdr"})).await;
     assert_eq!(s, 201, "{env}");
     let env = env["result"].as_str().unwrap();
-    for (path, body) in [(format!("/environments/{env}/join-tokens"), json!({"name": "a\u{0}b"})), ("/tokens".into(), json!({"username": "admin", "password": crate::support::control::ADMIN_PASSWORD, "name": "x\u{0}"}))] {
+    for (path, body) in [
+        (format!("/environments/{env}/join-tokens"), json!({"name": "a\u{0}b"})),
+        ("/tokens".into(), json!({"username": "admin", "password": crate::support::control::ADMIN_PASSWORD, "name": "x\u{0}"})),
+    ] {
         let r = cp.http.post(format!("{}/api/v1{path}", cp.url)).bearer_auth(&cp.token).json(&body).send().await.unwrap();
         let v = json_error(r, 422, &path).await;
         let text = v.to_string();
@@ -156,6 +159,7 @@ async fn control_node_fields_are_refused_or_give_a_working_configuration() {
     assert_eq!(c.peers[0].address, format!("127.0.0.1:{agent_port}").parse().unwrap(), "{toml}");
     std::fs::write(local.webroot().join("ROOT/by-name.txt"), b"reached by name").unwrap();
     let p = n.webroot().join("ROOT/by-name.txt");
-    until("by-name.txt replicated", Duration::from_secs(30), || std::fs::read(&p).map_err(|e| e.to_string()).and_then(|d| if d == b"reached by name" { Ok(()) } else { Err("wrong content".into()) })).await;
+    until("by-name.txt replicated", Duration::from_secs(30), || std::fs::read(&p).map_err(|e| e.to_string()).and_then(|d| if d == b"reached by name" { Ok(()) } else { Err("wrong content".into()) }))
+        .await;
     drop(local);
 }

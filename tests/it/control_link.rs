@@ -66,7 +66,11 @@ fn tree(n: &SshNode) -> BTreeMap<String, Vec<u8>> {
 /// Ok when both nodes hold the same files, else the paths that differ (for the failure message).
 fn differences(x: &SshNode, y: &SshNode) -> Result<(), String> {
     let (tx, ty) = (tree(x), tree(y));
-    let diff: Vec<String> = tx.keys().chain(ty.keys()).collect::<std::collections::BTreeSet<_>>().into_iter()
+    let diff: Vec<String> = tx
+        .keys()
+        .chain(ty.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .filter(|k| tx.get(*k) != ty.get(*k))
         .map(|k| format!("{k}: {} {}, {} {}", x.spec.name, if tx.contains_key(k) { "has it" } else { "lacks it" }, y.spec.name, if ty.contains_key(k) { "has it" } else { "lacks it" }))
         .collect();
@@ -124,10 +128,7 @@ async fn control_two_environments_sync_through_a_slow_link_and_survive_a_cut() {
     // nothing is lost and nothing deleted comes back.
     put(&a.nodes[0], "doomed-a.txt", b"deleted on A during the cut");
     put(&b.nodes[0], "doomed-b.txt", b"deleted on B during the cut");
-    until("doomed files on both sides", T, || {
-        if root(&b.nodes[1]).join("doomed-a.txt").exists() && root(&a.nodes[1]).join("doomed-b.txt").exists() { Ok(()) } else { Err("not yet".into()) }
-    })
-    .await;
+    until("doomed files on both sides", T, || if root(&b.nodes[1]).join("doomed-a.txt").exists() && root(&a.nodes[1]).join("doomed-b.txt").exists() { Ok(()) } else { Err("not yet".into()) }).await;
     to_b.cut();
     to_a.cut();
     for i in 0..20 {

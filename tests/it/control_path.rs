@@ -54,7 +54,8 @@ async fn control_install_creates_a_missing_sync_path() {
     assert_eq!(step_output(&jobs, "node1", "sync path present"), format!("{} is a directory", nodes[0].webroot().join(UPLOADS).display()));
     for n in &nodes[1..] {
         let p = n.webroot().join(UPLOADS).join("2024/a.jpg");
-        until(&format!("a.jpg on {}", n.spec.name), Duration::from_secs(30), || std::fs::read_to_string(&p).map_err(|e| e.to_string()).and_then(|d| if d == "picture" { Ok(()) } else { Err(d) })).await;
+        until(&format!("a.jpg on {}", n.spec.name), Duration::from_secs(30), || std::fs::read_to_string(&p).map_err(|e| e.to_string()).and_then(|d| if d == "picture" { Ok(()) } else { Err(d) }))
+            .await;
     }
 }
 
@@ -187,7 +188,9 @@ fn nothing_lost_or_misplaced(before: &[Files], nodes: &[SshNode]) -> Result<(), 
                 return Err(format!("{}: {} was deleted or changed", n.spec.name, p.display()));
             }
         }
-        if let Some(p) = now.keys().find(|p| p.starts_with(UPLOADS) && (p.ends_with("index.php") || p.to_string_lossy().contains("wp-includes") || p.to_string_lossy().contains("wp-content/uploads/wp-content"))) {
+        if let Some(p) =
+            now.keys().find(|p| p.starts_with(UPLOADS) && (p.ends_with("index.php") || p.to_string_lossy().contains("wp-includes") || p.to_string_lossy().contains("wp-content/uploads/wp-content")))
+        {
             return Err(format!("{}: {} was written into the old folder", n.spec.name, p.display()));
         }
     }

@@ -86,7 +86,11 @@ async fn control_secrets_are_sealed_bound_to_their_rows_and_children_never_see_t
     // Durable, and the control plane is not a superuser.
     let fsync: String = sqlx::query_scalar("show fsync").fetch_one(&mut db).await.unwrap();
     assert_eq!(fsync, "on");
-    let roles: Vec<(String, bool)> = sqlx::query_as("select distinct a.usename::text, r.rolsuper from pg_stat_activity a join pg_roles r on r.rolname = a.usename where a.datname = 'filesync' and a.pid <> pg_backend_pid()").fetch_all(&mut db).await.unwrap();
+    let roles: Vec<(String, bool)> =
+        sqlx::query_as("select distinct a.usename::text, r.rolsuper from pg_stat_activity a join pg_roles r on r.rolname = a.usename where a.datname = 'filesync' and a.pid <> pg_backend_pid()")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
     assert_eq!(roles, vec![("filesync".to_owned(), false)], "the control plane's connections");
 
     // A sealed value moved to another row does not open: a new node (its certificate needs

@@ -12,7 +12,8 @@ async fn status_with(cp: &ControlPlane, token: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_api_tokens_expire_are_listed_and_revoked() {
     let cp = ControlPlane::start().await;
-    let new_token = |name: &str, days: Value| cp.http.post(format!("{}/api/v1/tokens", cp.url)).json(&json!({"username": "admin", "password": ADMIN_PASSWORD, "name": name, "valid_days": days})).send();
+    let new_token =
+        |name: &str, days: Value| cp.http.post(format!("{}/api/v1/tokens", cp.url)).json(&json!({"username": "admin", "password": ADMIN_PASSWORD, "name": name, "valid_days": days})).send();
     for bad in [json!(0), json!(366), json!(-1)] {
         assert_eq!(new_token("bad", bad.clone()).await.unwrap().status(), 422, "valid_days {bad}");
     }

@@ -3,8 +3,8 @@
 
 mod support;
 
-mod agent_config;
 mod agent_churn;
+mod agent_config;
 mod agent_conflicts;
 mod agent_crash;
 mod agent_folder;

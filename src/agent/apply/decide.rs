@@ -59,11 +59,9 @@ pub fn decide(local: Option<&Entry>, remote: &Entry, me: crate::protocol::NodeId
                     version: merged.bumped(me),
                     loser_copy: (!remote.deleted && remote.kind != crate::protocol::EntryKind::Dir).then(|| conflict_copy_path(&remote.path, remote)),
                 },
-                Winner::Remote => Decision::Apply {
-                    version: merged.bumped(me),
-                    conflict_copy: (!l.deleted && l.kind != crate::protocol::EntryKind::Dir).then(|| conflict_copy_path(&l.path, l)),
-                    conflict: true,
-                },
+                Winner::Remote => {
+                    Decision::Apply { version: merged.bumped(me), conflict_copy: (!l.deleted && l.kind != crate::protocol::EntryKind::Dir).then(|| conflict_copy_path(&l.path, l)), conflict: true }
+                }
             }
         }
     }

@@ -43,11 +43,7 @@ impl Agent {
     /// pre-scan) and carries the decision out. Only index failures are errors; a file
     /// system failure becomes a need to retry (or, for a refusal, a log line).
     pub(in crate::agent) fn apply_entry(&mut self, source: &str, r: Entry, local: Option<&Stored>, disk: Option<DiskMeta>, content: Content, force: bool) -> anyhow::Result<Vec<Done>> {
-        let decision = if force {
-            Decision::Apply { version: r.version.clone(), conflict_copy: None, conflict: false }
-        } else {
-            decide(local.map(|s| &s.entry), &r, self.index.node_id)
-        };
+        let decision = if force { Decision::Apply { version: r.version.clone(), conflict_copy: None, conflict: false } } else { decide(local.map(|s| &s.entry), &r, self.index.node_id) };
         tracing::debug!(path = %r.path, from = source, remote = ?r.version, remote_deleted = r.deleted, local = ?local.map(|s| (&s.entry.version, s.entry.deleted)), ?decision, "remote change");
         let expect = Expect::from_disk(disk.clone());
         let mut out = Vec::new();
@@ -136,11 +132,9 @@ impl Agent {
                         out.push(Done::Write(Pending { path: r.path.clone(), data: Vec::new(), mode: r.mode, mtime_ns: r.mtime_ns, expect }, Some(e)));
                         return Ok(out);
                     }
-                    (EntryKind::File, Content::Temp(mut tmp)) => tmp
-                        .finish(r.mode, r.mtime_ns)
-                        .and_then(|_| tmp.sync())
-                        .map_err(|err| RootError::io(&r.path, err))
-                        .and_then(|_| self.root.install(tmp, &expect)),
+                    (EntryKind::File, Content::Temp(mut tmp)) => {
+                        tmp.finish(r.mode, r.mtime_ns).and_then(|_| tmp.sync()).map_err(|err| RootError::io(&r.path, err)).and_then(|_| self.root.install(tmp, &expect))
+                    }
                     (EntryKind::File, Content::Move(src, src_expect)) => {
                         self.status.lock().expect("BUG: poisoned").counters.renames += 1;
                         self.root.rename(&src, &r.path, &src_expect).and_then(|_| self.root.set_meta(&r.path, r.kind, r.mode, r.mtime_ns, &Expect::Anything))

@@ -51,9 +51,11 @@ impl Agent {
                 // transfer: decided and applied at once.
                 // A forced need (a receive-only node's revert) is fetched whatever the index says:
                 // the disk holds a local modification the index does not describe.
-                let needs_content = need.entry.kind == EntryKind::File && !need.entry.deleted && need.entry.size > 0
-                    && (need.force || (!local.as_ref().is_some_and(|l| !l.entry.deleted && l.entry.hash == need.entry.hash)
-                        && !matches!(decision, Some(Decision::KeepLocal { loser_copy: None, .. }))));
+                let needs_content = need.entry.kind == EntryKind::File
+                    && !need.entry.deleted
+                    && need.entry.size > 0
+                    && (need.force
+                        || (!local.as_ref().is_some_and(|l| !l.entry.deleted && l.entry.hash == need.entry.hash) && !matches!(decision, Some(Decision::KeepLocal { loser_copy: None, .. }))));
                 if !needs_content {
                     drop(permit);
                     if let Err(e) = self.apply_need(need, Content::None) {
@@ -76,9 +78,13 @@ impl Agent {
             }
             sources.extend(self.links.values().filter(|l| l.name != need.source).map(|l| (self.client.clone(), l.address.clone(), false)));
             let link = self.link.clone();
-            let base = self.index.get(&path).ok().flatten().filter(|s| {
-                need.copy_of.is_none() && !s.entry.deleted && s.entry.kind == EntryKind::File && s.entry.size >= transfer::DELTA_MIN && need.entry.size >= transfer::DELTA_MIN
-            }).map(|s| s.entry.path);
+            let base = self
+                .index
+                .get(&path)
+                .ok()
+                .flatten()
+                .filter(|s| need.copy_of.is_none() && !s.entry.deleted && s.entry.kind == EntryKind::File && s.entry.size >= transfer::DELTA_MIN && need.entry.size >= transfer::DELTA_MIN)
+                .map(|s| s.entry.path);
             let mut wanted = need.entry.clone();
             if let Some(orig) = &need.copy_of {
                 wanted.path = orig.clone();

@@ -69,9 +69,8 @@ impl Agent {
         // (only looked up when the page touches an existing file: /proc is read then).
         let writers = self.writers_if(items.iter().any(|i| i.disk.as_ref().is_some_and(|d| d.kind == EntryKind::File)));
         for i in &mut items {
-            i.held = self.batcher.is_writing(&i.r.path)
-                || !self.disk_matches(i.local.as_ref(), i.disk.as_ref())
-                || i.disk.as_ref().is_some_and(|d| d.kind == EntryKind::File && writers.contains(&d.ino));
+            i.held =
+                self.batcher.is_writing(&i.r.path) || !self.disk_matches(i.local.as_ref(), i.disk.as_ref()) || i.disk.as_ref().is_some_and(|d| d.kind == EntryKind::File && writers.contains(&d.ino));
         }
         let (mut live, mut dead): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|i| !i.r.deleted);
         live.sort_by(|a, b| a.r.path.cmp(&b.r.path));
@@ -192,7 +191,14 @@ impl Agent {
         if i.held {
             tracing::debug!(path = %i.r.path, from = peer, "deferred: local write in progress");
             let p = i.r.path.clone();
-            batch.put_needs.push(Need { entry: i.r, source: peer.to_owned(), attempts: 1, last_error: Some(format!("{p}: a local write is in progress; applying after it completes")), force: false, copy_of: None });
+            batch.put_needs.push(Need {
+                entry: i.r,
+                source: peer.to_owned(),
+                attempts: 1,
+                last_error: Some(format!("{p}: a local write is in progress; applying after it completes")),
+                force: false,
+                copy_of: None,
+            });
             return Ok(());
         }
         if self.s.receive_only && self.local_mods.contains(&i.r.path) {

@@ -129,7 +129,19 @@ pub(super) fn encode_v1(s: &Stored) -> Vec<u8> {
     }
     let e = &s.entry;
     encode(&S {
-        entry: E { path: &e.path, kind: e.kind, deleted: e.deleted, size: e.size, mtime_ns: e.mtime_ns, mode: e.mode, hash: e.hash, target: &e.target, version: &e.version, modified_by: e.modified_by, modified_by_name: &e.modified_by_name },
+        entry: E {
+            path: &e.path,
+            kind: e.kind,
+            deleted: e.deleted,
+            size: e.size,
+            mtime_ns: e.mtime_ns,
+            mode: e.mode,
+            hash: e.hash,
+            target: &e.target,
+            version: &e.version,
+            modified_by: e.modified_by,
+            modified_by_name: &e.modified_by_name,
+        },
         seq: s.seq,
         ino: s.ino,
     })

@@ -59,13 +59,7 @@ fn a_page_batch_is_all_or_nothing_and_clears_the_journal() {
     assert_eq!(idx.journal().unwrap().len(), 2);
     let need = Need { entry: entry("big.bin", 0o644), source: "n2".into(), attempts: 0, last_error: None, force: false, copy_of: None };
     let stored = idx
-        .apply(Batch {
-            commits: vec![(entry("j1", 0o644), 11)],
-            put_needs: vec![need],
-            remove_needs: vec![],
-            progress: Some(("n2".into(), Progress { index_id: 3, seq: 99 })),
-            clear_journal: true,
-        })
+        .apply(Batch { commits: vec![(entry("j1", 0o644), 11)], put_needs: vec![need], remove_needs: vec![], progress: Some(("n2".into(), Progress { index_id: 3, seq: 99 })), clear_journal: true })
         .unwrap();
     assert_eq!(stored.len(), 1);
     assert!(idx.journal().unwrap().is_empty());

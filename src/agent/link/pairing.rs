@@ -32,17 +32,36 @@ pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-filesync-link-pairing";
 /// Messages of the pairing exchange (length-prefixed JSON frames on the wire).
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 pub enum PairMsg {
-    Hello { version: u32, spake: Vec<u8> },
-    Reply { spake: Vec<u8> },
-    ClientConfirm { mac: [u8; 32] },
-    Accept { mac: [u8; 32], ca_pem: String, nodes: Vec<String> },
-    Finish { mac: [u8; 32], ca_pem: String, nodes: Vec<String> },
+    Hello {
+        version: u32,
+        spake: Vec<u8>,
+    },
+    Reply {
+        spake: Vec<u8>,
+    },
+    ClientConfirm {
+        mac: [u8; 32],
+    },
+    Accept {
+        mac: [u8; 32],
+        ca_pem: String,
+        nodes: Vec<String>,
+    },
+    Finish {
+        mac: [u8; 32],
+        ca_pem: String,
+        nodes: Vec<String>,
+    },
     Done,
     /// The client's proof did not verify: the passwords differ.
     WrongPassword,
     /// Too many recent attempts; ask again after this many seconds.
-    Busy { retry_after_s: u64 },
-    Refused { reason: String },
+    Busy {
+        retry_after_s: u64,
+    },
+    Refused {
+        reason: String,
+    },
 }
 
 /// The other environment, as learned from a confirmed pairing.

@@ -240,4 +240,3 @@ fn is_trust_error(e: &anyhow::Error) -> bool {
     let s = format!("{e:#}");
     ["UnknownCA", "UnknownIssuer", "BadCertificate", "CertificateUnknown", "CertificateRequired", "invalid peer certificate"].iter().any(|k| s.contains(k))
 }
-

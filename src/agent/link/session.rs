@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::Link;
 use super::pairing::{self, Client, PairError, PairMsg, Remote, Server, Step};
 use super::tls::{connect_from, pairing_connector, server_name};
-use super::Link;
 use crate::agent::listener::{ByteCounters, Conn, Counted};
 
 /// A pairing exchange must finish within this.

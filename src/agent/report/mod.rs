@@ -19,8 +19,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use super::exclude::Excludes;
-use super::lsyncd_log::LsyncdLog;
 use super::index::{Index, Stored};
+use super::lsyncd_log::LsyncdLog;
 use crate::protocol::conflict::is_conflict_copy;
 use crate::protocol::report::{ChangeKind, NodeReport, REPORT_CHANGES, RecentChange};
 use crate::protocol::{Entry, EntryKind, RelPath};
@@ -285,7 +285,16 @@ mod tests {
             (entry("same.txt", File, false, 6), 5),
             (entry("never-had.txt", File, true, 0), 0),
         ];
-        let before = vec![None, stored(entry("edited.txt", File, false, 1)), stored(entry("gone.txt", File, false, 3)), None, stored(entry("from.txt", File, false, 9)), None, stored(entry("same.txt", File, false, 6)), None];
+        let before = vec![
+            None,
+            stored(entry("edited.txt", File, false, 1)),
+            stored(entry("gone.txt", File, false, 3)),
+            None,
+            stored(entry("from.txt", File, false, 9)),
+            None,
+            stored(entry("same.txt", File, false, 6)),
+            None,
+        ];
         let got: Vec<(ChangeKind, String, Option<String>)> = classify(&before, &commits).into_iter().map(|(k, e, f)| (k, e.path.to_string(), f)).collect();
         assert_eq!(
             got,

@@ -13,7 +13,10 @@ use axum::{Json, Router};
 use crate::agent::server::AppState;
 use crate::agent::{AdminCmd, Event};
 use crate::protocol::RelPath;
-use crate::protocol::report::{Conflicts, ConflictCopy, DirDigests, FileFacts, LogTail, MAX_CONFLICTS, MAX_LOG_LINES, NodeReport, PathTest, RecentChanges, RehashRequest, RehashResult, ResolveRequest, ResolveResult, conflict_original};
+use crate::protocol::report::{
+    ConflictCopy, Conflicts, DirDigests, FileFacts, LogTail, MAX_CONFLICTS, MAX_LOG_LINES, NodeReport, PathTest, RecentChanges, RehashRequest, RehashResult, ResolveRequest, ResolveResult,
+    conflict_original,
+};
 
 type Answer<T> = Result<Json<T>, (StatusCode, String)>;
 

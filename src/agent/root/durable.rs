@@ -79,9 +79,6 @@ fn fsync_parallel(files: &[&TempFile]) -> Vec<io::Result<()>> {
     let chunk = files.len().div_ceil(threads);
     std::thread::scope(|s| {
         let handles: Vec<_> = files.chunks(chunk).map(|c| (c.len(), s.spawn(move || c.iter().map(|f| f.sync()).collect::<Vec<_>>()))).collect();
-        handles
-            .into_iter()
-            .flat_map(|(n, h)| h.join().unwrap_or_else(|_| (0..n).map(|_| Err(io::Error::other("fsync thread panicked"))).collect()))
-            .collect()
+        handles.into_iter().flat_map(|(n, h)| h.join().unwrap_or_else(|_| (0..n).map(|_| Err(io::Error::other("fsync thread panicked"))).collect())).collect()
     })
 }

@@ -196,10 +196,15 @@ impl SyncRoot {
     pub fn take_graves(&self) -> Vec<Grave> {
         let mut inner = self.graveyard.inner.lock().expect("BUG: poisoned");
         inner.causes.clear();
-        inner.buried.iter_mut().filter(|b| !b.reported).map(|b| {
-            b.reported = true;
-            b.grave.clone()
-        }).collect()
+        inner
+            .buried
+            .iter_mut()
+            .filter(|b| !b.reported)
+            .map(|b| {
+                b.reported = true;
+                b.grave.clone()
+            })
+            .collect()
     }
 
     /// Versions whose grace period ended untouched, and ids rescued as conflict copies, since

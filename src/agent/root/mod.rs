@@ -130,9 +130,7 @@ impl DiskMeta {
 
     /// Same file in the same state (a directory only needs to be the same directory).
     pub fn same_state(&self, other: &DiskMeta) -> bool {
-        self.kind == other.kind
-            && self.ino == other.ino
-            && (self.kind == EntryKind::Dir || (self.size == other.size && self.mtime_ns == other.mtime_ns && self.ctime_ns == other.ctime_ns))
+        self.kind == other.kind && self.ino == other.ino && (self.kind == EntryKind::Dir || (self.size == other.size && self.mtime_ns == other.mtime_ns && self.ctime_ns == other.ctime_ns))
     }
 }
 
@@ -226,13 +224,7 @@ impl SyncRoot {
     /// The directory `dir` (`""` = the root), `None` if it does not exist.
     fn dir(&self, dir: &str, for_path: &RelPath) -> Result<Option<OwnedFd>, RootError> {
         let root = self.root_fd()?;
-        beneath::open_dir(&root, dir).map_err(|e| {
-            if beneath::is_escape(&e) {
-                RootError::Escapes { path: for_path.clone(), parent: dir.to_owned() }
-            } else {
-                RootError::io(for_path, e)
-            }
-        })
+        beneath::open_dir(&root, dir).map_err(|e| if beneath::is_escape(&e) { RootError::Escapes { path: for_path.clone(), parent: dir.to_owned() } } else { RootError::io(for_path, e) })
     }
 
     /// `p`'s parent directory and last component; `None` if the parent does not exist.
@@ -340,18 +332,11 @@ fn same_inode(a: &OwnedFd, b: &OwnedFd) -> bool {
 /// change of the modification time alone as IN_MODIFY, which the watcher takes for a write
 /// in progress; both times together are IN_ATTRIB.
 fn times(mtime_ns: i64) -> Timestamps {
-    Timestamps {
-        last_access: Timespec { tv_sec: 0, tv_nsec: UTIME_NOW },
-        last_modification: Timespec { tv_sec: mtime_ns.div_euclid(1_000_000_000), tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _ },
-    }
+    Timestamps { last_access: Timespec { tv_sec: 0, tv_nsec: UTIME_NOW }, last_modification: Timespec { tv_sec: mtime_ns.div_euclid(1_000_000_000), tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as _ } }
 }
 
 pub fn to_systime(mtime_ns: i64) -> SystemTime {
-    if mtime_ns >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(mtime_ns as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_nanos(mtime_ns.unsigned_abs())
-    }
+    if mtime_ns >= 0 { UNIX_EPOCH + Duration::from_nanos(mtime_ns as u64) } else { UNIX_EPOCH - Duration::from_nanos(mtime_ns.unsigned_abs()) }
 }
 
 /// BLAKE3 of a file's content, read through `open_read`; also returns the metadata seen

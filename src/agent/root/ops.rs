@@ -137,5 +137,4 @@ impl SyncRoot {
         }
         Ok(n)
     }
-
 }

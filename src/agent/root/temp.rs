@@ -171,5 +171,4 @@ impl SyncRoot {
         self.sync_dir_of(p);
         stat_at(&dir, &name).map_err(|e| RootError::io(p, e))?.map(|s| s.st_ino).ok_or_else(|| RootError::Changed { path: p.clone() })
     }
-
 }

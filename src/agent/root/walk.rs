@@ -102,7 +102,12 @@ impl SyncRoot {
                 let Some(st) = st else { continue };
                 let Some(meta) = DiskMeta::from_stat(&st) else { continue };
                 if meta.kind == EntryKind::Dir {
-                    match rustix::fs::openat(&fd, std::ffi::OsStr::from_bytes(&name), rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty()) {
+                    match rustix::fs::openat(
+                        &fd,
+                        std::ffi::OsStr::from_bytes(&name),
+                        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+                        rustix::fs::Mode::empty(),
+                    ) {
                         Ok(sub) => stack.push((Some(rel.clone()), sub)),
                         Err(rustix::io::Errno::NOENT) => continue,
                         Err(e) => out.errors.push(format!("{rel}: {}", err(e))),

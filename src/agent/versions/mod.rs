@@ -40,7 +40,7 @@ use super::Agent;
 use super::config::{Settings, VersionSettings};
 use super::lsyncd_log::LsyncdLog;
 use super::root::{Cause, Grave, SyncRoot};
-use crate::protocol::versions::{Cause as CauseKind, VersionInfo, VersionList, VersionQuery, VersionsSummary, MAX_LIST};
+use crate::protocol::versions::{Cause as CauseKind, MAX_LIST, VersionInfo, VersionList, VersionQuery, VersionsSummary};
 use crate::protocol::{Entry, EntryKind, RelPath};
 
 /// The most versions kept, whatever their size (empty files cost a record each).
@@ -63,12 +63,7 @@ pub struct Versions {
 /// entry, which the decision saw on disk).
 pub fn cause_of(r: &Entry, local: Option<&super::index::Stored>) -> Cause {
     let hash = local.filter(|l| !l.entry.deleted && l.entry.kind == EntryKind::File).map(|l| l.entry.hash);
-    Cause {
-        by: r.modified_by_name.clone(),
-        kind: if r.deleted { CauseKind::Deleted } else { CauseKind::Replaced },
-        hash,
-        new_hash: (!r.deleted && r.kind == EntryKind::File).then_some(r.hash),
-    }
+    Cause { by: r.modified_by_name.clone(), kind: if r.deleted { CauseKind::Deleted } else { CauseKind::Replaced }, hash, new_hash: (!r.deleted && r.kind == EntryKind::File).then_some(r.hash) }
 }
 
 fn record_of(g: &Grave) -> Record {
@@ -189,9 +184,8 @@ impl Versions {
         let used: u64 = all.iter().map(|(_, r)| r.disk_bytes).sum();
         self.cap = self.settings.max_bytes.unwrap_or_else(|| ((free as u128 + used as u128) * self.settings.max_percent_of_free as u128 / 100) as u64);
         let free_pct = if total > 0 { free as u128 * 100 / total as u128 } else { 100 };
-        self.stopped = (free_pct < self.settings.min_free_percent as u128).then(|| {
-            format!("not keeping new versions: only {free_pct}% of the state dir's file system is free (versions.min_free_percent = {})", self.settings.min_free_percent)
-        });
+        self.stopped = (free_pct < self.settings.min_free_percent as u128)
+            .then(|| format!("not keeping new versions: only {free_pct}% of the state dir's file system is free (versions.min_free_percent = {})", self.settings.min_free_percent));
         let too_old = super::scan::now_ns() - self.settings.max_age.as_nanos().min(i64::MAX as u128) as i64;
         let (mut bytes, mut count) = (used, all.len());
         let mut gone = Vec::new();

@@ -70,13 +70,8 @@ pub(super) fn recover(a: &mut Agent, by_ino: &HashMap<u64, Stored>) -> anyhow::R
     // Files without a record: displaced by a change the index had not recorded yet.
     let mut adopted = 0;
     if !files.is_empty() {
-        let pending: HashMap<String, (String, bool)> = a
-            .index
-            .journal()?
-            .into_iter()
-            .chain(a.index.needs()?.into_iter().map(|n| n.entry))
-            .map(|e| (e.path.to_string(), (e.modified_by_name, e.deleted)))
-            .collect();
+        let pending: HashMap<String, (String, bool)> =
+            a.index.journal()?.into_iter().chain(a.index.needs()?.into_iter().map(|n| n.entry)).map(|e| (e.path.to_string(), (e.modified_by_name, e.deleted))).collect();
         for (id, (meta, blocks)) in files {
             match explains(by_ino, &meta) {
                 Some(s) => {

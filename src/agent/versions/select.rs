@@ -64,7 +64,10 @@ pub fn select<'a>(all: &'a [(u64, Record)], req: &RestoreRequest) -> Result<Vec<
         return Err(format!("the deletion window ends ({t}) before it starts ({f})"));
     }
     if scope.is_none() && req.at.is_none() && req.deleted_from.is_none() {
-        return Err("say what to restore: a file or folder, a time (--at), or a deletion window (--deleted-since); every deletion kept here would bring back everything deleted within the retention time".into());
+        return Err(
+            "say what to restore: a file or folder, a time (--at), or a deletion window (--deleted-since); every deletion kept here would bring back everything deleted within the retention time"
+                .into(),
+        );
     }
     // A file scope: the path itself has versions and nothing below it does.
     let single = scope.as_ref().is_some_and(|s| by_path.len() == 1 && by_path.contains_key(s.as_str()));

@@ -74,8 +74,7 @@ pub fn differing_entries(lists: &[FileFacts]) -> Vec<Difference> {
     let paths: BTreeSet<&String> = lists.iter().flat_map(|l| l.entries.iter().map(|e| &e.path)).collect();
     let mut out = Vec::new();
     for p in paths {
-        let views: Vec<Option<Facts>> =
-            lists.iter().map(|l| l.entries.iter().find(|e| &e.path == p).map(|e| (e.entry.as_str(), e.size, e.mtime_ns, e.mode, e.hash.as_str()))).collect();
+        let views: Vec<Option<Facts>> = lists.iter().map(|l| l.entries.iter().find(|e| &e.path == p).map(|e| (e.entry.as_str(), e.size, e.mtime_ns, e.mode, e.hash.as_str()))).collect();
         let distinct: BTreeSet<&Option<Facts>> = views.iter().collect();
         let unreadable = views.iter().flatten().any(|v| v.4.starts_with("unreadable"));
         if distinct.len() <= 1 && !unreadable {

@@ -33,7 +33,9 @@ macro_rules! check_cols {
 pub async fn enqueue(db: &PgPool, env: Uuid, kind: &str, by: &str) -> sqlx::Result<Uuid> {
     let mut tx = db.begin().await?;
     super::advisory_xact_lock(&mut tx, 0x6673_636b).await?;
-    if let Some(id) = sqlx::query_scalar::<_, Uuid>("select sync_check_id from sync_check where environment_id = $1 and kind = $2 and state = 'queued'").bind(env).bind(kind).fetch_optional(&mut *tx).await? {
+    if let Some(id) =
+        sqlx::query_scalar::<_, Uuid>("select sync_check_id from sync_check where environment_id = $1 and kind = $2 and state = 'queued'").bind(env).bind(kind).fetch_optional(&mut *tx).await?
+    {
         tx.commit().await?;
         return Ok(id);
     }
@@ -66,7 +68,12 @@ pub async fn claim_next(db: &PgPool, worker: &str, stale_seconds: u32) -> sqlx::
 
 /// Keeps a claim fresh and saves the progress so far; false once another worker took it.
 pub async fn touch(db: &PgPool, id: Uuid, worker: &str, progress: &serde_json::Value) -> sqlx::Result<bool> {
-    let r = sqlx::query("update sync_check set heartbeat_at = now(), result = $3 where sync_check_id = $1 and claimed_by = $2 and state = 'running'").bind(id).bind(worker).bind(progress).execute(db).await?;
+    let r = sqlx::query("update sync_check set heartbeat_at = now(), result = $3 where sync_check_id = $1 and claimed_by = $2 and state = 'running'")
+        .bind(id)
+        .bind(worker)
+        .bind(progress)
+        .execute(db)
+        .await?;
     Ok(r.rows_affected() == 1)
 }
 

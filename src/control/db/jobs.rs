@@ -89,18 +89,15 @@ pub async fn finish(db: &PgPool, job_id: Uuid, worker: &str, error: Option<&str>
 }
 
 pub async fn get(db: &PgPool, job_id: Uuid) -> sqlx::Result<Option<JobRow>> {
-    sqlx::query_as::<_, JobRow>(concat!("select ", job_cols!(), " from job where job_id = $1"))
-        .bind(job_id)
-        .fetch_optional(db)
-        .await
+    sqlx::query_as::<_, JobRow>(concat!("select ", job_cols!(), " from job where job_id = $1")).bind(job_id).fetch_optional(db).await
 }
 
 /// The latest job of each node of the environment (what the dashboard shows as progress).
 pub async fn latest_per_node(db: &PgPool, environment_id: Uuid) -> sqlx::Result<Vec<JobRow>> {
     sqlx::query_as::<_, JobRow>(concat!("select distinct on (node_name) ", job_cols!(), " from job where environment_id = $1 order by node_name, created_at desc"))
-    .bind(environment_id)
-    .fetch_all(db)
-    .await
+        .bind(environment_id)
+        .fetch_all(db)
+        .await
 }
 
 /// Whether the node already has a job waiting to start (it will read the latest settings

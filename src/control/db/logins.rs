@@ -9,10 +9,7 @@ pub const FORGET_AFTER_S: f64 = 3600.0;
 
 /// How long `key` must still wait before a password is checked, if it is locked.
 pub async fn locked_for(db: &PgPool, key: &str) -> sqlx::Result<Option<f64>> {
-    sqlx::query_scalar::<_, f64>("select extract(epoch from locked_until - now())::float8 from login_throttle where throttle_key = $1 and locked_until > now()")
-        .bind(key)
-        .fetch_optional(db)
-        .await
+    sqlx::query_scalar::<_, f64>("select extract(epoch from locked_until - now())::float8 from login_throttle where throttle_key = $1 and locked_until > now()").bind(key).fetch_optional(db).await
 }
 
 /// Counts a failure for `key`; failures older than `forget_s` seconds start over. Once
@@ -46,11 +43,7 @@ pub async fn clear(db: &PgPool, key: &str) -> sqlx::Result<()> {
 }
 
 pub async fn trust(db: &PgPool, username: &str, address: &str) -> sqlx::Result<()> {
-    sqlx::query("insert into login_trusted (username, address) values ($1, $2) on conflict (username, address) do update set last_success_at = now()")
-        .bind(username)
-        .bind(address)
-        .execute(db)
-        .await?;
+    sqlx::query("insert into login_trusted (username, address) values ($1, $2) on conflict (username, address) do update set last_success_at = now()").bind(username).bind(address).execute(db).await?;
     Ok(())
 }
 
@@ -66,9 +59,6 @@ pub async fn trusted(db: &PgPool, username: &str, address: &str) -> sqlx::Result
 /// Forgets failures older than `forget_s` seconds whose lock has passed (keeps the table
 /// small however many user names strangers try).
 pub async fn forget_old(db: &PgPool, forget_s: f64) -> sqlx::Result<u64> {
-    let r = sqlx::query("delete from login_throttle where last_failure_at < now() - make_interval(secs => $1) and (locked_until is null or locked_until < now())")
-        .bind(forget_s)
-        .execute(db)
-        .await?;
+    let r = sqlx::query("delete from login_throttle where last_failure_at < now() - make_interval(secs => $1) and (locked_until is null or locked_until < now())").bind(forget_s).execute(db).await?;
     Ok(r.rows_affected())
 }

@@ -15,8 +15,8 @@ pub mod users;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 pub use environments::{EnvironmentRow, InstallationRow};
-pub use nodes::NodeRow;
 pub use jobs::JobRow;
+pub use nodes::NodeRow;
 
 /// Connects and applies the migrations in `migrations/` (embedded at build time).
 pub async fn connect(url: &str) -> anyhow::Result<PgPool> {
@@ -82,10 +82,7 @@ pub struct EventRow {
 }
 
 pub async fn recent_events(db: &PgPool, environment_id: uuid::Uuid) -> sqlx::Result<Vec<EventRow>> {
-    sqlx::query_as::<_, EventRow>("select message, created_at from event where environment_id = $1 order by event_id desc limit 20")
-        .bind(environment_id)
-        .fetch_all(db)
-        .await
+    sqlx::query_as::<_, EventRow>("select message, created_at from event where environment_id = $1 order by event_id desc limit 20").bind(environment_id).fetch_all(db).await
 }
 
 /// Timestamps go out as RFC 3339 strings in the API.

@@ -62,12 +62,10 @@ pub async fn create_session(db: &PgPool, token_hash: &str, user: Uuid, csrf: &st
 }
 
 pub async fn session(db: &PgPool, token_hash: &str) -> sqlx::Result<Option<SessionRow>> {
-    sqlx::query_as::<_, SessionRow>(
-        "select s.app_user_id, u.username, s.csrf_token from session s join app_user u using (app_user_id) where s.session_token_hash = $1 and s.expires_at > now()",
-    )
-    .bind(token_hash)
-    .fetch_optional(db)
-    .await
+    sqlx::query_as::<_, SessionRow>("select s.app_user_id, u.username, s.csrf_token from session s join app_user u using (app_user_id) where s.session_token_hash = $1 and s.expires_at > now()")
+        .bind(token_hash)
+        .fetch_optional(db)
+        .await
 }
 
 pub async fn delete_session(db: &PgPool, token_hash: &str) -> sqlx::Result<()> {

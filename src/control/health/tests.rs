@@ -150,7 +150,10 @@ fn a_node_held_on_the_old_path_degrades_the_environment_and_its_refusal_is_no_er
     held.lifecycle = AgentState::Paused;
     let (e, n) = assess(&env(), &[node("node1", Some(&a)), held]);
     assert_eq!((n[0].state, n[1].label.as_str()), (SyncState::UpToDate, "paused on the old sync path until a reconfigure reaches it; 3 local change(s) not sent"));
-    assert_eq!((e.state, e.headline.as_str()), (SyncState::Degraded, "Degraded: node2 paused on the old sync path until a reconfigure reaches it; 3 local change(s) not sent; the other 1 node(s) are in sync"));
+    assert_eq!(
+        (e.state, e.headline.as_str()),
+        (SyncState::Degraded, "Degraded: node2 paused on the old sync path until a reconfigure reaches it; 3 local change(s) not sent; the other 1 node(s) are in sync")
+    );
 }
 
 #[test]

@@ -9,12 +9,12 @@ pub mod error;
 pub mod limiter;
 pub mod pages;
 
+use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::Router;
 
 pub use error::{Error, not_found};
 

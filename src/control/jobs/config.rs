@@ -58,7 +58,8 @@ pub async fn link(secrets: &Secrets, node: &NodeRow, inst: &InstallationRow) -> 
     if inst.mode != Mode::TwoEnvs {
         return Ok(None);
     }
-    let remote = inst.settings.get("address").and_then(|a| a.as_str()).filter(|a| !a.is_empty()).ok_or("two-environment mode without the other environment's address: open the add-on dialog and set it")?;
+    let remote =
+        inst.settings.get("address").and_then(|a| a.as_str()).filter(|a| !a.is_empty()).ok_or("two-environment mode without the other environment's address: open the add-on dialog and set it")?;
     let sealed = inst.password_secret.as_deref().ok_or("two-environment mode without a shared password: open the add-on dialog and type the password (the same in both environments)")?;
     let password = secrets
         .open(sealed, &Place::installation_password(inst.layer_id))
@@ -120,7 +121,15 @@ mod tests {
     }
 
     fn env() -> EnvironmentRow {
-        EnvironmentRow { environment_id: uuid::Uuid::nil(), name: "env".into(), webroot: "/var/www/webroot".into(), ca_cert_pem: String::new(), ca_key_secret: String::new(), client_cert_pem: String::new(), client_key_secret: String::new() }
+        EnvironmentRow {
+            environment_id: uuid::Uuid::nil(),
+            name: "env".into(),
+            webroot: "/var/www/webroot".into(),
+            ca_cert_pem: String::new(),
+            ca_key_secret: String::new(),
+            client_cert_pem: String::new(),
+            client_key_secret: String::new(),
+        }
     }
 
     fn inst(mode: Mode, secrets: &Secrets, pw: &str) -> InstallationRow {

@@ -222,7 +222,12 @@ async fn upload_agent(st: &AppState, node: &NodeRow, prefix: &str, conn: &Conn) 
     }
     let free_kib = probe.stdout.split_whitespace().nth(3).and_then(|s| s.parse::<u64>().ok()).unwrap_or(u64::MAX);
     if free_kib < need_kib {
-        return Err(format!("not enough disk space on {}: {} MiB free in {prefix}, the agent needs {} MiB; free some space there or set another install prefix for this node", node.name, free_kib / 1024, need_kib.div_ceil(1024)));
+        return Err(format!(
+            "not enough disk space on {}: {} MiB free in {prefix}, the agent needs {} MiB; free some space there or set another install prefix for this node",
+            node.name,
+            free_kib / 1024,
+            need_kib.div_ceil(1024)
+        ));
     }
     conn.upload(&bin, &st.agent.bytes, 0o755).await.map_err(|e| format!("{e} (is the disk full or read-only?)"))?;
     let check = conn.sh_ok(&format!("sha256sum {}", q(&bin))).await.map_err(|e| e.to_string())?;

@@ -51,7 +51,9 @@ pub async fn after_job(st: &AppState, job: &JobRow, node: &NodeRow, result: &Res
         (Ok(()), _) if node.agent_state == AgentState::Paused => {
             let layer_paused = db::environments::layer_paused(&st.pool, node.layer_id).await.unwrap_or(false);
             if !layer_paused && let Err(e) = resume(st, job.environment_id, node).await {
-                let _ = db::add_event(&st.pool, Some(job.environment_id), &format!("{}: reached the current sync path, but could not be resumed ({e}); resume sync on the environment page", node.name)).await;
+                let _ =
+                    db::add_event(&st.pool, Some(job.environment_id), &format!("{}: reached the current sync path, but could not be resumed ({e}); resume sync on the environment page", node.name))
+                        .await;
                 AgentState::Paused
             } else {
                 let _ = db::add_event(&st.pool, Some(job.environment_id), &format!("{}: reconfigured for the current sync path; sync resumed on it", node.name)).await;

@@ -165,7 +165,10 @@ mod tests {
         let s = |state: &str, error: Option<&str>| st(serde_json::json!({"link": {"state": state, "remote": "203.0.113.7:7756", "error": error}}));
         let f = link_change;
         assert_eq!(f("web1", Some(&s("pairing", None)), &s("connected", None)).as_deref(), Some("web1: cross-environment link to 203.0.113.7:7756 connected"));
-        assert_eq!(f("web1", None, &s("refused", Some("the other environment refused the password"))).as_deref(), Some("web1: cross-environment link to 203.0.113.7:7756 refused: the other environment refused the password"));
+        assert_eq!(
+            f("web1", None, &s("refused", Some("the other environment refused the password"))).as_deref(),
+            Some("web1: cross-environment link to 203.0.113.7:7756 refused: the other environment refused the password")
+        );
         assert!(f("web1", Some(&s("connected", None)), &s("unreachable", Some("no answer"))).unwrap().contains("no longer connected (unreachable: no answer)"));
         assert_eq!(f("web1", Some(&s("connected", None)), &s("connected", None)), None);
         assert_eq!(f("web1", Some(&s("pairing", None)), &s("unreachable", None)), None);

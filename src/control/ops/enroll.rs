@@ -117,7 +117,15 @@ pub async fn enroll(st: &AppState, r: &EnrollRequest) -> anyhow::Result<Result<E
             db::add_event(
                 &st.pool,
                 Some(env_id),
-                &format!("clone of {} enrolled as {} ({address}{host}) with join token {:?} (use {} of {}); webroot and install prefix copied from {}{note}", r.clone_of, fields.name, tok.name, tok.uses + 1, tok.max_uses, original.name),
+                &format!(
+                    "clone of {} enrolled as {} ({address}{host}) with join token {:?} (use {} of {}); webroot and install prefix copied from {}{note}",
+                    r.clone_of,
+                    fields.name,
+                    tok.name,
+                    tok.uses + 1,
+                    tok.max_uses,
+                    original.name
+                ),
             )
             .await?;
             Ok(Ok(EnrollResponse { node_id: ids[0], name: fields.name }))

@@ -56,7 +56,11 @@ pub async fn set_paused(st: &AppState, env_id: Uuid, paused: bool, by: &str) -> 
     let layer = db::environments::cp_layer(&st.pool, env_id).await?;
     db::environments::set_layer_paused(&st.pool, layer, paused, by).await?;
     // Nodes held paused for a sync path change stay paused on resume.
-    let nodes: Vec<NodeRow> = db::nodes::list(&st.pool, layer).await?.into_iter().filter(|n| matches!(n.agent_state, AgentState::Running | AgentState::Unreachable) || (paused && n.agent_state == AgentState::Paused)).collect();
+    let nodes: Vec<NodeRow> = db::nodes::list(&st.pool, layer)
+        .await?
+        .into_iter()
+        .filter(|n| matches!(n.agent_state, AgentState::Running | AgentState::Unreachable) || (paused && n.agent_state == AgentState::Paused))
+        .collect();
     let failures: Vec<String> = command_all(st, &env, &nodes, if paused { AdminCommand::Pause } else { AdminCommand::Resume }).await?.into_iter().map(|(_, e)| e).collect();
     let mut msg = format!("sync {} on {} node(s) by {by}", if paused { "paused" } else { "resumed" }, nodes.len() - failures.len());
     if !failures.is_empty() {
@@ -101,7 +105,12 @@ pub async fn submit(st: &AppState, env_id: Uuid, values: &HashMap<String, String
     let row = db::environments::upsert_installation(&st.pool, layer, new, state).await?;
     db::add_event(&st.pool, Some(env_id), &install_event(kind, &s, password_note)).await?;
     if let Some(old) = old_path {
-        db::add_event(&st.pool, Some(env_id), &format!("sync path change {old} -> {} (generation {}): pausing every node, then reconfiguring, then resuming; nothing in {old} is deleted or moved", s.path, row.generation)).await?;
+        db::add_event(
+            &st.pool,
+            Some(env_id),
+            &format!("sync path change {old} -> {} (generation {}): pausing every node, then reconfiguring, then resuming; nothing in {old} is deleted or moved", s.path, row.generation),
+        )
+        .await?;
         let held: Vec<NodeRow> = nodes.into_iter().filter(|n| n.agent_state.has_agent()).collect();
         let failures = command_all(st, &env, &held, AdminCommand::Pause).await?;
         let mut msg = format!("paused {} of {} node(s) for the path change", held.len() - failures.len(), held.len());

@@ -79,7 +79,8 @@ mod tests {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
         assert_eq!(check_abs_path("/opt//filesync/", 2).unwrap(), "/opt/filesync");
-        for bad in ["opt/filesync", "/x/sh -c \"touch /tmp/pwned\" /x/y", "/opt/a\"b", "/opt/a'b", "/opt/a\\b", "/opt/%h", "/opt/$x", "/opt/../etc", "/opt/./x", "/", "/opt", "/opt/a\tb", "/opt/a\nb"] {
+        for bad in ["opt/filesync", "/x/sh -c \"touch /tmp/pwned\" /x/y", "/opt/a\"b", "/opt/a'b", "/opt/a\\b", "/opt/%h", "/opt/$x", "/opt/../etc", "/opt/./x", "/", "/opt", "/opt/a\tb", "/opt/a\nb"]
+        {
             assert!(check_abs_path(bad, 2).is_err(), "{bad:?}");
         }
         assert!(check_abs_path("/var", 1).is_ok());

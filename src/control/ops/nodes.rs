@@ -114,7 +114,16 @@ pub(crate) async fn insert(st: &AppState, env: &db::EnvironmentRow, valid: &[Nod
     }
     let news: Vec<NewNode> = valid
         .iter()
-        .map(|v| NewNode { name: &v.name, address: &v.address, ssh_port: v.ssh_port, ssh_user: &v.ssh_user, webroot: &v.webroot, install_prefix: &v.install_prefix, agent_port: v.agent_port, enrolled })
+        .map(|v| NewNode {
+            name: &v.name,
+            address: &v.address,
+            ssh_port: v.ssh_port,
+            ssh_user: &v.ssh_user,
+            webroot: &v.webroot,
+            install_prefix: &v.install_prefix,
+            agent_port: v.agent_port,
+            enrolled,
+        })
         .collect();
     let ids = match db::nodes::add(&st.pool, layer, &news).await? {
         Ok(ids) => ids,

@@ -3,10 +3,10 @@
 //! exclude pattern. The last part is asked of a reachable agent (it applies its real
 //! rules); without one, only the fixed rules are checked, and the answer says so.
 
+use crate::control::AppState;
 use crate::control::agent_api::AgentApi;
 use crate::control::manifest::normalize_path;
 use crate::control::ops::status::{ASK_TIMEOUT, EnvStatus};
-use crate::control::AppState;
 use crate::control::state::Health;
 
 /// (synced, why), or why the question cannot be answered.

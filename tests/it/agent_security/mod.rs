@@ -52,7 +52,13 @@ async fn probe(cl: &reqwest::Client, addr: &str) -> Vec<(&'static str, u16)> {
     out.push(("status", r.status().as_u16()));
     let r = cl.get(format!("https://{addr}/metrics")).send().await.unwrap();
     out.push(("metrics", r.status().as_u16()));
-    let r = cl.post(format!("https://{addr}/v1/changes")).header(filesync::protocol::wire::PROTOCOL_HEADER, filesync::protocol::wire::PROTOCOL.to_string()).body(postcard::to_allocvec(&q).unwrap()).send().await.unwrap();
+    let r = cl
+        .post(format!("https://{addr}/v1/changes"))
+        .header(filesync::protocol::wire::PROTOCOL_HEADER, filesync::protocol::wire::PROTOCOL.to_string())
+        .body(postcard::to_allocvec(&q).unwrap())
+        .send()
+        .await
+        .unwrap();
     out.push(("changes", r.status().as_u16()));
     let r = cl.get(format!("https://{addr}/v1/file?path=a.txt&hash={zero}")).send().await.unwrap();
     out.push(("file", r.status().as_u16()));
@@ -109,7 +115,8 @@ fn a_node_removed_from_the_peer_lists_is_refused_by_every_agent_within_seconds()
     write(&c.nodes[0].path("before.txt"), b"all three");
     c.converge("a file on all three", T, |t| if t.contains_key("before.txt") { Ok(()) } else { Err("missing".into()) });
     let node3 = client(&node_tls(&c, 2));
-    let status_codes = |rt: &tokio::runtime::Runtime| -> Vec<(&'static str, u16)> { rt.block_on(async { [probe(&node3, &c.nodes[0].addr()).await, probe(&node3, &c.nodes[1].addr()).await].concat() }) };
+    let status_codes =
+        |rt: &tokio::runtime::Runtime| -> Vec<(&'static str, u16)> { rt.block_on(async { [probe(&node3, &c.nodes[0].addr()).await, probe(&node3, &c.nodes[1].addr()).await].concat() }) };
     let rt = rt();
     let before = status_codes(&rt);
     assert!(before.iter().filter(|(n, _)| *n == "changes").all(|(_, s)| *s == 200), "{before:?}");
@@ -237,14 +244,8 @@ fn spawn_agent(c: &mut Cluster, i: usize, fds: Option<u32>) {
     let before = std::fs::read_to_string(&log).unwrap_or_default().matches("startup complete").count();
     let stderr = std::fs::OpenOptions::new().create(true).append(true).open(n.home.join("stderr.log")).unwrap();
     let limit = fds.map(|f| format!("ulimit -n {f} && ")).unwrap_or_default();
-    let child = Command::new("sh")
-        .args(["-c", &format!("{limit}exec \"$0\" agent --config \"$1\"")])
-        .arg(env!("CARGO_BIN_EXE_filesync"))
-        .arg(&n.config)
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
+    let child =
+        Command::new("sh").args(["-c", &format!("{limit}exec \"$0\" agent --config \"$1\"")]).arg(env!("CARGO_BIN_EXE_filesync")).arg(&n.config).stdout(Stdio::null()).stderr(stderr).spawn().unwrap();
     n.child = Some(child);
     let stderr_path = n.home.join("stderr.log");
     until("start-up", T, || {

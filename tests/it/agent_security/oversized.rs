@@ -116,7 +116,13 @@ fn fake_peer(c: &Cluster, certs: &std::path::Path, name: &'static str, addr: Soc
                         }
                     }),
                 )
-                .route("/v1/file", get(move || { let counts = counts.clone(); async move { junk(counts) } }));
+                .route(
+                    "/v1/file",
+                    get(move || {
+                        let counts = counts.clone();
+                        async move { junk(counts) }
+                    }),
+                );
             loop {
                 let (tcp, _) = tokio::select! {
                     _ = stop2.cancelled() => return,

@@ -55,7 +55,6 @@ pub struct Options {
     pub extra: String,
 }
 
-
 impl Cluster {
     /// Creates `n` nodes (not started), full mesh.
     pub fn new(n: usize, opts: Options) -> Cluster {
@@ -124,13 +123,7 @@ impl Cluster {
         let n = &mut self.nodes[i];
         assert!(n.child.is_none(), "{} already running", n.name);
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(n.home.join("stderr.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_filesync"))
-            .args(["agent", "--config"])
-            .arg(&n.config)
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_filesync")).args(["agent", "--config"]).arg(&n.config).stdout(Stdio::null()).stderr(stderr).spawn().unwrap();
         n.child = Some(child);
         n.starts += 1;
         let want = n.starts;
@@ -139,11 +132,7 @@ impl Cluster {
         let stderr_path = n.home.join("stderr.log");
         until(&format!("{name} start-up"), Duration::from_secs(30), || {
             let s = std::fs::read_to_string(&log).unwrap_or_default();
-            if s.matches("startup complete").count() >= want {
-                Ok(())
-            } else {
-                Err(format!("log: {s}\nstderr: {}", std::fs::read_to_string(&stderr_path).unwrap_or_default()))
-            }
+            if s.matches("startup complete").count() >= want { Ok(()) } else { Err(format!("log: {s}\nstderr: {}", std::fs::read_to_string(&stderr_path).unwrap_or_default())) }
         });
     }
 

@@ -249,7 +249,14 @@ async fn connection(sh: &Arc<Shared>, client: TcpStream) {
 /// waits until a chunk's due time, never a full latency per chunk, so throughput is not
 /// limited by the latency and order is preserved. End of input is forwarded (as a
 /// shutdown of the write half) after the last chunk, with the same delay.
-async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, latency: Duration, seen: Arc<Mutex<Vec<u8>>>, delivered: &AtomicU64, hole: &AtomicBool) -> std::io::Result<()> {
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    latency: Duration,
+    seen: Arc<Mutex<Vec<u8>>>,
+    delivered: &AtomicU64,
+    hole: &AtomicBool,
+) -> std::io::Result<()> {
     let (tx, mut rx) = mpsc::channel::<(tokio::time::Instant, Option<Vec<u8>>)>(QUEUE);
     let reader = async move {
         let mut buf = vec![0u8; CHUNK];

@@ -59,9 +59,7 @@ type ApiResult = Result<Response, Error>;
 
 /// A JSON object's values as strings (numbers and booleans as written), as forms send them.
 fn fields(v: &Value) -> HashMap<String, String> {
-    v.as_object()
-        .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned).unwrap_or_else(|| if v.is_null() { String::new() } else { v.to_string() }))).collect())
-        .unwrap_or_default()
+    v.as_object().map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().map(str::to_owned).unwrap_or_else(|| if v.is_null() { String::new() } else { v.to_string() }))).collect()).unwrap_or_default()
 }
 
 fn outcome<T: serde::Serialize>(o: Outcome<T>, ok: StatusCode) -> ApiResult {
@@ -117,7 +115,10 @@ fn node_json(n: &db::NodeRow, sync: Option<&crate::control::health::NodeSync>, j
         o.insert("link".into(), n.status().and_then(|s| s.link.as_ref()).map(|l| serde_json::to_value(l).unwrap_or(Value::Null)).unwrap_or(Value::Null));
         o.insert("sync".into(), sync.map(|s| serde_json::to_value(s).unwrap_or(Value::Null)).unwrap_or(Value::Null));
         o.insert("last_job".into(), job.map(|j| json!({"job_id": j.job_id, "kind": j.kind, "state": j.state, "error": j.error, "finished_at": j.finished_at.map(|t| t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default())})).unwrap_or(Value::Null));
-        o.insert("report".into(), n.report().map(|r| json!({"conflicts": r.conflicts, "pending_files": r.pending_files, "pending_bytes": r.pending_bytes, "last_change": r.last_change})).unwrap_or(Value::Null));
+        o.insert(
+            "report".into(),
+            n.report().map(|r| json!({"conflicts": r.conflicts, "pending_files": r.pending_files, "pending_bytes": r.pending_bytes, "last_change": r.last_change})).unwrap_or(Value::Null),
+        );
     }
     v
 }

@@ -82,11 +82,7 @@ fn chart(title: &str, values: &BTreeMap<String, Vec<(f64, f64)>>, fmt: impl Fn(f
         .map(|(name, pts)| Series {
             name: name.clone(),
             class: format!("c{}", order.iter().position(|n| n == name).unwrap_or(0) % 6),
-            points: pts
-                .iter()
-                .map(|(ago, v)| format!("{:.1},{:.1}", PAD + (W - 2.0 * PAD) * (1.0 - ago / window), H - PAD - (H - 2.0 * PAD) * (v / max)))
-                .collect::<Vec<_>>()
-                .join(" "),
+            points: pts.iter().map(|(ago, v)| format!("{:.1},{:.1}", PAD + (W - 2.0 * PAD) * (1.0 - ago / window), H - PAD - (H - 2.0 * PAD) * (v / max))).collect::<Vec<_>>().join(" "),
             last: pts.last().map(|(_, v)| fmt(*v)).unwrap_or_default(),
         })
         .collect();
@@ -131,7 +127,8 @@ pub async fn build(st: &AppState, s: &EnvStatus) -> Result<Charts, Error> {
     }
     for i in 0..live.len() {
         for j in i + 1..live.len() {
-            let sees = |a: &db::NodeRow, b: &db::NodeRow| a.status().and_then(|s| s.peers.get(&b.name)).is_some_and(|p| p.connected) && live.iter().any(|(n, ns)| n.node_id == a.node_id && ns.reachable);
+            let sees =
+                |a: &db::NodeRow, b: &db::NodeRow| a.status().and_then(|s| s.peers.get(&b.name)).is_some_and(|p| p.connected) && live.iter().any(|(n, ns)| n.node_id == a.node_id && ns.reachable);
             let (ab, ba) = (sees(live[i].0, live[j].0), sees(live[j].0, live[i].0));
             let (class, word) = match (ab, ba) {
                 (true, true) => ("edge-up", "connected both ways"),
@@ -146,7 +143,14 @@ pub async fn build(st: &AppState, s: &EnvStatus) -> Result<Charts, Error> {
         let (rx, ry) = (330.0, 120.0);
         let from = c.nodes.iter().find(|t| t.name == leader.name).map(|t| (t.x, t.y)).unwrap_or((cx, cy));
         let state = serde_json::to_value(l.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-        c.edges.push(TopoEdge { x1: from.0, y1: from.1, x2: rx, y2: ry, class: if state == "connected" { "edge-up link".into() } else { "edge-down link".into() }, title: format!("cross-environment link via {}: {state}", leader.name) });
+        c.edges.push(TopoEdge {
+            x1: from.0,
+            y1: from.1,
+            x2: rx,
+            y2: ry,
+            class: if state == "connected" { "edge-up link".into() } else { "edge-down link".into() },
+            title: format!("cross-environment link via {}: {state}", leader.name),
+        });
         c.remote = Some((format!("other environment ({state})"), rx, ry));
     }
     Ok(c)

@@ -36,7 +36,11 @@ fn diffs(v: &Verified) -> Vec<DiffView> {
 
 pub fn view(r: CheckRow) -> CheckView {
     let result = r.result.clone().unwrap_or_default();
-    let summary = result["summary"].as_str().map(str::to_owned).or(r.error.clone()).unwrap_or_else(|| if r.state == "queued" { "waiting to start".into() } else { "running: every node reads and hashes its folder".into() });
+    let summary = result["summary"]
+        .as_str()
+        .map(str::to_owned)
+        .or(r.error.clone())
+        .unwrap_or_else(|| if r.state == "queued" { "waiting to start".into() } else { "running: every node reads and hashes its folder".into() });
     let (differences, repaired) = if r.kind == "repair" {
         let after: Option<Verified> = serde_json::from_value(result["after"].clone()).ok();
         let before: Option<Verified> = serde_json::from_value(result["before"].clone()).ok();
@@ -44,14 +48,5 @@ pub fn view(r: CheckRow) -> CheckView {
     } else {
         (serde_json::from_value::<Verified>(result).ok().as_ref().map(diffs).unwrap_or_default(), Vec::new())
     };
-    CheckView {
-        id: r.sync_check_id.simple().to_string()[..8].to_owned(),
-        kind: r.kind,
-        state: r.state,
-        by: r.requested_by,
-        when: ago(Some(r.created_at)),
-        summary,
-        differences,
-        repaired,
-    }
+    CheckView { id: r.sync_check_id.simple().to_string()[..8].to_owned(), kind: r.kind, state: r.state, by: r.requested_by, when: ago(Some(r.created_at)), summary, differences, repaired }
 }

@@ -89,7 +89,12 @@ pub async fn resolve(State(st): State<AppState>, user: CurrentUser, Path(id): Pa
     let copies = pairs
         .iter()
         .filter(|(k, _)| k == "copy")
-        .map(|(_, v)| hex::decode(v).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(|| Error::BadRequest("a conflict copy was sent in a form this page did not make (expected the hex of its path)".into())))
+        .map(|(_, v)| {
+            hex::decode(v)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| Error::BadRequest("a conflict copy was sent in a form this page did not make (expected the hex of its path)".into()))
+        })
         .collect::<Result<Vec<String>, Error>>()?;
     let action = form.get("action").and_then(|a| ResolveAction::parse(a)).ok_or_else(|| Error::BadRequest("choose an action: keep_winner, restore_copy or keep_both".into()))?;
     if copies.is_empty() {

@@ -135,7 +135,16 @@ async fn jobs_fragment(st: &AppState, env: Uuid) -> Result<JobsData, Error> {
             steps: j
                 .steps
                 .as_array()
-                .map(|a| a.iter().map(|s| StepView { name: s["name"].as_str().unwrap_or("").into(), status: s["status"].as_str().unwrap_or("").into(), word: step_word(s["status"].as_str().unwrap_or("")), output: s["output"].as_str().unwrap_or("").into() }).collect())
+                .map(|a| {
+                    a.iter()
+                        .map(|s| StepView {
+                            name: s["name"].as_str().unwrap_or("").into(),
+                            status: s["status"].as_str().unwrap_or("").into(),
+                            word: step_word(s["status"].as_str().unwrap_or("")),
+                            output: s["output"].as_str().unwrap_or("").into(),
+                        })
+                        .collect()
+                })
                 .unwrap_or_default(),
         })
         .collect();
@@ -378,11 +387,15 @@ mod tests {
     fn the_rerendered_dialog_never_shows_the_password_and_node_text_is_escaped() {
         let m = Manifest::load().unwrap();
         let pw = "Sup3r-secret-pass\"<>";
-        let submitted: HashMap<String, String> = [("mode", "two_envs"), ("address", "203.0.113.7"), ("password", pw), ("path", "ROOT")].into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+        let submitted: HashMap<String, String> =
+            [("mode", "two_envs"), ("address", "203.0.113.7"), ("password", pw), ("path", "ROOT")].into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
         let errors = m.validate(&submitted).unwrap_err();
         assert!(errors.contains_key("address"));
         let dialog = dialog_fields(&m, "env", &["web1"], &submitted, &errors, true);
-        let rows = vec![node("web1", Some(serde_json::json!({"link": {"state": "refused", "leader": true, "remote": "<b>x</b>:1", "bytes_in": 0, "bytes_out": 0, "error": "the other side said <script>alert(1)</script>"}})))];
+        let rows = vec![node(
+            "web1",
+            Some(serde_json::json!({"link": {"state": "refused", "leader": true, "remote": "<b>x</b>:1", "bytes_in": 0, "bytes_out": 0, "error": "the other side said <script>alert(1)</script>"}})),
+        )];
         let live = LiveData {
             id: Uuid::nil(),
             state: "up to date".into(),

@@ -120,8 +120,18 @@ pub(crate) mod tests {
     fn link_table_in_words() {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let rows = vec![
-            node("web1", Some(serde_json::json!({"link": {"state": "connected", "leader": true, "remote": "203.0.113.7:7756", "serving_node": "ams1", "last_exchange": now - 5, "latency_ms": 81.4, "bytes_in": 2048, "bytes_out": 3 * 1024 * 1024, "error": null}}))),
-            node("web2", Some(serde_json::json!({"link": {"state": "standby", "leader": false, "remote": "203.0.113.7:7756", "serving_node": null, "last_exchange": null, "latency_ms": null, "bytes_in": 0, "bytes_out": 0, "error": null}}))),
+            node(
+                "web1",
+                Some(
+                    serde_json::json!({"link": {"state": "connected", "leader": true, "remote": "203.0.113.7:7756", "serving_node": "ams1", "last_exchange": now - 5, "latency_ms": 81.4, "bytes_in": 2048, "bytes_out": 3 * 1024 * 1024, "error": null}}),
+                ),
+            ),
+            node(
+                "web2",
+                Some(
+                    serde_json::json!({"link": {"state": "standby", "leader": false, "remote": "203.0.113.7:7756", "serving_node": null, "last_exchange": null, "latency_ms": null, "bytes_in": 0, "bytes_out": 0, "error": null}}),
+                ),
+            ),
             node("web3", None),
             node("web4", Some(serde_json::json!({"link": null}))),
         ];
@@ -134,7 +144,10 @@ pub(crate) mod tests {
         assert_eq!(v.nodes[2].state, "no report yet");
         assert!(v.nodes[3].state.starts_with("no link"));
 
-        let refused = vec![node("web1", Some(serde_json::json!({"link": {"state": "refused", "leader": true, "remote": "x:1", "bytes_in": 0, "bytes_out": 0, "error": "the other environment refused the password"}})))];
+        let refused = vec![node(
+            "web1",
+            Some(serde_json::json!({"link": {"state": "refused", "leader": true, "remote": "x:1", "bytes_in": 0, "bytes_out": 0, "error": "the other environment refused the password"}})),
+        )];
         assert_eq!(link_view("x:1", &refused).summary, "refused: the other environment refused the password");
     }
 }

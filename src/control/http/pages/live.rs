@@ -8,8 +8,8 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use uuid::Uuid;
 
-use super::link::{LinkView, link_view};
 use super::ago;
+use super::link::{LinkView, link_view};
 use crate::control::AppState;
 use crate::control::db;
 use crate::control::http::auth::CurrentUser;

@@ -36,7 +36,13 @@ pub fn ago(t: Option<time::OffsetDateTime>) -> String {
         None => "never".into(),
         Some(t) => {
             let s = (time::OffsetDateTime::now_utc() - t).whole_seconds().max(0);
-            if s < 120 { format!("{s} s ago") } else if s < 7200 { format!("{} min ago", s / 60) } else { format!("{} h ago", s / 3600) }
+            if s < 120 {
+                format!("{s} s ago")
+            } else if s < 7200 {
+                format!("{} min ago", s / 60)
+            } else {
+                format!("{} h ago", s / 3600)
+            }
         }
     }
 }
@@ -89,7 +95,15 @@ async fn list_page(st: &AppState, user: CurrentUser, errors: FieldErrors, name: 
     let mut envs = Vec::new();
     for e in db::environments::list(&st.pool).await? {
         let Some(s) = ops::status::load(st, e.environment_id).await? else { continue };
-        envs.push(EnvView { id: e.environment_id, name: e.name, webroot: e.webroot, state: s.sync.state.as_str().into(), state_class: s.sync.state.class(), headline: s.sync.headline, nodes: s.nodes.len() });
+        envs.push(EnvView {
+            id: e.environment_id,
+            name: e.name,
+            webroot: e.webroot,
+            state: s.sync.state.as_str().into(),
+            state_class: s.sync.state.class(),
+            headline: s.sync.headline,
+            nodes: s.nodes.len(),
+        });
     }
     let status = if errors.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
     let mut r = render(&EnvironmentListPage { user, envs, errors, public_key: st.ssh_public_key.clone(), name, webroot })?;
