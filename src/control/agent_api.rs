@@ -1,6 +1,7 @@
 //! The control plane as a client of the agents' routes (mutual TLS, with the environment's
-//! `filesync-control-plane` certificate): the typed `/v1/status` report, `/healthz`, and
-//! the admin commands. Every call has a deadline; errors are sentences for the dashboard.
+//! `filesync-control-plane` certificate): the typed `/v1/status` report, `/healthz`, the
+//! admin commands, and the safety nets' routes (versions, restore, mass-delete holds).
+//! Every answer is read with a limit (`MAX_*_BYTES`, through `pki::tls::read_limited`). Every call has a deadline; errors are sentences for the dashboard.
 //!
 //! `AgentStatus` mirrors the agent's `/v1/status` JSON (a public format, see
 //! ARCHITECTURE.md); unknown fields are ignored and missing ones default, so an agent of
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::protocol::report::{
     ConflictCopy, Conflicts, DirDigests, FileFacts, LogTail, NodeReport, PathTest, RecentChange, RehashRequest, RehashResult, ResolveAction, ResolveRequest, ResolveResult,
 };
+pub use crate::protocol::versions::{HeldDeletes, HoldRequest, HoldResponse, RestoreRequest, RestoreResponse, VersionList, VersionQuery, VersionsSummary};
 
 /// An admin command on `/v1/admin/<name>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,6 +117,11 @@ pub struct AgentStatus {
     pub watches: u64,
     pub warnings: Vec<String>,
     pub held_deletes: u64,
+    /// Peers' deletions waiting here: runs settling for a moment, and mass deletes held
+    /// for an operator (`state == "held"`).
+    pub mass_delete_holds: Vec<HeldDeletes>,
+    /// The versions area's totals.
+    pub versions: VersionsSummary,
     pub unsyncable_count: u64,
     /// Peers refused because they sync another folder, by name, with the reason.
     pub foreign_folders: BTreeMap<String, String>,
@@ -231,6 +238,38 @@ impl AgentApi {
         self.get_json(&format!("/v1/report/excluded?path={}", url_encode(path)), timeout).await
     }
 
+    /// `GET /v1/versions`: the versions this node keeps that match `q`.
+    pub async fn versions(&self, q: &VersionQuery, timeout: Duration) -> Result<VersionList, String> {
+        let mut query = Vec::new();
+        if let Some(p) = q.path.as_deref().filter(|p| !p.is_empty()) {
+            query.push(format!("path={}", url_encode(p)));
+        }
+        if q.deleted {
+            query.push("deleted=true".into());
+        }
+        if let Some(t) = q.from {
+            query.push(format!("from={t}"));
+        }
+        if let Some(t) = q.to {
+            query.push(format!("to={t}"));
+        }
+        if let Some(l) = q.limit {
+            query.push(format!("limit={l}"));
+        }
+        self.get_json_limited(&format!("/v1/versions?{}", query.join("&")), timeout, MAX_TREE_BYTES).await
+    }
+
+    /// `POST /v1/admin/restore`.
+    pub async fn restore(&self, req: &RestoreRequest, timeout: Duration) -> Result<RestoreResponse, String> {
+        self.post_json("/v1/admin/restore", req, timeout).await
+    }
+
+    /// `POST /v1/admin/hold/confirm` (apply) or `/reject` (bring the files back).
+    pub async fn hold(&self, confirm: bool, req: &HoldRequest, timeout: Duration) -> Result<HoldResponse, String> {
+        let verb = if confirm { "confirm" } else { "reject" };
+        self.post_json(&format!("/v1/admin/hold/{verb}"), req, timeout).await
+    }
+
     pub async fn admin(&self, cmd: AdminCommand, timeout: Duration) -> Result<(), String> {
         match self.client.post(format!("{}{}", self.base, cmd.path())).timeout(timeout).send().await {
             Ok(r) if r.status().is_success() => Ok(()),
@@ -262,7 +301,7 @@ pub const MAX_STATUS_BYTES: u64 = 1024 * 1024;
 pub const MAX_REPORT_BYTES: u64 = 4 * 1024 * 1024;
 /// The log tail (at most 5,000 lines).
 pub const MAX_LOG_BYTES: u64 = 8 * 1024 * 1024;
-/// A verify's per-directory digests or one directory's file facts of a large tree.
+/// A verify's per-directory digests, one directory's file facts, a versions listing (5,000 at most).
 pub const MAX_TREE_BYTES: u64 = 64 * 1024 * 1024;
 
 /// A report route's answer: its JSON on success, else the status and the first 300

@@ -284,7 +284,7 @@ pub fn assess(env: &EnvFacts, nodes: &[NodeFacts]) -> (EnvSync, Vec<NodeSync>) {
             let s = n.status.expect("BUG: reachable without a status");
             let pending_bytes = n.report.map(|r| r.pending_bytes).unwrap_or(0);
             ns.pending_bytes = pending_bytes;
-            let problems: Vec<String> = [(s.held_deletes > 0).then(|| format!("holding {} deletes: the sync root looks empty or unmounted", s.held_deletes)), {
+            let problems: Vec<String> = [(s.held_deletes > 0).then(|| format!("holding {} deletes: the sync root looks empty or unmounted", s.held_deletes)), holds::held_mass_deletes(s, env.now), {
                 let foreign: Vec<&str> = s.foreign_folders.keys().map(String::as_str).filter(|k| !held.contains(k)).collect();
                 (!foreign.is_empty()).then(|| format!("refusing peers that sync another folder: {}", foreign.join(", ")))
             }]
@@ -388,6 +388,8 @@ pub fn assess(env: &EnvFacts, nodes: &[NodeFacts]) -> (EnvSync, Vec<NodeSync>) {
     };
     (env_sync, out)
 }
+
+mod holds;
 
 #[cfg(test)]
 mod tests;

@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 
+use super::safety::SafetySettings;
+
 pub const SOURCE: &str = include_str!("../../manifest/file-sync.toml");
 
 /// What a platform event can trigger (see `[events]` in the manifest).
@@ -44,6 +46,9 @@ pub struct Field {
     pub min: Option<i64>,
     #[serde(default)]
     pub max: Option<i64>,
+    /// What an integer counts, for messages (default: seconds).
+    #[serde(default)]
+    pub unit: Option<String>,
     #[serde(default)]
     pub values: Vec<Choice>,
     /// Shown (and validated) only when every named field has the given value.
@@ -66,6 +71,8 @@ pub struct Settings {
     pub delay: u32,
     pub address: Option<String>,
     pub password: Option<String>,
+    /// Versions and the mass-delete hold.
+    pub safety: SafetySettings,
 }
 
 pub type FieldErrors = BTreeMap<String, String>;
@@ -141,6 +148,7 @@ impl Manifest {
             delay: get("delay").or_else(|| self.field("delay").and_then(|f| f.default.clone())).and_then(|d| d.parse().ok()).unwrap_or(10),
             address: if two { get("address") } else { None },
             password: if two { password() } else { None },
+            safety: SafetySettings::from_values(|k| get(k).or_else(|| self.field(k).and_then(|f| f.default.clone()))),
             mode,
         })
     }
@@ -156,7 +164,7 @@ fn check_field(f: &Field, v: &str) -> Result<(), String> {
             }
         }
         "integer" => {
-            let n: i64 = v.parse().map_err(|_| format!("{v:?} is not a whole number of seconds"))?;
+            let n: i64 = v.parse().map_err(|_| format!("{v:?} is not a whole number of {}", f.unit.as_deref().unwrap_or("seconds")))?;
             if f.min.is_some_and(|m| n < m) || f.max.is_some_and(|m| n > m) {
                 return Err(format!("must be from {} to {}", f.min.unwrap_or(i64::MIN), f.max.unwrap_or(i64::MAX)));
             }

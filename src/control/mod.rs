@@ -20,6 +20,7 @@ pub mod listener;
 pub mod manifest;
 pub mod monitor;
 pub mod ops;
+pub mod safety;
 pub mod secrets;
 pub mod ssh;
 pub mod state;

@@ -248,9 +248,17 @@ fn metrics_and_status_are_served_to_certificate_holders() {
     let addr = c.nodes[0].addr();
     let text =
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async { client.get(format!("https://{addr}/metrics")).send().await.unwrap().text().await.unwrap() });
-    for m in
-        ["filesync_pending_local_changes", "filesync_replication_lag_seconds", "filesync_conflicts_total", "filesync_bytes_sent_total", "filesync_watches", "filesync_peer_connected{peer=\"node2\"} 1"]
-    {
+    for m in [
+        "filesync_pending_local_changes",
+        "filesync_replication_lag_seconds",
+        "filesync_conflicts_total",
+        "filesync_bytes_sent_total",
+        "filesync_watches",
+        "filesync_peer_connected{peer=\"node2\"} 1",
+        "filesync_versions ",
+        "filesync_versions_bytes ",
+        "filesync_versions_keeping 1",
+    ] {
         assert!(text.contains(m), "metrics lack {m}:\n{text}");
     }
     // Both nodes report the same tree digest once in sync.

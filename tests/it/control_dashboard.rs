@@ -30,7 +30,7 @@ pub(crate) async fn installed(name: &str, n: u32) -> (ControlPlane, Vec<filesync
 }
 
 /// Opens `path` in the browser, logging in on the way (the login returns to the page).
-async fn open_logged_in(b: &Browser, cp: &ControlPlane, path: &str) {
+pub(crate) async fn open_logged_in(b: &Browser, cp: &ControlPlane, path: &str) {
     b.client.goto(&format!("{}{path}", cp.url)).await.unwrap();
     b.wait_js("the login form", PAGE, "return location.pathname", |v| expect_str(v, "/login")).await;
     log_in(b, ADMIN_PASSWORD).await;
@@ -39,7 +39,7 @@ async fn open_logged_in(b: &Browser, cp: &ControlPlane, path: &str) {
 }
 
 /// Clicks `css` and confirms in the dashboard's confirmation dialog.
-async fn click_confirmed(b: &Browser, css: &str) {
+pub(crate) async fn click_confirmed(b: &Browser, css: &str) {
     b.client.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no {css}: {e}")).click().await.unwrap();
     b.wait_js("the confirmation dialog", PAGE, "return document.querySelector('#confirm-dialog').open", |v| if *v == json!(true) { Ok(()) } else { Err("not open".into()) }).await;
     b.client.find(Locator::Css("#confirm-yes")).await.unwrap().click().await.unwrap();
@@ -459,7 +459,7 @@ async fn control_dashboard_verify_repair_log_follow_and_a_failed_job_keeps_its_h
 
 /// A logged-in session over plain HTTP: the login form's CSRF cookie and field, then the
 /// session cookie. Returns the `Cookie` header value and where the login redirected.
-async fn http_login(cp: &ControlPlane, next: &str) -> (String, String) {
+pub(crate) async fn http_login(cp: &ControlPlane, next: &str) -> (String, String) {
     let r = cp.http.get(format!("{}/login?next={}", cp.url, filesync::control::agent_api::url_encode(next))).send().await.unwrap();
     let csrf_cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
     let html = r.text().await.unwrap();

@@ -30,6 +30,7 @@ mod control_path;
 mod control_secrets;
 mod control_tokens;
 mod control_topology;
+mod control_versions;
 mod control_workers;
 mod proxy_selftest;
 mod tidy;

@@ -180,3 +180,21 @@ fn a_node_whose_first_install_failed_is_an_error_in_words() {
     assert_eq!((n[1].state, n[1].label.as_str(), n[1].job_note.as_str()), (SyncState::Error, "not running: the install did not finish", "last install failed: webroot missing"));
     assert_eq!(e.state, SyncState::Error);
 }
+
+#[test]
+fn a_held_mass_delete_is_an_error_that_says_what_and_since_when() {
+    let a = status("aa", 5);
+    let mut b = status("aa", 5);
+    b.pending_remote = 27;
+    b.mass_delete_holds =
+        vec![crate::control::agent_api::HeldDeletes { from: "node1".into(), state: "held".into(), since: now().unix_timestamp() - 60, files: 25, entries: 27, sample: vec!["up/a.jpg".into()] }];
+    let (e, n) = assess(&env(), &[node("node1", Some(&a)), node("node2", Some(&b))]);
+    assert_eq!(n[1].state, SyncState::Error, "{n:?}");
+    assert_eq!(n[1].label, "error: holding a mass delete (25 file(s) from node1 since 10:14 UTC): confirm or reject it");
+    assert_eq!(e.state, SyncState::Error, "{e:?}");
+    assert!(e.headline.contains("node2: holding a mass delete"), "{e:?}");
+    // A run still settling (a moment before it is applied) is just syncing.
+    b.mass_delete_holds[0].state = "settling".into();
+    let (_, n) = assess(&env(), &[node("node1", Some(&a)), node("node2", Some(&b))]);
+    assert_eq!(n[1].state, SyncState::Syncing, "{n:?}");
+}

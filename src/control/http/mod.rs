@@ -31,7 +31,7 @@ const FAVICON: &str = include_str!("../../../static/favicon.svg");
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 pub fn router(state: AppState) -> Router {
-    use pages::{changes, conflicts, environment as env, live, nodes, tokens};
+    use pages::{changes, conflicts, environment as env, live, nodes, tokens, versions};
     // Every form's URL also answers GET (a reload of a page a refused form rendered) by
     // going back to the page, instead of 405.
     Router::new()
@@ -46,6 +46,9 @@ pub fn router(state: AppState) -> Router {
         .route("/environments/{id}/path-test", get(pages::path_test))
         .route("/environments/{id}/changes", get(changes::environment))
         .route("/environments/{id}/conflicts", get(conflicts::show).post(conflicts::resolve))
+        .route("/environments/{id}/versions", get(versions::show))
+        .route("/environments/{id}/versions/restore", post(versions::restore).get(versions::back))
+        .route("/environments/{id}/holds/{verb}", post(versions::hold).get(versions::hold_back))
         .route("/environments/{id}/nodes", post(env::node_add).get(env::back_to_page))
         .route("/environments/{id}/install", post(env::install).get(env::back_to_page))
         .route("/environments/{id}/uninstall", post(env::uninstall).get(env::back_to_page))

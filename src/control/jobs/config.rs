@@ -2,7 +2,8 @@
 //! (`protocol::agent_toml`) and written with the `toml` serializer: node and peer
 //! addresses resolved to IP addresses, the TLS files under the install prefix, the
 //! `folder_id` of the installation's generation, and in two-environment mode the `[link]`
-//! section with the unsealed shared password.
+//! section with the unsealed shared password; `[versions]` and `[mass_delete]` from the
+//! installation's safety settings (`control::safety`).
 
 use std::net::SocketAddr;
 
@@ -45,6 +46,7 @@ pub async fn build(env: &EnvironmentRow, node: &NodeRow, peers: &[NodeRow], inst
         c.peers.push(PeerConfig { name: p.name.clone(), address: socket_addr(p, p.agent_port).await? });
     }
     c.link = link;
+    crate::control::safety::SafetySettings::from_stored(&inst.settings).apply(&mut c);
     Ok(c)
 }
 

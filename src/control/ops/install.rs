@@ -133,11 +133,18 @@ enum PasswordNote {
 
 /// The installation's settings as stored and shown by the API: everything but the password.
 fn settings_json(s: &Settings) -> serde_json::Value {
-    serde_json::json!({"mode": s.mode, "path": s.path, "delay": s.delay, "address": s.address})
+    let mut v = serde_json::json!({"mode": s.mode, "path": s.path, "delay": s.delay, "address": s.address});
+    if let Some(o) = v.as_object_mut() {
+        s.safety.to_stored(o);
+    }
+    v
 }
 
 fn install_event(kind: JobKind, s: &Settings, pw: Option<PasswordNote>) -> String {
     let mut m = format!("{kind}: path {} delay {} s", s.path, s.delay);
+    if s.safety != crate::control::safety::SafetySettings::default() {
+        m.push_str(&format!(", {}", s.safety.words()));
+    }
     if s.mode == Mode::TwoEnvs.as_str() {
         m.push_str(&format!(", two environments: linked with {}", s.address.as_deref().unwrap_or("?")));
         match pw {
@@ -178,5 +185,23 @@ mod tests {
             assert!(!e.contains("s3cret") && e.contains("203.0.113.7:7756"), "{e}");
         }
         assert_eq!(install_event(JobKind::Install, &m.validate(&HashMap::new()).unwrap(), None), "install: path ROOT delay 10 s");
+    }
+
+    #[test]
+    fn the_dialog_validates_the_fields_with_clear_errors() {
+        let m = crate::control::manifest::Manifest::load().unwrap();
+        use crate::control::safety::SafetySettings;
+        let form = |kv: &[(&str, &str)]| -> std::collections::HashMap<String, String> { kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect() };
+        assert_eq!(m.validate(&form(&[])).unwrap().safety, SafetySettings::default());
+        let e = m.validate(&form(&[("versions_max_age_days", "0"), ("versions_max_mb", "lots"), ("mass_delete_files", "-1"), ("mass_delete_percent", "101")])).unwrap_err();
+        assert!(e["versions_max_age_days"].contains("from 1 to 3650"), "{e:?}");
+        assert!(e["versions_max_mb"].contains("whole number of MiB"), "{e:?}");
+        assert!(e["mass_delete_files"].contains("from 0 to"), "{e:?}");
+        assert!(e["mass_delete_percent"].contains("from 0 to 100"), "{e:?}");
+        // With versions off their details are hidden: not checked, defaults kept.
+        let s = m.validate(&form(&[("versions_keep", "off"), ("versions_max_age_days", "0"), ("mass_delete_files", "20")])).unwrap();
+        assert_eq!(s.safety, SafetySettings { keep: false, mass_files: 20, ..SafetySettings::default() });
+        let e = m.validate(&form(&[("versions_keep", "maybe")])).unwrap_err();
+        assert!(e["versions_keep"].contains("on, off"), "{e:?}");
     }
 }

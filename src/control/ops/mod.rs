@@ -7,11 +7,13 @@ pub mod checks;
 pub mod conflicts;
 pub mod enroll;
 pub mod environments;
+pub mod holds;
 pub mod install;
 pub mod nodes;
 pub mod path_test;
 pub mod status;
 pub mod tokens;
+pub mod versions;
 
 pub use crate::control::manifest::FieldErrors;
 

@@ -5,6 +5,7 @@
 
 mod dashboard;
 mod tokens;
+pub mod versions;
 
 use std::collections::HashMap;
 
@@ -45,6 +46,11 @@ pub fn router() -> Router<AppState> {
         .route("/environments/{id}/repair", post(dashboard::repair))
         .route("/environments/{id}/checks", get(dashboard::checks))
         .route("/environments/{id}/samples", get(dashboard::samples))
+        .route("/environments/{id}/versions", get(versions::list))
+        .route("/environments/{id}/versions/restore", post(versions::restore))
+        .route("/environments/{id}/holds", get(versions::holds))
+        .route("/environments/{id}/holds/confirm", post(versions::confirm))
+        .route("/environments/{id}/holds/reject", post(versions::reject))
         .route("/checks/{id}", get(dashboard::check))
         .route("/nodes/{id}", delete(remove_node))
         .route("/nodes/{id}/logs", get(logs))

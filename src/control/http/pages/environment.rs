@@ -21,6 +21,7 @@ use crate::control::db;
 use crate::control::http::auth::CurrentUser;
 use crate::control::http::{Error, not_found, render};
 use crate::control::ops::{self, FieldErrors, Outcome, tokens::parse_int};
+use crate::control::safety::SafetySettings;
 use crate::control::state::JobState;
 
 pub struct StepView {
@@ -189,6 +190,9 @@ pub async fn show(State(st): State<AppState>, user: CurrentUser, Path(id): Path<
         Some("retry") => "Retry queued: see Progress.".to_owned(),
         Some("verify") => "Verify queued: the result shows under Verify and repair.".to_owned(),
         Some("repair") => "Repair queued: the result shows under Verify and repair.".to_owned(),
+        Some("hold-confirmed") => "Mass delete confirmed: the nodes apply the deletions now (each node's answer is in Events).".to_owned(),
+        Some("hold-rejected") => "Mass delete rejected: the files come back on the node that deleted them, and the other nodes let go of the hold (each node's answer is in Events).".to_owned(),
+        Some("hold-failed") => "The decision on the mass delete was not carried out: see Events for each node's answer.".to_owned(),
         _ => String::new(),
     };
     show_page(&st, user, id, Extra { notice, ..Extra::default() }).await
@@ -203,6 +207,7 @@ async fn show_page(st: &AppState, user: CurrentUser, id: Uuid, x: Extra) -> Resu
         Some(i) if x.values.is_empty() => [("mode", i.mode.to_string()), ("path", i.sync_path.clone()), ("delay", i.delay_seconds.to_string()), ("address", stored_address.clone())]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
+            .chain(SafetySettings::from_stored(&i.settings).dialog_values())
             .collect(),
         // A re-rendered submission: everything as typed but the password, which is dropped
         // here so no later change can echo it back into the page.
@@ -409,6 +414,15 @@ mod tests {
             link: Some(link_view("<b>x</b>:1", &rows)),
             addon_name: "File Synchronization".into(),
             webroot: "/w".into(),
+            holds: vec![super::super::live::HoldRowView {
+                from: "<b>x</b>:1".into(),
+                files: 25,
+                entries: 26,
+                since: "10:00 UTC".into(),
+                on_nodes: "web2".into(),
+                sample: "<script>alert(1)</script>".into(),
+            }],
+            safety: "versions kept 7 days".into(),
         };
         let page = EnvironmentPage {
             user: CurrentUser { user_id: Uuid::nil(), username: "admin".into(), csrf: "c".into() },

@@ -1,6 +1,7 @@
 //! The live part of the environment page: the sync state in words (from `ops::status`,
 //! the same function the API and the events use), the node table with each node's own
-//! state, health and last job, and the cross-environment link. The page polls
+//! state, health, last job and versions kept, the mass deletes held for an operator
+//! (confirm / reject), and the cross-environment link. The page polls
 //! `/environments/{id}/live` and swaps this fragment in when it changed, so the header,
 //! badges and rows follow the agents without a reload.
 
@@ -43,6 +44,19 @@ pub struct NodeView {
     pub host_key: String,
     pub host_key_full: String,
     pub conflicts: u64,
+    /// Versions kept on the node: "12 · 3.4 MiB", "off", ...; the details as a title.
+    pub versions: String,
+    pub versions_title: String,
+}
+
+/// A mass delete held on some nodes, with what the operator decides.
+pub struct HoldRowView {
+    pub from: String,
+    pub files: usize,
+    pub entries: usize,
+    pub since: String,
+    pub on_nodes: String,
+    pub sample: String,
 }
 
 pub struct LiveData {
@@ -58,6 +72,32 @@ pub struct LiveData {
     pub link: Option<LinkView>,
     pub addon_name: String,
     pub webroot: String,
+    pub holds: Vec<HoldRowView>,
+    /// The safety nets' settings in words (empty when not installed).
+    pub safety: String,
+}
+
+/// The versions cell of a node's row, from its last status.
+fn versions_cell(n: &crate::control::db::NodeRow) -> (String, String) {
+    let Some(v) = n.status().map(|s| &s.versions) else {
+        return (String::new(), String::new());
+    };
+    if !v.enabled {
+        return ("off".into(), v.stopped.clone().unwrap_or_else(|| "versions are off".into()));
+    }
+    let text = format!("{} · {}", v.count, super::human_bytes(v.bytes));
+    let mut title = format!(
+        "{} version(s) use {} of a {} cap; kept {}",
+        v.count,
+        super::human_bytes(v.bytes),
+        super::human_bytes(v.cap_bytes),
+        if v.max_age_secs >= 86_400 && v.max_age_secs % 86_400 == 0 { format!("{} day(s)", v.max_age_secs / 86_400) } else { crate::control::health::span(v.max_age_secs) }
+    );
+    if let Some(why) = &v.stopped {
+        title.push_str(&format!("; not keeping new versions: {why}"));
+        return (format!("{text} (not keeping)"), title);
+    }
+    (text, title)
 }
 
 /// `SHA256:AbCdEf…WxYz` for a fingerprint too long for a table.
@@ -121,6 +161,8 @@ pub async fn live_data(st: &AppState, s: &EnvStatus) -> Result<LiveData, Error> 
                 host_key: short_fingerprint(&fp),
                 host_key_full: fp,
                 conflicts: n.report().map(|r| r.conflicts).unwrap_or(0),
+                versions: versions_cell(n).0,
+                versions_title: versions_cell(n).1,
             }
         })
         .collect::<Vec<_>>();
@@ -129,7 +171,21 @@ pub async fn live_data(st: &AppState, s: &EnvStatus) -> Result<LiveData, Error> 
         Some(i) if i.mode == Mode::TwoEnvs => Some(link_view(&stored_address, &s.nodes)),
         _ => None,
     };
+    let now = time::OffsetDateTime::now_utc();
+    let holds = crate::control::ops::holds::held(s)
+        .into_iter()
+        .map(|h| HoldRowView {
+            since: time::OffsetDateTime::from_unix_timestamp(h.since).map(|t| crate::control::health::clock(t, now)).unwrap_or_default(),
+            on_nodes: h.on_nodes.join(", "),
+            sample: h.sample.join(", "),
+            from: h.from,
+            files: h.files,
+            entries: h.entries,
+        })
+        .collect();
     Ok(LiveData {
+        holds,
+        safety: s.inst.as_ref().map(|i| crate::control::safety::SafetySettings::from_stored(&i.settings).words()).unwrap_or_default(),
         id: s.env.environment_id,
         state: s.sync.state.as_str().to_owned(),
         state_class: s.sync.state.class(),

@@ -3,7 +3,8 @@
 //! `environment` is the environment page and its forms, `live` its polled status and node
 //! table, `dialog` the add-on dialog, `link` the cross-environment table, `changes` the
 //! recent changes, `conflicts` the conflict center, `checks` verify and repair results,
-//! `charts` the SVG pictures, `nodes` a node's log view, `tokens` the API tokens page.
+//! `charts` the SVG pictures, `nodes` a node's log view, `tokens` the API tokens page,
+//! `versions` the kept versions and restores (and the held mass deletes' decisions).
 
 pub mod changes;
 pub mod charts;
@@ -15,6 +16,7 @@ pub mod link;
 pub mod live;
 pub mod nodes;
 pub mod tokens;
+pub mod versions;
 
 use std::collections::HashMap;
 
