@@ -9,7 +9,8 @@
 //! removes the content it replaced, read through the same descriptor or from the trash it was
 //! moved to (so only content its writer had seen counts as superseded). Renames move content
 //! without changing it. `FILESYNC_CHURN_SEEDS` (e.g. `1,2,3,4`) and `FILESYNC_CHURN_OPS` run
-//! more; odd seeds use delay 0, even seeds delay 1.
+//! more; odd seeds use delay 0, even seeds delay 1. A second test runs the churn while agents
+//! are killed with SIGKILL at random moments and restarted.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, Write};
@@ -169,7 +170,7 @@ pub fn temp_files(root: &Path) -> Vec<String> {
     walkdir::WalkDir::new(root).into_iter().flatten().map(|e| e.path().display().to_string()).filter(|p| p.contains("/.filesync.") && p.ends_with(".tmp")).collect()
 }
 
-fn run(seed: u64, ops: usize) {
+fn run(seed: u64, ops: usize, kills: bool) {
     let delay = if seed % 2 == 1 { 0 } else { 1 };
     // The writers delete random subtrees, some of them a third of the tree: by the default
     // rules such a batch is a mass delete, held for an operator (agent_versions tests that).
@@ -180,9 +181,29 @@ fn run(seed: u64, ops: usize) {
     let ledger = Ledger::default();
     let (r0, r1) = (c.root(0).to_owned(), c.root(1).to_owned());
     let (t0, t1) = (c.dir.path().join("trash0"), c.dir.path().join("trash1"));
+    let finished = std::sync::atomic::AtomicUsize::new(0);
+    let mut kills_done = 0;
     std::thread::scope(|s| {
-        s.spawn(|| writer(&r0, &t0, 0, seed, ops, &ledger));
-        s.spawn(|| writer(&r1, &t1, 1, seed, ops, &ledger));
+        for (w, (r, t)) in [(&r0, &t0), (&r1, &t1)].into_iter().enumerate() {
+            let (ledger, finished) = (&ledger, &finished);
+            s.spawn(move || {
+                writer(r, t, w, seed, ops, ledger);
+                finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+        // kill -9 of any of the three agents (the writers' own included) at random moments
+        // while the writers go on, each restarted after a random pause.
+        if kills {
+            let mut rng = Rng(seed ^ 0x5eed_0f_c0ff_ee);
+            while finished.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+                std::thread::sleep(Duration::from_millis(200 + rng.pick(1300) as u64));
+                let i = rng.pick(3);
+                c.kill9(i);
+                std::thread::sleep(Duration::from_millis(rng.pick(1000) as u64));
+                c.start(i);
+                kills_done += 1;
+            }
+        }
     });
     let tree = c.converge(&format!("churn seed {seed}"), Duration::from_secs(240), |_| Ok(()));
     let present: std::collections::HashSet<&str> = tree.values().map(|i| i.hash.as_str()).collect();
@@ -201,7 +222,7 @@ fn run(seed: u64, ops: usize) {
             if busy { Err(format!("pending_remote {} pending_local {} writing {} errors {}", v["pending_remote"], v["pending_local"], v["writing"], v["pending_errors"])) } else { Ok(()) }
         });
     }
-    eprintln!("churn seed {seed} (delay {delay}): {} ops per writer, {} contents checked, 0 lost, {} paths in the tree", ops, ledger.len(), tree.len());
+    eprintln!("churn seed {seed} (delay {delay}): {} ops per writer, {kills_done} kill -9, {} contents checked, 0 lost, {} paths in the tree", ops, ledger.len(), tree.len());
 }
 
 fn seeds() -> Vec<u64> {
@@ -215,6 +236,17 @@ fn ops() -> usize {
 #[test]
 fn two_writers_churn_loses_no_last_write() {
     for seed in seeds() {
-        run(seed, ops());
+        run(seed, ops(), false);
+    }
+}
+
+/// The same churn while any of the three agents is killed with SIGKILL at random moments
+/// and restarted: nothing that was the last write anywhere is lost, nothing comes back.
+/// `FILESYNC_CHURN_KILL_SEEDS` runs more seeds (default 101).
+#[test]
+fn two_writers_churn_with_kill9_at_random_moments_loses_no_last_write() {
+    let seeds: Vec<u64> = std::env::var("FILESYNC_CHURN_KILL_SEEDS").ok().map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect()).unwrap_or_else(|| vec![101]);
+    for seed in seeds {
+        run(seed, ops() / 2, true);
     }
 }

@@ -139,10 +139,11 @@ async fn control_path_change_holds_an_unreachable_node_paused_until_it_returns()
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let events = cp.get(&format!("/api/v1/environments/{env}")).await["events"].to_string();
-        let missing: Vec<&str> = ["sync path change wp-content", "paused 3 of 3 node(s) for the path change", "node2: could not be reconfigured for the new sync path", "paused on the old path: node2"]
-            .into_iter()
-            .filter(|want| !events.contains(&want.replace("wp-content", "ROOT/wp-content/uploads -> ROOT")))
-            .collect();
+        let missing: Vec<&str> =
+            ["sync path change wp-content", "paused 3 of 3 node(s) for the path change", "node2: could not be reconfigured for the new sync path", "paused on the old path: node2"]
+                .into_iter()
+                .filter(|want| !events.contains(&want.replace("wp-content", "ROOT/wp-content/uploads -> ROOT")))
+                .collect();
         if missing.is_empty() {
             break;
         }

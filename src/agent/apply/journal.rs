@@ -5,7 +5,8 @@
 //! deleted directories came back on every node.
 //!
 //! Before the start-up scan (and after a failed page) every journalled entry and every
-//! need is checked against the disk: where the disk holds exactly that version (a deletion:
+//! need is checked against the index and the disk: where it is newer than what the index
+//! holds and the disk holds exactly that version (a deletion:
 //! nothing there; a file: same size and BLAKE3; a link: same target; a directory: a
 //! directory), it is recorded as applied, with its peer's version. What did not reach the
 //! disk is dropped from the journal (the page was not recorded, so it is asked again) or
@@ -23,7 +24,9 @@ impl Agent {
     pub(in crate::agent) fn reconcile(&mut self, why: &str) -> anyhow::Result<usize> {
         let mut batch = Batch { clear_journal: true, ..Batch::default() };
         for e in self.index.journal()? {
-            if self.local_is_newer(&e)? {
+            // Only a version newer than what the index holds is recorded (a journalled one
+            // always is: it was decided against the index it would replace).
+            if self.against_index(&e)? != VersionOrdering::Newer {
                 continue;
             }
             if let Some(ino) = self.disk_holds(&e) {
@@ -34,9 +37,18 @@ impl Agent {
             if n.copy_of.is_some() || batch.commits.iter().any(|(e, _)| e.path == n.entry.path) {
                 continue;
             }
-            if self.local_is_newer(&n.entry)? && !n.force {
-                batch.remove_needs.push(n.entry.path.clone());
-                continue;
+            match self.against_index(&n.entry)? {
+                VersionOrdering::Older | VersionOrdering::Equal if !n.force => {
+                    batch.remove_needs.push(n.entry.path.clone());
+                    continue;
+                }
+                // A need decided before a local change that the index now holds (a held
+                // deletion, a fetch in flight when the node was killed): the disk matching it
+                // proves nothing (the user may have deleted the file too), and recording it
+                // would replace this node's own announced version with one that does not
+                // include it. It stays a need and is decided again against the index.
+                VersionOrdering::Concurrent if !n.force => continue,
+                _ => {}
             }
             if let Some(ino) = self.disk_holds(&n.entry) {
                 batch.remove_needs.push(n.entry.path.clone());
@@ -51,9 +63,10 @@ impl Agent {
         Ok(n)
     }
 
-    /// Whether the index already holds `e`'s version or a newer one.
-    fn local_is_newer(&self, e: &Entry) -> anyhow::Result<bool> {
-        Ok(self.index.get(&e.path)?.is_some_and(|s| matches!(e.version.compare(&s.entry.version), VersionOrdering::Older | VersionOrdering::Equal)))
+    /// How `e`'s version compares with what the index holds for its path (`Newer` when it
+    /// holds nothing).
+    fn against_index(&self, e: &Entry) -> anyhow::Result<VersionOrdering> {
+        Ok(self.index.get(&e.path)?.map_or(VersionOrdering::Newer, |s| e.version.compare(&s.entry.version)))
     }
 
     /// The inode at `e`'s path if the disk holds exactly `e` (0 for a deletion).
