@@ -135,9 +135,13 @@ fn two_losses_in_one_second_keep_two_copies() {
         std::fs::write(&p1, mine).unwrap();
         // Both of node 1's losing versions carry an mtime in the same second.
         filetime::set_file_mtime(&p1, filetime::FileTime::from_unix_time(2_000_000_000, round as u32 * 1000)).unwrap();
+        // Node 2 is running: its version appears with its mtime already set (written beside
+        // the tree and renamed in), or its scanner may record the write's own mtime first.
         let p2 = c.nodes[1].path("doc.txt");
-        std::fs::write(&p2, theirs).unwrap();
-        filetime::set_file_mtime(&p2, filetime::FileTime::from_unix_time(base.unix_seconds() + 10 + round as i64, 0)).unwrap();
+        let staged = c.dir.path().join(format!("doc-node2-{round}"));
+        std::fs::write(&staged, theirs).unwrap();
+        filetime::set_file_mtime(&staged, filetime::FileTime::from_unix_time(base.unix_seconds() + 10 + round as i64, 0)).unwrap();
+        std::fs::rename(&staged, &p2).unwrap();
         until("node2 to record its edit", T, || {
             let v: serde_json::Value = serde_json::from_str(&c.ctl(1, "status")).map_err(|e| e.to_string())?;
             if v["pending_local"].as_u64() == Some(0) { Ok(()) } else { Err(v["pending_local"].to_string()) }
