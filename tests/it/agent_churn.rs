@@ -99,7 +99,7 @@ fn writer(root: &Path, trash: &Path, w: usize, seed: u64, ops: usize, ledger: &L
                 if let Ok(mut f) = std::fs::OpenOptions::new().create_new(true).read(true).write(true).open(&p)
                     && f.write_all(&data).is_ok()
                 {
-                    ledger.wrote(&read_all(&mut f), tag);
+                    ledger.wrote(&read_all(&mut f), at(&tag, root, &p));
                 }
             }
             4 | 5 if !files.is_empty() => {
@@ -109,7 +109,7 @@ fn writer(root: &Path, trash: &Path, w: usize, seed: u64, ops: usize, ledger: &L
                     let before = read_all(&mut f);
                     if f.write_all(format!(" +{tag}").as_bytes()).is_ok() {
                         ledger.superseded(&before);
-                        ledger.wrote(&read_all(&mut f), tag);
+                        ledger.wrote(&read_all(&mut f), at(&tag, root, p));
                     }
                 }
             }
@@ -120,7 +120,7 @@ fn writer(root: &Path, trash: &Path, w: usize, seed: u64, ops: usize, ledger: &L
                     let data = content(&mut rng, &tag);
                     if f.set_len(0).is_ok() && f.rewind().is_ok() && f.write_all(&data).is_ok() {
                         ledger.superseded(&before);
-                        ledger.wrote(&read_all(&mut f), tag);
+                        ledger.wrote(&read_all(&mut f), at(&tag, root, p));
                     }
                 }
             }
@@ -159,11 +159,16 @@ fn writer(root: &Path, trash: &Path, w: usize, seed: u64, ops: usize, ledger: &L
                 if let Ok(mut f) = std::fs::OpenOptions::new().create_new(true).read(true).write(true).open(&p)
                     && f.write_all(&data).is_ok()
                 {
-                    ledger.wrote(&read_all(&mut f), tag);
+                    ledger.wrote(&read_all(&mut f), at(&tag, root, &p));
                 }
             }
         }
     }
+}
+
+/// The ledger's note for a write: its tag and the path it went to (for the failure message).
+fn at(tag: &str, root: &Path, p: &Path) -> String {
+    format!("{tag} at {}", p.strip_prefix(root).unwrap_or(p).display())
 }
 
 pub fn temp_files(root: &Path) -> Vec<String> {
@@ -209,6 +214,17 @@ fn run(seed: u64, ops: usize, kills: bool) {
     let present: std::collections::HashSet<&str> = tree.values().map(|i| i.hash.as_str()).collect();
     let ledger = ledger.0.into_inner().unwrap();
     let lost: Vec<&String> = ledger.iter().filter(|(h, _)| !present.contains(h.as_str())).map(|(_, w)| w).collect();
+    if !lost.is_empty() {
+        // Where the lost contents were written, in every node's log: the story of each path.
+        for w in &lost {
+            let name = w.rsplit(" at ").next().and_then(|p| p.rsplit('/').next()).unwrap_or(w).to_owned();
+            for n in &c.nodes {
+                let log = n.log();
+                let lines: Vec<&str> = log.lines().filter(|l| l.contains(name.as_str())).collect();
+                eprintln!("---- {} log lines naming {name} ({w}) ----\n{}", n.name, lines.join("\n"));
+            }
+        }
+    }
     assert!(lost.is_empty(), "seed {seed}: {} of {} last-written contents exist nowhere: {:?}", lost.len(), ledger.len(), lost.iter().take(20).collect::<Vec<_>>());
     for i in 0..3 {
         let root = c.root(i).to_owned();

@@ -192,3 +192,50 @@ fn a_waiting_deletion_is_not_recorded_over_a_newer_local_edit_after_kill9() {
     }
     assert_eq!(std::fs::read(c.nodes[1].path("b.txt")).unwrap(), b"one two");
 }
+
+/// The state a kill -9 leaves when a peer's version had just displaced a file (moved into the
+/// versions area, or the displaced-files directory when versions are off) and a process that
+/// had the file open wrote to it after the swap, before the agent recorded the displaced file:
+/// at the next start the written content is put back beside its path as a conflict copy
+/// (it exists nowhere else); a displaced file nobody wrote to makes no copy.
+#[test]
+fn a_write_into_a_just_displaced_file_survives_a_kill9_before_it_was_recorded() {
+    for keep in [true, false] {
+        let extra = if keep { String::new() } else { "[versions]\nkeep = false\n".into() };
+        let mut c = Cluster::new(1, Options { delay: 0, extra });
+        c.start_all();
+        write(&c.nodes[0].path("doc.txt"), b"original");
+        write(&c.nodes[0].path("other.txt"), b"untouched");
+        until("both files recorded", Duration::from_secs(30), || {
+            let v: serde_json::Value = serde_json::from_str(&c.ctl(0, "status")).map_err(|e| e.to_string())?;
+            if v["last_seq"].as_u64() >= Some(2) && v["pending_local"].as_u64() == Some(0) { Ok(()) } else { Err(v.to_string()) }
+        });
+        c.stop(0);
+        let state = c.nodes[0].home.join("webroot/lsyncd/var/state");
+        let graveyard = if keep { state.join("versions/data") } else { state.join("displaced") };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        for (k, name) in ["doc.txt", "other.txt"].into_iter().enumerate() {
+            let grave = graveyard.join(format!("{:016x}", now + k as u64));
+            std::fs::rename(c.nodes[0].path(name), &grave).unwrap();
+            write(&c.nodes[0].path(name), format!("the peer's version of {name}").as_bytes());
+            if name == "doc.txt" {
+                use std::io::Write;
+                std::fs::OpenOptions::new().append(true).open(&grave).unwrap().write_all(b" + a line written after the swap").unwrap();
+            }
+        }
+        c.start(0);
+        let want = b"original + a line written after the swap".to_vec();
+        let tree = until(&format!("the late write back as a conflict copy (versions kept: {keep})"), Duration::from_secs(30), || {
+            let t = c.snapshot(0);
+            if t.values().any(|i| i.hash == blake3::hash(&want).to_hex().to_string()) { Ok(t) } else { Err(format!("{:?}", t.keys().collect::<Vec<_>>())) }
+        });
+        let copies: Vec<&String> = tree.keys().filter(|k| k.contains(".sync-conflict-")).collect();
+        assert_eq!(copies.len(), 1, "one conflict copy, of doc.txt only (versions kept: {keep}): {copies:?}");
+        assert!(copies[0].starts_with("doc.sync-conflict-"), "{copies:?}");
+        assert!(c.nodes[0].log().contains("a write reached a replaced file before the agent stopped"), "{}", c.nodes[0].log());
+        if keep {
+            let out = c.ctl(0, "versions");
+            assert!(out.contains("other.txt"), "the untouched displaced file is kept as a version: {out}");
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! Operating the agent: a receiver whose disk is full keeps the item queued, says so, and
-//! catches up once space is freed; a receive-only node never sends and can revert; a peer
+//! catches up once space is freed; a conflict won by a node that cannot write the losing
+//! version's copy yet loses nothing; a receive-only node never sends and can revert; a peer
 //! list reload adds a node without a restart.
 
 use std::process::Command;
@@ -49,6 +50,58 @@ fn disk_full_on_receiver_is_reported_retried_and_nothing_is_lost() {
         Ok(d) if d == photo => Ok(()),
         Ok(d) => Err(format!("{} bytes", d.len())),
         Err(e) => Err(e.to_string()),
+    });
+}
+
+/// Node 1 wins a conflict (its edit is newer) but its disk is too full for the losing
+/// version's conflict copy. Its version must not claim to supersede the losing one before
+/// the copy is here: node 2, which holds the losing content, would replace it without a copy,
+/// and no node would have it any more when node 1 came to fetch it.
+#[test]
+fn a_conflict_won_by_a_node_that_cannot_write_the_copy_yet_loses_nothing() {
+    let mut c = Cluster::new(2, Options { delay: 0, extra: "excludes = [\"filler.bin\"]".into() });
+    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(c.root(0)).status().unwrap();
+    assert!(ok.success(), "this test needs root to mount a small tmpfs");
+    let _m = Mount(c.root(0).to_owned());
+    c.start_all();
+    write(&c.nodes[0].path("doc.txt"), b"base");
+    c.converge("doc.txt everywhere", T, |t| if t.contains_key("doc.txt") { Ok(()) } else { Err("not yet".into()) });
+
+    // Node 2's version: large (fetched, never inline), made while node 1 is down.
+    c.stop(0);
+    let theirs: Vec<u8> = (0..1_500_000u32).map(|i| (i % 241) as u8).collect();
+    write(&c.nodes[1].path("doc.txt"), &theirs);
+    until("node2 to record its version", T, || {
+        let v = status(&c, 1);
+        if v["pending_local"].as_u64() == Some(0) && v["last_seq"].as_u64() >= Some(2) { Ok(()) } else { Err(v.to_string()) }
+    });
+    // Node 1's version, newer (it wins), and a disk too full for the 1.5 MB copy.
+    std::thread::sleep(Duration::from_millis(20));
+    write(&c.nodes[0].path("doc.txt"), b"ours, newer");
+    std::fs::write(c.nodes[0].path("filler.bin"), vec![0u8; 3 * 1024 * 1024 + 512 * 1024]).unwrap();
+    c.start(0);
+    until("node1 to find it cannot write the copy", T, || {
+        let log = c.nodes[0].log();
+        if log.contains("kept this node's version") && (log.contains("disk full") || log.contains("No space")) { Ok(()) } else { Err(log) }
+    });
+    // Whatever node 2 learns from node 1 meanwhile, the losing version stays on node 2.
+    until("node2 to have taken in everything node1 announced", T, || {
+        let (v1, v2) = (status(&c, 0), status(&c, 1));
+        let backlog = v1["peers"]["node2"]["peer_pending"].as_u64();
+        if backlog == Some(0) && v2["pending_remote"].as_u64() == Some(0) { Ok(()) } else { Err(format!("node2's backlog at node1 {backlog:?}, {v2}")) }
+    });
+    let want = blake3::hash(&theirs).to_hex().to_string();
+    let t = c.snapshot(1);
+    assert!(t.values().any(|i| i.hash == want), "node2 no longer holds its losing version anywhere: {:?}", t.keys().collect::<Vec<_>>());
+    // Space again: both versions end up on both nodes.
+    std::fs::remove_file(c.nodes[0].path("filler.bin")).unwrap();
+    let ours = blake3::hash(b"ours, newer").to_hex().to_string();
+    c.converge("both versions on both nodes", Duration::from_secs(90), |t| {
+        let names = || format!("{:?}", t.keys().collect::<Vec<_>>());
+        if t.get("doc.txt").map(|i| &i.hash) != Some(&ours) {
+            return Err(format!("doc.txt is not node1's version: {}", names()));
+        }
+        if t.values().any(|i| i.hash == want) { Ok(()) } else { Err(format!("node2's version is nowhere: {}", names())) }
     });
 }
 

@@ -53,12 +53,22 @@ impl Agent {
                 let l = local.expect("BUG: a conflict needs a local entry");
                 let mut e = l.entry.clone();
                 e.version = version;
-                out.push(Done::Record(e, l.ino));
                 if let Some(copy) = &loser_copy {
                     self.count_conflict();
                     self.log.warn(format!("Conflict: {} was changed here and on {} at the same time; kept this node's version, {}'s saved as {copy}", r.path, r.modified_by_name, r.modified_by_name));
-                    out.extend(self.keep_loser(source, &r, copy.clone(), content));
-                } else if r.deleted && !l.entry.deleted {
+                    let kept = self.keep_loser(source, &r, copy.clone(), content);
+                    // Our version claims to supersede theirs only once their content is safe
+                    // here: while the copy is still to be fetched, every node that holds the
+                    // losing content keeps deciding by the winner rule and keeps it as a copy
+                    // itself (see `supersede_kept_loser`).
+                    if !kept.iter().any(|d| matches!(d, Done::Queue(_))) {
+                        out.push(Done::Record(e, l.ino));
+                    }
+                    out.extend(kept);
+                    return Ok(out);
+                }
+                out.push(Done::Record(e, l.ino));
+                if r.deleted && !l.entry.deleted {
                     self.count_conflict();
                     self.log.warn(format!("Conflict: {} was deleted on {} while it changed here; kept it", r.path, r.modified_by_name));
                 }
@@ -163,9 +173,14 @@ impl Agent {
             (_, Content::Bytes(data)) => vec![Done::Write(Pending { path: copy, data, mode: r.mode, mtime_ns: r.mtime_ns, expect: Expect::Absent }, None)],
             (_, Content::None) if r.size == 0 => vec![Done::Write(Pending { path: copy, data: Vec::new(), mode: r.mode, mtime_ns: r.mtime_ns, expect: Expect::Absent }, None)],
             (_, Content::Temp(tmp)) => {
-                self.install_copy(&copy, tmp, r);
-                Vec::new()
+                if self.install_copy(&copy, tmp, r) {
+                    return Vec::new();
+                }
+                let mut entry = r.clone();
+                entry.path = copy;
+                vec![Done::Queue(Need { entry, source: source.to_owned(), attempts: 1, last_error: Some("the conflict copy could not be written".into()), force: false, copy_of: Some(r.path.clone()) })]
             }
+            // Not written: fetched (again) later.
             _ => {
                 let mut entry = r.clone();
                 entry.path = copy;
@@ -175,12 +190,18 @@ impl Agent {
     }
 
     /// Puts fetched content under a conflict-copy name (never over an existing file: a copy
-    /// of that name holds the same version already).
-    pub(super) fn install_copy(&mut self, copy: &RelPath, mut tmp: TempFile, r: &Entry) {
+    /// of that name holds the same version already). Returns whether the copy is there.
+    pub(super) fn install_copy(&mut self, copy: &RelPath, mut tmp: TempFile, r: &Entry) -> bool {
         let res = tmp.finish(r.mode, r.mtime_ns).and_then(|_| tmp.sync()).map_err(|e| RootError::io(copy, e)).and_then(|_| self.root.install_at(tmp, copy, &Expect::Absent));
         match res {
-            Ok(_) | Err(RootError::Changed { .. }) => self.batcher.add(copy.clone(), HintKind::Tree, Instant::now()),
-            Err(err) => self.error(format!("cannot keep conflict copy {copy}: {err}")),
+            Ok(_) | Err(RootError::Changed { .. }) => {
+                self.batcher.add(copy.clone(), HintKind::Tree, Instant::now());
+                true
+            }
+            Err(err) => {
+                self.error(format!("cannot keep conflict copy {copy}: {err}"));
+                false
+            }
         }
     }
 

@@ -36,6 +36,9 @@ impl Agent {
                 if self.root.stat(&path).ok().flatten().is_some() {
                     // The copy is there already (the same version, kept by an earlier try).
                     let _ = self.index.remove_need(&path);
+                    if let Err(e) = self.supersede_kept_loser(&need) {
+                        self.error(format!("{e:#}"));
+                    }
                     continue;
                 }
             } else {
@@ -127,9 +130,10 @@ impl Agent {
         let f = match result {
             Ok(f) => f,
             Err(e) if need.copy_of.is_some() && format!("{e:#}").contains(crate::protocol::wire::CONTENT_CHANGED) => {
-                // No peer holds that losing version under its original name any more: the node
-                // that held it kept it as this very conflict copy and announces it (it arrives,
-                // or was moved or deleted since, like any file).
+                // No peer holds that losing version under its original name any more: a node
+                // that held it kept it as a conflict copy and announces it, or its own node
+                // replaced it. Our version never claimed to supersede it (see
+                // `supersede_kept_loser`), so no node replaces it without keeping a copy.
                 tracing::debug!(path = %path, "conflict copy left to the node that kept the losing version");
                 self.index.remove_need(&path)?;
                 return Ok(());
@@ -150,7 +154,9 @@ impl Agent {
         if need.copy_of.is_some() {
             self.index.remove_need(&path)?;
             let r = need.entry.clone();
-            self.install_copy(&path, f.tmp, &r);
+            if self.install_copy(&path, f.tmp, &r) {
+                self.supersede_kept_loser(&need)?;
+            }
             self.log.normal(format!("saved conflict copy {path} ({wire} bytes from {})", need.source));
             return Ok(());
         }
@@ -164,6 +170,24 @@ impl Agent {
             }
             drop(st);
             self.log.normal(format!("received {path} from {source} ({wire} bytes on the wire{})", if delta { ", delta" } else { "" }));
+        }
+        Ok(())
+    }
+
+    /// The losing version of a conflict this node won is now safe here as the conflict copy
+    /// `need` fetched: our version at the original path is recorded as superseding it
+    /// (merged and advanced), so nodes that still hold the losing content under that name
+    /// replace it without another copy. Nothing is recorded if the path changed meanwhile
+    /// so that the conflict no longer goes our way.
+    pub(in crate::agent) fn supersede_kept_loser(&mut self, need: &Need) -> anyhow::Result<()> {
+        let Some(orig) = &need.copy_of else { return Ok(()) };
+        let Some(local) = self.index.get(orig)? else { return Ok(()) };
+        let mut remote = need.entry.clone();
+        remote.path = orig.clone();
+        if let Decision::KeepLocal { version, .. } = decide(Some(&local.entry), &remote, self.index.node_id) {
+            let mut e = local.entry.clone();
+            e.version = version;
+            self.index.apply(Batch { commits: vec![(e, local.ino)], ..Batch::default() })?;
         }
         Ok(())
     }

@@ -227,8 +227,10 @@ impl Agent {
                     Done::Queue(n) => Some(n),
                     _ => None,
                 })),
-                // A conflict copy that could not be written: fetch it again later.
+                // A conflict copy that could not be written: fetch it again later; our version
+                // does not claim to supersede the losing one until it is here.
                 (Err(err), None) => {
+                    batch.commits.retain(|(e, _)| e.path != remote.path);
                     let mut entry = remote.clone();
                     entry.path = path;
                     batch.put_needs.push(Need { entry, source: peer.to_owned(), attempts: 1, last_error: Some(err.to_string()), force: false, copy_of: Some(remote.path) });

@@ -119,14 +119,11 @@ fn name_of(id: u64) -> String {
 }
 
 impl Graveyard {
-    /// The displaced-files directory `dir`, emptied (what a crash left there was displaced
-    /// before it and its grace period is over); `None` inside when it is on another file
-    /// system than `root`.
+    /// The displaced-files directory `dir` (what a crash left there is dealt with by
+    /// `recover_displaced` at start-up); `None` inside when it is on another file system
+    /// than `root`.
     pub(super) fn open(dir: &Path, root: Option<&OwnedFd>) -> std::io::Result<Graveyard> {
         let fd = open_dir(dir)?;
-        for (name, _) in walk::entries(&fd) {
-            let _ = beneath::unlink_at(&fd, &name, false);
-        }
         Ok(Graveyard { dir: same_fs(&fd, root).then_some(fd), ..Graveyard::default() })
     }
 
@@ -308,6 +305,27 @@ impl SyncRoot {
         if let Some(gd) = &self.graveyard.dir {
             let _ = beneath::unlink_at(gd, &name_of(id), false);
         }
+    }
+
+    /// Start-up, before anything is displaced: ends what a crash left in the displaced-files
+    /// directory `dir` (not the versions area). A file `written_after` names a path for (a
+    /// writer reached it after it was displaced, so the index never saw its content) is put
+    /// back beside that path as a conflict copy; the rest was displaced content the index
+    /// knew and is unlinked. Returns the copies.
+    pub fn recover_displaced(&self, dir: &Path, node: &str, written_after: &dyn Fn(&DiskMeta) -> Option<RelPath>) -> Vec<RelPath> {
+        let Ok(fd) = open_dir(dir) else { return Vec::new() };
+        let mut copies = Vec::new();
+        for (name, st) in walk::entries(&fd) {
+            let meta = DiskMeta::from_stat(&st).filter(|m| m.kind == crate::protocol::EntryKind::File);
+            if let Some(path) = meta.as_ref().and_then(written_after)
+                && let Some(copy) = self.rescue(&fd, &name, &path, node)
+            {
+                copies.push(copy);
+                continue;
+            }
+            let _ = beneath::unlink_at(&fd, &name, rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory);
+        }
+        copies
     }
 
     /// Puts a version that was written to after it was displaced back beside `path` as a

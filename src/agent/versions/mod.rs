@@ -312,7 +312,8 @@ impl Agent {
     /// Start-up: sweeps temp files and finishes what a crash interrupted in the versions
     /// area (see `recover`).
     pub(super) fn recover_versions(&mut self) -> anyhow::Result<()> {
-        let by_ino = if self.versions.store.is_some() { recover::live_inodes(&self.index)? } else { Default::default() };
+        let by_ino = recover::live_inodes(&self.index)?;
+        let mut rescued = self.root.recover_displaced(&self.s.state_dir.join("displaced"), &self.s.node_name, &|m| recover::written_after(&by_ino, m));
         let (stale, caught) = self.root.sweep_temps_keeping(&|m| recover::explains(&by_ino, m).is_some());
         if stale > 0 {
             self.log.normal(format!("removed {stale} temp file(s) left by an interrupted transfer"));
@@ -320,7 +321,7 @@ impl Agent {
         if caught > 0 {
             tracing::debug!(caught, "displaced files caught at their temp names");
         }
-        let rescued = recover::recover(self, &by_ino)?;
+        rescued.extend(recover::recover(self, &by_ino)?);
         for copy in rescued {
             self.log.warn(format!("Conflict: a write reached a replaced file before the agent stopped; the written content is kept as {copy}"));
             self.batcher.add(copy, super::watch::HintKind::Tree, std::time::Instant::now());

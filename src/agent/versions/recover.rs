@@ -6,8 +6,10 @@
 //! - displaced (renamed into `data/`), not recorded yet: the change that displaced it was
 //!   not recorded in the index either (records are flushed first), so the index still names
 //!   the file's inode at its path: it is recorded from that entry (path, hash; the node
-//!   from the journal or the need that was being applied). A file no entry explains is
-//!   removed.
+//!   from the journal or the need that was being applied). A file whose inode the index
+//!   names with another size or mtime was written after the swap by a process that had it
+//!   open: it goes back beside its path as a conflict copy. A file no entry names is removed.
+//! - the same for the displaced-files directory used when versions are not kept.
 //! - recorded, grace period not over: if its size, mtime or ctime moved, a writer reached it
 //!   after the swap: it is put back beside its path as a conflict copy; else it is settled.
 //! - a record whose file is gone (its removal was under way): the record is dropped.
@@ -33,6 +35,13 @@ pub(super) fn live_inodes(index: &crate::agent::index::Index) -> anyhow::Result<
 /// The index entry a displaced file (by its state) was taken from, if any.
 pub(super) fn explains<'a>(by_ino: &'a HashMap<u64, Stored>, m: &DiskMeta) -> Option<&'a Stored> {
     by_ino.get(&m.ino).filter(|s| s.entry.size == m.size && s.entry.mtime_ns == m.mtime_ns)
+}
+
+/// The path of the index entry a displaced file was taken from when its content is not what
+/// the index recorded: a writer that had it open reached it after the swap, and the agent
+/// stopped before the grace period could notice. That content exists nowhere else.
+pub(super) fn written_after(by_ino: &HashMap<u64, Stored>, m: &DiskMeta) -> Option<RelPath> {
+    by_ino.get(&m.ino).filter(|s| !(s.entry.size == m.size && s.entry.mtime_ns == m.mtime_ns)).map(|s| s.entry.path.clone())
 }
 
 /// Returns the conflict copies it put back in the folder.
@@ -96,7 +105,10 @@ pub(super) fn recover(a: &mut Agent, by_ino: &HashMap<u64, Stored>) -> anyhow::R
                     ));
                     adopted += 1;
                 }
-                None => a.root.drop_version(id),
+                None => match written_after(by_ino, &meta).and_then(|path| a.root.rescue_version(id, &path, &a.s.node_name)) {
+                    Some(copy) => rescued.push(copy),
+                    None => a.root.drop_version(id),
+                },
             }
         }
     }
