@@ -1,117 +1,17 @@
 //! The agent's live state as users see it: `lsyncd.status` (rewritten when what it says
-//! changes; lsyncd's shape plus peers, versions and held deletions), the `/v1/status` JSON
-//! for the control plane, and the Prometheus text on `/metrics`. The event loop and the peer tasks update one `Status`
-//! behind a short-held mutex; renderers take a snapshot. `lsyncd.status` is written through
+//! changes; lsyncd's shape plus peers, versions and held deletions) and the Prometheus text
+//! on `/metrics`, rendered from the `/v1/status` report (`protocol::status`, the contract
+//! with the control plane). The event loop and the peer tasks update one `Status` behind a
+//! short-held mutex; renderers take a snapshot. `lsyncd.status` is written through
 //! the verified log directory (`private_fs`), mode 0640.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
-use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::lsyncd_log::timestamp;
-use crate::protocol::versions::{HeldDeletes, VersionsSummary};
-
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct PeerStatus {
-    pub address: String,
-    pub connected: bool,
-    /// Last time a page of this peer's changes was fully processed here.
-    pub last_sync: Option<i64>,
-    pub last_error: Option<String>,
-    /// Highest of the peer's sequence numbers processed here.
-    pub their_seq_processed: u64,
-    /// Highest of our sequence numbers the peer reported processing, and its backlog.
-    pub our_seq_acked: u64,
-    pub peer_pending: u64,
-    pub peer_error: Option<String>,
-    /// Median-ish recent replication lag from the peer's commit to our write (ms).
-    pub lag_ms: Option<u64>,
-    pub removed: bool,
-}
-
-/// The cross-environment link as this node sees it (two-environment mode).
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct LinkStatus {
-    /// `pairing`, `connected`, `standby` (another node of this environment carries the
-    /// link), `refused` (the passwords differ) or `unreachable`.
-    pub state: String,
-    /// Whether this node carries the link for its environment.
-    pub leader: bool,
-    /// The address configured for the other environment.
-    pub remote: String,
-    /// The other environment's node this one exchanges with now.
-    pub serving_node: Option<String>,
-    pub last_exchange: Option<i64>,
-    pub latency_ms: Option<f64>,
-    /// Bytes over the link port and the link client (TLS payload), each way.
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    /// What is wrong, in words.
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct Counters {
-    pub batches: u64,
-    pub local_changes: u64,
-    pub applied: u64,
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
-    pub conflicts: u64,
-    pub errors: u64,
-    pub refused: u64,
-    pub delta_transfers: u64,
-    pub renames: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct Status {
-    pub node_name: String,
-    pub node_id: String,
-    pub root: String,
-    /// The folder this node syncs (`folder_id`; empty if unset).
-    pub folder_id: String,
-    pub delay_s: u64,
-    pub receive_only: bool,
-    pub paused: bool,
-    pub started_at: i64,
-    pub startup_complete: bool,
-    pub last_seq: u64,
-    /// Local changes waiting for the delay (lsyncd's "delays").
-    pub pending_local: usize,
-    /// Files held because they are still being written.
-    pub writing: usize,
-    /// Remote changes accepted but not written yet, and why the oldest is stuck.
-    pub pending_remote: usize,
-    pub pending_errors: Vec<String>,
-    pub watches: usize,
-    pub warnings: Vec<String>,
-    pub held_deletes: usize,
-    /// Peers' deletions waiting here: settling batches and mass deletes held for an
-    /// operator (`agent::hold`).
-    pub mass_delete_holds: Vec<HeldDeletes>,
-    /// The versions area (`agent::versions`).
-    pub versions: VersionsSummary,
-    /// Names in the root that cannot be synced (not valid UTF-8, shown lossily), up to 20,
-    /// and how many there are.
-    pub unsyncable: Vec<String>,
-    pub unsyncable_count: usize,
-    /// Peers refused because they sync another folder (see `folder_id`), by name.
-    pub foreign_folders: BTreeMap<String, String>,
-    pub local_modifications: Vec<String>,
-    pub files: u64,
-    pub dirs: u64,
-    pub symlinks: u64,
-    pub bytes: u64,
-    pub tree_digest: String,
-    pub excludes: Vec<String>,
-    pub peers: BTreeMap<String, PeerStatus>,
-    pub link: Option<LinkStatus>,
-    pub counters: Counters,
-}
+pub use crate::protocol::status::{AgentStatus as Status, LinkState, LinkStatus, PeerStatus};
 
 impl Status {
     /// `lsyncd.status` without its first line (the time it was written).

@@ -80,15 +80,15 @@ impl Agent {
         self.refresh_holds(&needs);
         let mut st = self.status.lock().expect("BUG: poisoned");
         st.last_seq = seq;
-        st.pending_local = self.batcher.len();
-        st.writing = self.batcher.writing();
-        st.pending_remote = needs.len();
+        st.pending_local = self.batcher.len() as u64;
+        st.writing = self.batcher.writing() as u64;
+        st.pending_remote = needs.len() as u64;
         let backlog = needs.len() as u64;
         self.peer_ctx.pending.send_if_modified(|v| std::mem::replace(v, backlog) != backlog);
         st.pending_errors = needs.iter().filter_map(|n| n.last_error.clone()).take(5).collect();
-        st.held_deletes = self.held_deletes;
+        st.held_deletes = self.held_deletes as u64;
         st.unsyncable = self.unsyncable.iter().take(20).cloned().collect();
-        st.unsyncable_count = self.unsyncable.len();
+        st.unsyncable_count = self.unsyncable.len() as u64;
         st.local_modifications = self.local_mods.iter().map(|p| p.to_string()).collect();
         if let Some(s) = summary {
             st.files = s.files;
@@ -96,7 +96,7 @@ impl Agent {
             st.symlinks = s.symlinks;
             st.bytes = s.bytes;
             st.tree_digest = format!("{:032x}", s.digest);
-            st.watches = watch::watch_count();
+            st.watches = watch::watch_count() as u64;
         }
         for (peer, lag) in &self.lag {
             if let Some(p) = st.peers.get_mut(peer) {

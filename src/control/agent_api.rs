@@ -3,18 +3,18 @@
 //! admin commands, and the safety nets' routes (versions, restore, mass-delete holds).
 //! Every answer is read with a limit (`MAX_*_BYTES`, through `pki::tls::read_limited`). Every call has a deadline; errors are sentences for the dashboard.
 //!
-//! `AgentStatus` mirrors the agent's `/v1/status` JSON (a public format, see
-//! ARCHITECTURE.md); unknown fields are ignored and missing ones default, so an agent of
-//! another version still reports what both know.
+//! `AgentStatus` is the agent's `/v1/status` (`protocol::status`, shared with the agent);
+//! unknown fields are ignored and missing ones default, so an agent of another version
+//! still reports what both know.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 pub use crate::protocol::report::{
     ConflictCopy, Conflicts, DirDigests, FileFacts, LogTail, NodeReport, PathTest, RecentChange, RehashRequest, RehashResult, ResolveAction, ResolveRequest, ResolveResult,
 };
+pub use crate::protocol::status::{AgentStatus, Counters, LinkState, LinkStatus, PeerStatus};
 pub use crate::protocol::versions::{HeldDeletes, HoldRequest, HoldResponse, RestoreRequest, RestoreResponse, VersionList, VersionQuery, VersionsSummary};
 
 /// An admin command on `/v1/admin/<name>`.
@@ -34,113 +34,6 @@ impl AdminCommand {
             AdminCommand::Reload => "/v1/admin/reload",
             AdminCommand::Rescan => "/v1/admin/rescan",
         }
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct PeerStatus {
-    pub address: String,
-    pub connected: bool,
-    pub last_sync: Option<i64>,
-    pub last_error: Option<String>,
-    pub their_seq_processed: u64,
-    pub our_seq_acked: u64,
-    pub peer_pending: u64,
-    pub peer_error: Option<String>,
-    pub lag_ms: Option<u64>,
-    pub removed: bool,
-}
-
-/// The state of the cross-environment link as one node reports it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LinkState {
-    Pairing,
-    Connected,
-    Standby,
-    Refused,
-    Unreachable,
-    /// A state this control plane does not know (a newer agent).
-    #[default]
-    #[serde(other)]
-    Unknown,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct LinkStatus {
-    pub state: LinkState,
-    pub leader: bool,
-    pub remote: String,
-    pub serving_node: Option<String>,
-    pub last_exchange: Option<i64>,
-    pub latency_ms: Option<f64>,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Counters {
-    pub batches: u64,
-    pub local_changes: u64,
-    pub applied: u64,
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
-    pub conflicts: u64,
-    pub errors: u64,
-    pub refused: u64,
-    pub delta_transfers: u64,
-    pub renames: u64,
-}
-
-/// An agent's `/v1/status` report.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AgentStatus {
-    pub node_name: String,
-    pub node_id: String,
-    pub root: String,
-    pub folder_id: Option<String>,
-    pub delay_s: u64,
-    pub receive_only: bool,
-    pub paused: bool,
-    pub started_at: i64,
-    pub startup_complete: bool,
-    pub last_seq: u64,
-    pub pending_local: u64,
-    pub writing: u64,
-    pub pending_remote: u64,
-    pub pending_errors: Vec<String>,
-    pub watches: u64,
-    pub warnings: Vec<String>,
-    pub held_deletes: u64,
-    /// Peers' deletions waiting here: runs settling for a moment, and mass deletes held
-    /// for an operator (`state == "held"`).
-    pub mass_delete_holds: Vec<HeldDeletes>,
-    /// The versions area's totals.
-    pub versions: VersionsSummary,
-    pub unsyncable_count: u64,
-    /// Peers refused because they sync another folder, by name, with the reason.
-    pub foreign_folders: BTreeMap<String, String>,
-    pub local_modifications: Vec<String>,
-    pub files: u64,
-    pub dirs: u64,
-    pub symlinks: u64,
-    pub bytes: u64,
-    pub tree_digest: String,
-    pub excludes: Vec<String>,
-    pub peers: BTreeMap<String, PeerStatus>,
-    pub link: Option<LinkStatus>,
-    pub counters: Counters,
-}
-
-impl AgentStatus {
-    /// The largest replication lag measured from the peers.
-    pub fn max_lag_ms(&self) -> Option<u64> {
-        self.peers.values().filter_map(|p| p.lag_ms).max()
     }
 }
 
@@ -342,17 +235,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn status_json_of_any_agent_version_parses() {
-        let v = serde_json::json!({
-            "node_name": "web1", "files": 3, "tree_digest": "abc", "something_new": {"x": 1},
-            "peers": {"web2": {"address": "10.0.0.12:7755", "connected": true, "lag_ms": 12}, "web3": {"lag_ms": 40}},
-            "link": {"state": "connected", "leader": true, "remote": "x:1", "bytes_in": 1},
-        });
-        let s: AgentStatus = serde_json::from_value(v).unwrap();
-        assert_eq!((s.node_name.as_str(), s.files, s.max_lag_ms()), ("web1", 3, Some(40)));
-        assert_eq!(s.link.as_ref().unwrap().state, LinkState::Connected);
-        let s: AgentStatus = serde_json::from_value(serde_json::json!({"link": {"state": "brand-new"}})).unwrap();
-        assert_eq!(s.link.unwrap().state, LinkState::Unknown);
+    fn url_hosts_bracket_ipv6() {
         assert_eq!(url_host("::1", 7755), "[::1]:7755");
         assert_eq!(url_host("web1.example", 7755), "web1.example:7755");
     }

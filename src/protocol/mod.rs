@@ -7,6 +7,7 @@ pub mod conflict;
 pub mod entry;
 pub mod path;
 pub mod report;
+pub mod status;
 pub mod version;
 pub mod versions;
 pub mod wire;

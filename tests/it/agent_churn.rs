@@ -199,7 +199,7 @@ fn run(seed: u64, ops: usize, kills: bool) {
         // kill -9 of any of the three agents (the writers' own included) at random moments
         // while the writers go on, each restarted after a random pause.
         if kills {
-            let mut rng = Rng(seed ^ 0x5eed_0f_c0ff_ee);
+            let mut rng = Rng(seed ^ 0x5eed_0fc0_ffee);
             while finished.load(std::sync::atomic::Ordering::SeqCst) < 2 {
                 std::thread::sleep(Duration::from_millis(200 + rng.pick(1300) as u64));
                 let i = rng.pick(3);

@@ -1,8 +1,9 @@
 //! Repository rules checked by `cargo test`: every module under src/ starts with a `//!`
 //! doc comment saying what it owns, ARCHITECTURE.md names every directory under src/,
 //! dependencies point one way (control and agent share only `protocol` and `pki`; the
-//! protocol does no IO; no cycles between the control plane's parts or cli and demo), only
-//! `control::db` holds SQL, and modules stay under 500 lines.
+//! protocol does no IO; no cycles between the control plane's parts or cli and demo; their
+//! contracts are serde types declared once, in `protocol`), only `control::db` holds SQL,
+//! and modules stay under 500 lines.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -272,4 +273,34 @@ fn answers_from_other_machines_are_read_with_a_limit() {
         }
     }
     assert!(offenders.is_empty(), "read answers with pki::tls::read_limited: {offenders:?}");
+}
+
+/// Contracts between the agent and the control plane are one serde type in `protocol`, not a
+/// copy on each side that drifts: no type with a serde derive is declared under the same
+/// name in both `agent/` and `control/`.
+#[test]
+fn agent_and_control_plane_share_their_contracts_from_protocol() {
+    let mut declared: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for (path, text) in sources() {
+        let Some(part) = ["agent/", "control/"].into_iter().find(|p| path.starts_with(p)) else { continue };
+        let mut serde_derive = false;
+        for (n, line) in code_lines(&text) {
+            let t = line.trim_start();
+            if t.starts_with("#[derive(") {
+                serde_derive = t.contains("Serialize") || t.contains("Deserialize");
+                continue;
+            }
+            if t.starts_with("#[") {
+                continue;
+            }
+            let decl = t.trim_start_matches("pub ").trim_start_matches("pub(crate) ").trim_start_matches("pub(super) ");
+            if serde_derive && let Some(rest) = decl.strip_prefix("struct ").or_else(|| decl.strip_prefix("enum ")) {
+                let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                declared.entry(name).or_default().insert(part.to_owned(), format!("src/{path}:{n}"));
+            }
+            serde_derive = false;
+        }
+    }
+    let both: Vec<String> = declared.iter().filter(|(_, at)| at.len() > 1).map(|(name, at)| format!("{name} ({})", at.values().cloned().collect::<Vec<_>>().join(", "))).collect();
+    assert!(both.is_empty(), "declare these once in src/protocol and use them from both sides: {both:?}");
 }

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::{LinkConfig, Settings, TlsConfig};
 use super::listener::{self, ByteCounters, Conn, Gate, LIMITS, Refusals};
 use super::lsyncd_log::LsyncdLog;
-use super::status::{LinkStatus, Status};
+use super::status::{LinkState, LinkStatus, Status};
 use crate::private_fs::PrivateDir;
 
 pub use pairing::{PairError, Remote, password_tag};
@@ -118,7 +118,7 @@ impl Link {
         });
         link.set_status(|l| {
             l.remote = link.cfg.remote.clone();
-            l.state = "pairing".into();
+            l.state = LinkState::Pairing;
         });
         if let Some(p) = pairing {
             link.install_pairing(p, false)?;

@@ -17,6 +17,7 @@ use super::{Link, PairError};
 use crate::agent::Event;
 use crate::agent::index::Index;
 use crate::agent::peers::ask;
+use crate::agent::status::LinkState;
 use crate::protocol::wire::ChangesQuery;
 
 /// The configured remote node is given this long before the link moves to another node.
@@ -47,7 +48,7 @@ impl Link {
         let mut failing_since: Option<Instant> = None;
         let mut backoff = Duration::from_millis(200);
         let mut next_ping = Instant::now();
-        let mut last_state = String::new();
+        let mut last_state = LinkState::Unknown;
         let mut failures = 0u32;
         loop {
             let cands = self.candidates();
@@ -55,12 +56,12 @@ impl Link {
             let addr = cands[target].clone();
             if !self.paired() {
                 connected = false;
-                self.set_status(|l| l.state = if l.state == "refused" { "refused".into() } else { "pairing".into() });
+                self.set_status(|l| l.state = if l.state == LinkState::Refused { LinkState::Refused } else { LinkState::Pairing });
                 match self.pair_with(&addr, false).await {
                     Ok(()) => {
                         self.log.normal(format!("link: paired with the other environment at {addr}; its CA is pinned"));
                         self.set_status(|l| {
-                            l.state = "paired".into();
+                            l.state = LinkState::Paired;
                             l.error = None;
                         });
                         failing_since = None;
@@ -70,7 +71,7 @@ impl Link {
                         let msg = format!("the other environment ({addr}) refused the password: the two environments were given different passwords. Set the same password on both sides");
                         self.log.error(format!("link: {msg}"));
                         self.set_status(|l| {
-                            l.state = "refused".into();
+                            l.state = LinkState::Refused;
                             l.error = Some(msg);
                         });
                         tokio::time::sleep(MISMATCH_RETRY).await;
@@ -79,7 +80,7 @@ impl Link {
                         let msg = format!("the other environment ({addr}) refused to pair: {reason}");
                         self.log.error(format!("link: {msg}"));
                         self.set_status(|l| {
-                            l.state = "refused".into();
+                            l.state = LinkState::Refused;
                             l.error = Some(msg);
                         });
                         tokio::time::sleep(MISMATCH_RETRY).await;
@@ -95,8 +96,8 @@ impl Link {
                         let since = *failing_since.get_or_insert_with(Instant::now);
                         let msg = format!("no answer from {addr} for {} s: {e}", since.elapsed().as_secs());
                         self.set_status(|l| {
-                            if l.state != "refused" {
-                                l.state = "unreachable".into();
+                            if l.state != LinkState::Refused {
+                                l.state = LinkState::Unreachable;
                             }
                             l.error = Some(msg);
                         });
@@ -114,7 +115,7 @@ impl Link {
                 connected = false;
                 self.set_status(|l| {
                     l.leader = false;
-                    l.state = "standby".into();
+                    l.state = LinkState::Standby;
                     l.serving_node = None;
                 });
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -154,7 +155,7 @@ impl Link {
                     backoff = Duration::from_millis(200);
                     let node = page.node_name.clone();
                     self.set_status(|l| {
-                        l.state = "connected".into();
+                        l.state = LinkState::Connected;
                         l.leader = true;
                         l.serving_node = Some(node);
                         l.error = None;
@@ -194,7 +195,7 @@ impl Link {
                                 let msg = format!("the other environment ({addr}) refused the password: its password was changed. Set the same password on both sides");
                                 self.log.error(format!("link: {msg}"));
                                 self.set_status(|l| {
-                                    l.state = "refused".into();
+                                    l.state = LinkState::Refused;
                                     l.error = Some(msg);
                                 });
                                 continue;
@@ -202,7 +203,7 @@ impl Link {
                             Err(PairError::Refused(reason)) => {
                                 self.drop_pairing(&format!("{addr} refused to pair again: {reason}"));
                                 self.set_status(|l| {
-                                    l.state = "refused".into();
+                                    l.state = LinkState::Refused;
                                     l.error = Some(format!("the other environment ({addr}) refused to pair: {reason}"));
                                 });
                                 continue;
@@ -212,12 +213,12 @@ impl Link {
                     }
                     let since = *failing_since.get_or_insert_with(Instant::now);
                     let msg = format!("no answer from {addr} for {} s: {e}", since.elapsed().as_secs());
-                    if was || last_state != "unreachable" {
+                    if was || last_state != LinkState::Unreachable {
                         self.log.warn(format!("link: {msg}; retrying"));
                     }
-                    last_state = "unreachable".into();
+                    last_state = LinkState::Unreachable;
                     self.set_status(|l| {
-                        l.state = "unreachable".into();
+                        l.state = LinkState::Unreachable;
                         l.error = Some(msg);
                     });
                     if since.elapsed() >= FAILOVER_AFTER && cands.len() > 1 {
@@ -230,7 +231,7 @@ impl Link {
                     continue;
                 }
             }
-            last_state = "connected".into();
+            last_state = LinkState::Connected;
         }
     }
 }

@@ -13,6 +13,7 @@ use super::Link;
 use super::pairing::{self, Client, PairError, PairMsg, Remote, Server, Step};
 use super::tls::{connect_from, pairing_connector, server_name};
 use crate::agent::listener::{ByteCounters, Conn, Counted};
+use crate::agent::status::LinkState;
 
 /// A pairing exchange must finish within this.
 const PAIRING_TIMEOUT: Duration = Duration::from_secs(15);
@@ -86,8 +87,8 @@ impl Link {
                 self.log.normal(format!("link: paired with the other environment (asked by {addr}); its CA is pinned"));
                 self.set_status(|l| {
                     l.error = None;
-                    if l.state == "pairing" || l.state == "refused" {
-                        l.state = "paired".into();
+                    if l.state == LinkState::Pairing || l.state == LinkState::Refused {
+                        l.state = LinkState::Paired;
                     }
                 });
             }
@@ -97,7 +98,7 @@ impl Link {
                 let paired = self.paired();
                 self.set_status(|l| {
                     if !paired {
-                        l.state = "refused".into();
+                        l.state = LinkState::Refused;
                     }
                     l.error = Some(msg);
                 });

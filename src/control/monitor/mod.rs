@@ -145,7 +145,6 @@ fn link_change(node: &str, old: Option<&AgentStatus>, new: &AgentStatus) -> Opti
         (_, LinkState::Connected) => Some(format!("{node}: cross-environment link to {remote} connected")),
         (_, LinkState::Refused) => Some(format!("{node}: cross-environment link to {remote} refused: {}", error.as_deref().unwrap_or("the passwords differ"))),
         (Some(LinkState::Connected), other) => {
-            let other = serde_json::to_value(other).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
             Some(format!("{node}: cross-environment link to {remote} no longer connected ({other}{})", error.map(|e| format!(": {e}")).unwrap_or_default()))
         }
         _ => None,

@@ -28,7 +28,7 @@ pub struct LinkNodeView {
 }
 
 fn state_word(s: LinkState) -> String {
-    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    s.to_string()
 }
 
 pub fn link_view(remote: &str, rows: &[db::NodeRow]) -> LinkView {

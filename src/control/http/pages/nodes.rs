@@ -78,7 +78,7 @@ pub fn agent_view(s: &AgentStatus) -> AgentView {
     let mut facts = vec![
         ("Node".to_owned(), s.node_name.clone()),
         ("Sync folder".to_owned(), s.root.clone()),
-        ("Folder id".to_owned(), s.folder_id.clone().unwrap_or_default()),
+        ("Folder id".to_owned(), s.folder_id.clone()),
         ("Paused".to_owned(), yes(s.paused)),
         ("Receive only".to_owned(), yes(s.receive_only)),
         ("Started".to_owned(), unix(s.started_at)),
