@@ -17,6 +17,15 @@ address 127.0.1.<i>; everything stays on 127.0.0.0/8):
                fsWatcherDelayS = max(1, delay) (1 s at delay 0, as issue 6 asks)
   rsync-a      (initial sync only) one plain `rsync -a` from node 1 to node 2's daemon
 
+Floors (what this disk allows; filesync makes every file durable before it is visible, so
+the fair floor of a durable copy is the one with a sync):
+  rsync-a-fsync  (initial sync) `rsync -a --fsync` to each receiver's daemon
+  cp-sync        (initial sync) `cp -a` of node 1's tree into each receiver, then `sync -f`
+                 on it: a local copy with no network and no checksums, made durable
+  cp-fsync       (large file) the file copied into each receiver right after it is written,
+                 then fsync'ed: the floor for the time a large file takes to be durable
+                 on every node
+
 Repetitions alternate systems (rep 1 of every system, then rep 2, ..., with the order
 rotated each rep) so machine drift hits all of them.
 
@@ -627,6 +636,44 @@ class RsyncOnce(LsyncdCluster):
                             f"rsync://admin@{ip(j)}:{PORT}/syncmodule/"], check=True)
 
 
+class RsyncFsync(RsyncOnce):
+    """`rsync -a --fsync` from node 0 to each receiver's daemon: the durable one-shot copy."""
+
+    def push(self):
+        for j in range(1, self.n):
+            subprocess.run(["rsync", "-a", "--fsync", f"--password-file={self.homes[0]}/etc/rsyncd.pass", self.roots[0] + "/",
+                            f"rsync://admin@{ip(j)}:{PORT}/syncmodule/"], check=True)
+
+
+class LocalCopy(LsyncdCluster):
+    """A floor: no daemons, no network; the workload copies with `cp` and syncs."""
+
+    def __init__(self, system, n, delay, name):
+        super().__init__(system, n, delay, name, lsyncd=False)
+
+    def start(self):
+        if not self.prepared:
+            self.prepare()
+
+    def push(self):
+        for j in range(1, self.n):
+            subprocess.run(["cp", "-a", self.roots[0] + "/.", self.roots[j] + "/"], check=True)
+            subprocess.run(["sync", "-f", self.roots[j]], check=True)
+
+    def copy_file(self, name):
+        for j in range(1, self.n):
+            src, dst = os.path.join(self.roots[0], name), os.path.join(self.roots[j], name)
+            shutil.copyfile(src, dst + ".floor")
+            fd = os.open(dst + ".floor", os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+            os.rename(dst + ".floor", dst)
+
+
+FLOORS = {"rsync-a-fsync": "initial", "cp-sync": "initial", "cp-fsync": "large"}
+NO_FLOORS = False
+
+
 def make_cluster(system, n, delay, name):
     if system == "filesync":
         return FilesyncCluster(system, n, delay, name)
@@ -638,6 +685,10 @@ def make_cluster(system, n, delay, name):
         return SyncthingCluster(system, n, delay, name)
     if system == "rsync-a":
         return RsyncOnce(system, n, delay, name)
+    if system == "rsync-a-fsync":
+        return RsyncFsync(system, n, delay, name)
+    if system in ("cp-sync", "cp-fsync"):
+        return LocalCopy(system, n, delay, name)
     raise ValueError(system)
 
 
@@ -856,6 +907,9 @@ def w_large(c, data):
     with open(path, "wb") as f:
         for off in range(0, size, 1 << 20):
             f.write(data[off:off + (1 << 20)])
+    if isinstance(c, LocalCopy):
+        c.copy_file("big.bin")
+        return {"initial_s": time.perf_counter() - t0}
     conv = Converge(c.roots[1:], {"big.bin": size})
     wait_for("large file on all nodes", conv, timeout=900, interval=0.005, alive=c.check_alive)
     initial_s = time.perf_counter() - t0
@@ -906,7 +960,7 @@ def w_initial(c, tmpl):
     expect = tree_sig(c.roots[0])
     c.prepare()
     b0, t0 = WIRE.read(), time.perf_counter()
-    if isinstance(c, RsyncOnce):
+    if isinstance(c, (RsyncOnce, LocalCopy)):
         c.start()
         t0 = time.perf_counter()  # the daemons are up before a one-shot rsync starts
         b0 = WIRE.read()
@@ -1082,7 +1136,7 @@ class Report:
         self.data["workloads"][key] = {"title": title, "unit": unit, "samples": samples, "summary": rows,
                                        "failures": failures, "notes": list(notes)}
         cols = ["p50", "p99", "max"] if stat == "p99" else ["median", "min", "max"]
-        refs = [r for r in ("lsyncd-ring", "lsyncd-star", "syncthing", "rsync-a") if r in rows]
+        refs = [r for r in ("lsyncd-ring", "lsyncd-star", "syncthing", "rsync-a", *FLOORS) if r in rows]
         lines = [f"\n## {title}\n", f"| system | {' | '.join(cols)} | n | " + " | ".join(f"filesync / {r}" for r in refs) + " |",
                  "|---|" + "---|" * (len(cols) + 1 + len(refs))]
         fs = rows.get("filesync")
@@ -1108,10 +1162,11 @@ class Report:
 
     def summary(self):
         """One line per table: the medians (p99 for the p99 table) and filesync's ratios to them."""
-        systems = ["filesync", "lsyncd-ring", "lsyncd-star", "syncthing", "rsync-a"]
+        systems = ["filesync", "lsyncd-ring", "lsyncd-star", "syncthing", "rsync-a", *FLOORS]
+        refs = ["lsyncd-ring", "lsyncd-star", "syncthing", "rsync-a", *FLOORS]
         out = ["\n## Summary: medians (p99 for the p99 row); ratio = filesync / reference, below 1 = filesync faster or cheaper\n",
-               "| table | " + " | ".join(systems) + " | / ring | / star | / syncthing |",
-               "|---|" + "---|" * (len(systems) + 3)]
+               "| table | " + " | ".join(systems) + " | " + " | ".join(f"/ {r}" for r in refs) + " |",
+               "|---|" + "---|" * (len(systems) + len(refs))]
         for key, w in self.data["workloads"].items():
             rows = w.get("summary")
             if not rows:
@@ -1121,7 +1176,7 @@ class Report:
             vals = [fmt(rows[s][stat], unit) if rows.get(s) else "" for s in systems]
             fs = rows.get("filesync")
             ratios = []
-            for ref in ("lsyncd-ring", "lsyncd-star", "syncthing"):
+            for ref in refs:
                 r = rows.get(ref)
                 ratios.append(f"{fs[stat] / r[stat]:.3f}" if fs and r and r[stat] > 0 else ("ref. 0" if fs and r else ""))
             fails = sum(len(v) for v in w.get("failures", {}).values())
@@ -1296,6 +1351,7 @@ def main():
     ap.add_argument("--reps", type=int, default=None, help="repetitions per system (default 5, --quick 2)")
     ap.add_argument("--only", default="", help="comma-separated workloads: latency,p99,burst,large,initial,rename,idle,scale")
     ap.add_argument("--systems", default=",".join(ALL_SYSTEMS), help="comma-separated, default: " + ",".join(ALL_SYSTEMS))
+    ap.add_argument("--no-floors", action="store_true", help="leave out the floors (rsync-a-fsync, cp-sync, cp-fsync)")
     ap.add_argument("--slow", action="store_true", help="run delay 10 s even with --quick")
     ap.add_argument("--skip-slow", action="store_true", help="skip delay 10 s (about 20-50 s per ring repetition)")
     ap.add_argument("--idle-seconds", type=int, default=None, help="idle measurement window (default 60, --quick 20)")
@@ -1306,6 +1362,8 @@ def main():
     ap.add_argument("--wait", action="store_true", help="if another run is in progress, wait for it instead of exiting")
     ap.add_argument("--work", default=WORK, help="scratch folder for the nodes' trees (default %(default)s)")
     a = ap.parse_args()
+    global NO_FLOORS
+    NO_FLOORS = a.no_floors
     WORK = a.work
     if os.geteuid() != 0:
         sys.exit("bench/run.py: run as root (rsync daemons as on the PaaS nodes; iptables byte counters)")
@@ -1450,32 +1508,39 @@ def run_burst(run, rep, systems, reps, q, slow):
 def run_large(run, rep, systems, reps, q, slow):
     mib = 64 if q else 256
     data = os.urandom(mib << 20)
-    samples, fails = run.alternate("large", systems, reps, 3, 0, lambda c: w_large(c, data))
+    samples, fails = run.alternate("large", systems + floors_for("large", systems), reps, 3, 0, lambda c: w_large(c, data))
     title = f"large file: {mib} MiB written on node 1, 3 nodes, delay 0"
     for field, unit, what in [("initial_s", "s", "initial sync time"), ("initial_bytes", "B", "initial sync bytes on the wire (all links)"),
                               ("edit_s", "s", "4 KiB overwrite in the middle: time until all nodes have it"),
                               ("edit_bytes_per_target", "B", "4 KiB overwrite: bytes on the wire per receiving node")]:
-        rep.table(f"large-{field}", f"{title}: {what}", unit, {s: [x[field] for x in v] for s, v in samples.items()},
-                  fails if field == "initial_s" else {})
+        rep.table(f"large-{field}", f"{title}: {what}", unit, {s: [x[field] for x in v] for s, v in samples.items() if all(field in x for x in v)},
+                  fails if field == "initial_s" else {},
+                  notes=["cp-fsync (a floor): the file copied into each receiver as soon as it is written, then fsync'ed"] if field == "initial_s" else ())
 
 
 def run_initial(run, rep, systems, reps, q, slow):
     files = 2000 if q else 10_000
     tmpl = template("initial", files, 100, 10_000, 30_000, 11)
     mib = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmpl) for f in fs) >> 20
-    sys_here = systems + ["rsync-a"]
+    sys_here = systems + ["rsync-a"] + floors_for("initial", systems)
     samples, fails = {}, {}
     s1, f1 = run.alternate("initial", sys_here, reps, 3, 0, lambda c: w_initial(c, tmpl))
     rep.table("initial", f"initial sync: {files} files ({mib} MiB) on node 1 before start, until all 3 nodes are identical",
               "s", {s: [x["s"] for x in v] for s, v in s1.items()}, f1,
               notes=["time includes each system's start-up (process start to convergence)",
-                     "rsync-a: one plain `rsync -a` per receiver from node 1 to that node's rsync daemon, one after the other (daemons already up)"])
+                     "rsync-a: one plain `rsync -a` per receiver from node 1 to that node's rsync daemon, one after the other (daemons already up)",
+                     "floors: rsync-a-fsync is the same with --fsync; cp-sync is `cp -a` into each receiver then `sync -f` (no network)"])
     rep.table("initial-bytes", f"initial sync: {files} files ({mib} MiB): bytes on the wire (all links)", "B",
               {s: [x["bytes"] for x in v] for s, v in s1.items()}, {})
-    s2, f2 = run.alternate("initial2", ["rsync-a"] + [s for s in systems if s in ("filesync", "lsyncd-star")], reps, 2, 0,
+    s2, f2 = run.alternate("initial2", ["rsync-a"] + [s for s in systems if s in ("filesync", "lsyncd-star")] + floors_for("initial", systems), reps, 2, 0,
                            lambda c: w_initial(c, tmpl))
     rep.table("initial-2nodes", f"initial sync, 2 nodes: {files} files ({mib} MiB), against a single plain `rsync -a` between two nodes",
               "s", {s: [x["s"] for x in v] for s, v in s2.items()}, f2)
+
+
+def floors_for(workload, systems):
+    """The floors of a workload, unless --systems names only references or --no-floors was given."""
+    return [] if NO_FLOORS or "filesync" not in systems else [f for f, w in FLOORS.items() if w == workload]
 
 
 def run_rename(run, rep, systems, reps, q, slow):
