@@ -176,16 +176,10 @@ impl Agent {
                 if self.install_copy(&copy, tmp, r) {
                     return Vec::new();
                 }
-                let mut entry = r.clone();
-                entry.path = copy;
-                vec![Done::Queue(Need { entry, source: source.to_owned(), attempts: 1, last_error: Some("the conflict copy could not be written".into()), force: false, copy_of: Some(r.path.clone()) })]
+                vec![Done::Queue(copy_need(r, copy, source, Some("the conflict copy could not be written".into())))]
             }
             // Not written: fetched (again) later.
-            _ => {
-                let mut entry = r.clone();
-                entry.path = copy;
-                vec![Done::Queue(Need { entry, source: source.to_owned(), attempts: 0, last_error: None, force: false, copy_of: Some(r.path.clone()) })]
-            }
+            _ => vec![Done::Queue(copy_need(r, copy, source, None))],
         }
     }
 
@@ -281,4 +275,12 @@ impl Agent {
         }
         Some(Done::Queue(Need { entry: r, source: source.to_owned(), attempts, last_error: Some(err.to_string()), force: false, copy_of: None }))
     }
+}
+
+/// The need that fetches the losing version `r` into its conflict copy `copy` (again, after
+/// `error`).
+pub(super) fn copy_need(r: &Entry, copy: RelPath, source: &str, error: Option<String>) -> Need {
+    let mut entry = r.clone();
+    entry.path = copy;
+    Need { entry, source: source.to_owned(), attempts: u32::from(error.is_some()), last_error: error, force: false, copy_of: Some(r.path.clone()) }
 }

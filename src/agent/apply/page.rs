@@ -231,9 +231,7 @@ impl Agent {
                 // does not claim to supersede the losing one until it is here.
                 (Err(err), None) => {
                     batch.commits.retain(|(e, _)| e.path != remote.path);
-                    let mut entry = remote.clone();
-                    entry.path = path;
-                    batch.put_needs.push(Need { entry, source: peer.to_owned(), attempts: 1, last_error: Some(err.to_string()), force: false, copy_of: Some(remote.path) });
+                    batch.put_needs.push(super::entry::copy_need(&remote, path, peer, Some(err.to_string())));
                 }
             }
         }

@@ -41,7 +41,7 @@ pub(super) fn explains<'a>(by_ino: &'a HashMap<u64, Stored>, m: &DiskMeta) -> Op
 /// the index recorded: a writer that had it open reached it after the swap, and the agent
 /// stopped before the grace period could notice. That content exists nowhere else.
 pub(super) fn written_after(by_ino: &HashMap<u64, Stored>, m: &DiskMeta) -> Option<RelPath> {
-    by_ino.get(&m.ino).filter(|s| !(s.entry.size == m.size && s.entry.mtime_ns == m.mtime_ns)).map(|s| s.entry.path.clone())
+    by_ino.get(&m.ino).filter(|_| explains(by_ino, m).is_none()).map(|s| s.entry.path.clone())
 }
 
 /// Returns the conflict copies it put back in the folder.
