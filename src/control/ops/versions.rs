@@ -91,7 +91,14 @@ pub fn merge(answers: Vec<(String, VersionList)>) -> Vec<VersionRow> {
             v.kept_at,
         ));
     }
-    let mut rows: Vec<VersionRow> = rows.into_iter().map(|(r, _)| r).collect();
+    // Holders in name order, whichever node kept its copy first (what the page lists).
+    let mut rows: Vec<VersionRow> = rows
+        .into_iter()
+        .map(|(mut r, _)| {
+            r.holders.sort_by(|a, b| a.node.cmp(&b.node));
+            r
+        })
+        .collect();
     rows.sort_by(|a, b| b.kept_at.cmp(&a.kept_at).then(a.path.cmp(&b.path)));
     rows
 }
@@ -297,6 +304,9 @@ mod tests {
         ]);
         let summary: Vec<(i64, Vec<(&str, u64)>)> = rows.iter().map(|r| (r.kept_at, r.holders.iter().map(|h| (h.node.as_str(), h.id)).collect())).collect();
         assert_eq!(summary, vec![(5000, vec![("node3", 12)]), (1000, vec![("node2", 4), ("node3", 9)]), (500, vec![("node2", 3)]),]);
+        // Holders are listed by name even when the later name kept its copy first.
+        let rows = merge(vec![("node2".into(), list(vec![v(4, "b.txt", 1002, "h2", Cause::Deleted)])), ("node3".into(), list(vec![v(9, "b.txt", 1001, "h2", Cause::Deleted)]))]);
+        assert_eq!(rows[0].holders.iter().map(|h| h.node.as_str()).collect::<Vec<_>>(), ["node2", "node3"]);
     }
 
     #[test]
