@@ -180,6 +180,7 @@ impl Conn {
             .timer(hyper_util::rt::TokioTimer::new())
             .max_concurrent_streams(self.limits.max_streams)
             .max_header_list_size(64 * 1024)
+            .max_send_buf_size(4 << 20)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20));
         let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(self.tls), svc);

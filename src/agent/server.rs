@@ -344,7 +344,7 @@ async fn file(State(app): State<AppState>, Extension(peer): Extension<PeerName>,
     let f = app.root.open_read(&path).map_err(|_| (StatusCode::CONFLICT, CONTENT_CHANGED.to_owned()))?;
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     app.status.lock().expect("BUG: poisoned").counters.bytes_sent += len;
-    let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(f), 256 * 1024);
+    let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(f), 1 << 20);
     Response::builder().header("content-type", "application/octet-stream").header("content-length", len).body(Body::from_stream(stream)).map_err(internal)
 }
 

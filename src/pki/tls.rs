@@ -77,6 +77,10 @@ pub fn client_config(tls: &TlsFiles) -> anyhow::Result<ClientConfig> {
 pub const PING_EVERY: Duration = Duration::from_secs(4);
 pub const PING_TIMEOUT: Duration = Duration::from_secs(4);
 
+const WIN_STREAM: u32 = 8 << 20;
+const WIN_CONN: u32 = 16 << 20;
+const FRAME: u32 = 256 << 10;
+
 pub fn http_client(tls: &TlsFiles) -> anyhow::Result<reqwest::Client> {
     http_client_from(tls, None)
 }
@@ -95,6 +99,9 @@ pub fn http_client_from(tls: &TlsFiles, local: Option<std::net::IpAddr>) -> anyh
         .http2_keep_alive_timeout(PING_TIMEOUT)
         .http2_keep_alive_while_idle(true)
         .tcp_nodelay(true)
+        .http2_initial_stream_window_size(WIN_STREAM)
+        .http2_initial_connection_window_size(WIN_CONN)
+        .http2_max_frame_size(FRAME)
         .pool_idle_timeout(None)
         .build()?)
 }

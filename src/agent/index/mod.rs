@@ -91,7 +91,7 @@ impl Index {
         // Opened through the verified state dir: mode 0600, never through a link (`private_fs`).
         let file = crate::private_fs::PrivateDir::state(dir)?.open_rw("index.redb").with_context(|| format!("cannot open index {}", path.display()))?;
         let db = Database::builder()
-            .set_cache_size(8 * 1024 * 1024)
+            .set_cache_size(2 * 1024 * 1024)
             .create_with_backend(redb::backends::FileBackend::new(file)?)
             .with_context(|| format!("cannot open index {} (is another agent running on it? `filesync inspect --config <agent.toml>` asks a running agent)", path.display()))?;
         migrate::upgrade(&db, FORMAT)?;
@@ -177,14 +177,18 @@ impl Index {
         if b.commits.is_empty() && b.put_needs.is_empty() && b.remove_needs.is_empty() && b.progress.is_none() && !b.clear_journal {
             return Ok(Vec::new());
         }
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        let lazy = queue::only_progress(&txn, &b)?;
+        if lazy {
+            txn.set_durability(redb::Durability::None)?;
+        }
         if let Some((peer, p)) = &b.progress {
             txn.open_table(PROGRESS)?.insert(peer.as_str(), encode(p).as_slice())?;
         }
         queue::apply_in(&txn, &b)?;
         let stored = self.commit_in(&txn, b.commits)?;
         txn.commit()?;
-        self.dirty.store(false, Ordering::SeqCst);
+        self.dirty.store(lazy, Ordering::SeqCst);
         if let Some(last) = stored.last() {
             self.seq_tx.send_replace(last.seq);
         }

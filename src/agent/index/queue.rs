@@ -46,6 +46,15 @@ pub(super) fn apply_in(txn: &WriteTransaction, b: &Batch) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Whether `b` only moves a peer's progress on: a page that changed nothing here (the usual
+/// case is a peer relaying a version this node already has, which in a mesh of n nodes
+/// happens n - 2 times per change). Such a commit needs no fsync of its own: lost in a
+/// crash, the page is asked again and changes nothing again.
+pub(super) fn only_progress(txn: &WriteTransaction, b: &Batch) -> anyhow::Result<bool> {
+    use redb::ReadableTableMetadata;
+    Ok(b.commits.is_empty() && b.put_needs.is_empty() && b.remove_needs.is_empty() && (!b.clear_journal || txn.open_table(JOURNAL)?.is_empty()?))
+}
+
 impl Index {
     /// Records a need (or its new attempt count) without an fsync of its own: it becomes
     /// durable with the next durable commit, or with `flush` before its content is written.

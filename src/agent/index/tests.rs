@@ -70,3 +70,28 @@ fn a_page_batch_is_all_or_nothing_and_clears_the_journal() {
     let idx = Index::open(d.path()).unwrap();
     assert_eq!(idx.needs().unwrap().len(), 1, "durable");
 }
+
+/// Only a batch that moves a peer's progress and nothing else skips the fsync; anything that
+/// records a version, a need or clears a journal with entries in it is durable.
+#[test]
+fn only_a_progress_only_batch_is_committed_lazily() {
+    let d = tempfile::tempdir().unwrap();
+    let idx = Index::open(d.path()).unwrap();
+    let progress = || Some(("n2".to_owned(), Progress { index_id: 3, seq: 5 }));
+    let lazy = |b: &Batch| {
+        let txn = idx.db.begin_write().unwrap();
+        let r = queue::only_progress(&txn, b).unwrap();
+        txn.abort().unwrap();
+        r
+    };
+    assert!(lazy(&Batch { progress: progress(), clear_journal: true, ..Default::default() }), "an empty journal to clear");
+    assert!(!lazy(&Batch { commits: vec![(entry("a", 0o644), 1)], progress: progress(), ..Default::default() }));
+    assert!(!lazy(&Batch { remove_needs: vec![RelPath::parse("a").unwrap()], progress: progress(), ..Default::default() }));
+    idx.journal_put(&[entry("j", 0o644)]).unwrap();
+    assert!(!lazy(&Batch { progress: progress(), clear_journal: true, ..Default::default() }), "a journal with entries is cleared durably");
+    idx.apply(Batch { progress: progress(), clear_journal: true, ..Default::default() }).unwrap();
+    assert!(!idx.dirty.load(Ordering::SeqCst), "that commit was durable");
+    idx.apply(Batch { progress: Some(("n2".to_owned(), Progress { index_id: 3, seq: 6 })), clear_journal: true, ..Default::default() }).unwrap();
+    assert!(idx.dirty.load(Ordering::SeqCst), "a progress-only commit leaves the index to be flushed");
+    assert_eq!(idx.progress("n2").unwrap().seq, 6);
+}
