@@ -181,8 +181,10 @@ impl Conn {
             .max_concurrent_streams(self.limits.max_streams)
             .max_header_list_size(64 * 1024)
             .max_send_buf_size(4 << 20)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(20));
+            // A hung client (its kernel still answers the keep-alive probes set at accept):
+            // PINGed as rarely as the clients PING (`pki::tls::PING_EVERY`).
+            .keep_alive_interval(crate::pki::tls::PING_EVERY)
+            .keep_alive_timeout(crate::pki::tls::PING_TIMEOUT);
         let conn = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(self.tls), svc);
         tokio::pin!(conn);
         let idle = self.limits.idle;
@@ -251,6 +253,9 @@ where
             }
         };
         let _ = tcp.set_nodelay(true);
+        if let Err(e) = crate::pki::tls::keep_alive(&tcp) {
+            tracing::warn!(error = %e, "could not set TCP keep-alive on an accepted connection");
+        }
         let tcp = Counted { inner: tcp, counters: counters.clone() };
         let acceptor = tokio_rustls::TlsAcceptor::from(tls());
         let (handle, shutdown, limits, refusals) = (handle.clone(), shutdown.clone(), gate.limits, gate.refusals.clone());

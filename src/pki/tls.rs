@@ -1,7 +1,7 @@
 //! TLS material loaded for use: rustls configs from PEM files (a node's or the control
-//! plane's certificate and key, the environment's CA), the HTTP/2 client every agent and
-//! the control plane use to reach agents, the bounded read of an answer from it, and the name
-//! a verified certificate carries.
+//! plane's certificate and key, the environment's CA), the HTTP/2 clients every agent and
+//! the control plane use to reach agents, the liveness of those connections, the bounded
+//! read of an answer, and the name a verified certificate carries.
 //! rustls with the `ring` provider (no C toolchain needed beyond ring's own).
 
 use std::path::Path;
@@ -72,38 +72,85 @@ pub fn client_config(tls: &TlsFiles) -> anyhow::Result<ClientConfig> {
     Ok(cfg)
 }
 
-/// An HTTP client for talking to agents: HTTP/2 over mutual TLS, pooled connections.
-/// HTTP/2 liveness of connections to agents (see `http_client_from`).
-pub const PING_EVERY: Duration = Duration::from_secs(4);
-pub const PING_TIMEOUT: Duration = Duration::from_secs(4);
+/// Liveness of connections between parties, in two layers.
+///
+/// A lost network (packets dropped: a partition, a node powered off) is noticed by the
+/// kernel, without waking the process: TCP keep-alive probes after [`PROBE_AFTER`] of
+/// silence, one every [`PROBE_EVERY`], and the connection is failed once nothing has been
+/// acknowledged for [`DEAD_AFTER`] (which also bounds data left unacknowledged mid-transfer).
+/// A peer shows as disconnected about 7 s after its packets stop arriving.
+///
+/// A peer whose kernel still answers but whose process is hung (stopped, deadlocked) is
+/// noticed by an HTTP/2 PING every [`PING_EVERY`] on a quiet connection, failed if
+/// unanswered for [`PING_TIMEOUT`]: within a minute. These are the only wake-ups of an idle
+/// connection; before, PINGs every 4 s did both jobs and woke every agent 15 times a minute
+/// per connection.
+pub const PROBE_AFTER: Duration = Duration::from_secs(3);
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+pub const DEAD_AFTER: Duration = Duration::from_secs(7);
+pub const PING_EVERY: Duration = Duration::from_secs(45);
+pub const PING_TIMEOUT: Duration = Duration::from_secs(15);
 
-const WIN_STREAM: u32 = 8 << 20;
-const WIN_CONN: u32 = 16 << 20;
-const FRAME: u32 = 256 << 10;
-
-pub fn http_client(tls: &TlsFiles) -> anyhow::Result<reqwest::Client> {
-    http_client_from(tls, None)
+/// Gives an accepted connection the same kernel liveness as the clients' (see above), so a
+/// server notices a vanished client and frees what its requests hold.
+pub fn keep_alive(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(tcp);
+    sock.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(PROBE_AFTER).with_interval(PROBE_EVERY).with_retries(3))?;
+    sock.set_tcp_user_timeout(Some(DEAD_AFTER))
 }
 
-/// The same, with outgoing connections bound to `local` (an agent binds to the address it
-/// listens on, so its peers see it arrive from the address they know it by).
+/// Flow-control windows and frame size of an HTTP/2 client. The window is how much the
+/// other side may send before this side reads (memory this side may be made to hold per
+/// stream and per connection); the frame size is the largest single DATA frame.
+struct Windows {
+    stream: u32,
+    connection: u32,
+    frame: u32,
+}
+
+/// Agent to agent: file contents move in bulk, so the windows cover a few milliseconds of a
+/// fast link and frames are large (fewer headers, fewer wake-ups per MiB). A peer that
+/// never reads leaves at most `connection` bytes buffered here.
+const BULK: Windows = Windows { stream: 8 << 20, connection: 16 << 20, frame: 256 << 10 };
+
+/// Control plane to agent: answers are small (lists, logs, status), and an agent is not
+/// trusted to decide how much of the control plane's memory it fills, so the windows stay
+/// small: 1 MiB per answer and 2 MiB per connection before the control plane reads.
+const CONTROL: Windows = Windows { stream: 1 << 20, connection: 2 << 20, frame: 16 << 10 };
+
+/// An HTTP client for the control plane's requests to agents: HTTP/2 over mutual TLS,
+/// pooled connections, small windows.
+pub fn http_client(tls: &TlsFiles) -> anyhow::Result<reqwest::Client> {
+    Ok(client_builder(tls, None, &CONTROL)?.build()?)
+}
+
+/// An agent's client to its peers, with outgoing connections bound to `local` (an agent
+/// binds to the address it listens on, so its peers see it arrive from the address they
+/// know it by) and windows sized for moving files.
 pub fn http_client_from(tls: &TlsFiles, local: Option<std::net::IpAddr>) -> anyhow::Result<reqwest::Client> {
+    Ok(client_builder(tls, local, &BULK)?.build()?)
+}
+
+fn client_builder(tls: &TlsFiles, local: Option<std::net::IpAddr>, win: &Windows) -> anyhow::Result<reqwest::ClientBuilder> {
     Ok(reqwest::Client::builder()
         .use_preconfigured_tls(client_config(tls)?)
         .local_address(local.filter(|ip| !ip.is_unspecified()))
         .connect_timeout(Duration::from_secs(5))
-        // Liveness without polling: an HTTP/2 PING every 4 s on a connection with a request
-        // in flight (a peer's long-poll always is); one unanswered for 4 s fails the request,
-        // so a partitioned peer is shown disconnected within about 8 s.
+        // Liveness (see `PROBE_AFTER`): the kernel's probes for a lost network, a rare PING
+        // for a hung process; a failed connection fails its requests (a peer's long-poll),
+        // and the peer is shown disconnected.
+        .tcp_keepalive(PROBE_AFTER)
+        .tcp_keepalive_interval(PROBE_EVERY)
+        .tcp_keepalive_retries(3)
+        .tcp_user_timeout(DEAD_AFTER)
         .http2_keep_alive_interval(PING_EVERY)
         .http2_keep_alive_timeout(PING_TIMEOUT)
         .http2_keep_alive_while_idle(true)
         .tcp_nodelay(true)
-        .http2_initial_stream_window_size(WIN_STREAM)
-        .http2_initial_connection_window_size(WIN_CONN)
-        .http2_max_frame_size(FRAME)
-        .pool_idle_timeout(None)
-        .build()?)
+        .http2_initial_stream_window_size(win.stream)
+        .http2_initial_connection_window_size(win.connection)
+        .http2_max_frame_size(win.frame)
+        .pool_idle_timeout(None))
 }
 
 /// The subject CN of a DER certificate (already verified by rustls).

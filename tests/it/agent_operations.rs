@@ -159,11 +159,70 @@ fn reload_adds_a_peer_without_restart_and_it_receives_everything() {
     assert!(c.nodes[1].log().contains("reloaded: peers added [\"node3\"]"), "{}", c.nodes[1].log());
 }
 
-/// A peer behind a partition that drops packets (the connection stays open, nothing is
-/// reset) is shown disconnected within seconds, from the HTTP/2 PINGs, not after a
-/// long-poll timeout; when the partition heals it reconnects and catches up.
+/// Packets between two addresses dropped (iptables, both ways) until dropped itself: a
+/// partition that resets nothing, as a pulled cable or a powered-off node looks.
+struct Partition(Vec<[String; 4]>);
+
+impl Partition {
+    fn cut(a: std::net::IpAddr, b: std::net::IpAddr) -> Partition {
+        let rules: Vec<[String; 4]> = [(a, b), (b, a)].iter().map(|(s, d)| ["-s".into(), s.to_string(), "-d".into(), d.to_string()]).collect();
+        for r in &rules {
+            let ok = Command::new("iptables").arg("-I").arg("INPUT").args(r).args(["-j", "DROP"]).status().map(|s| s.success()).unwrap_or(false);
+            assert!(ok, "iptables -I INPUT {r:?} -j DROP failed (scripts/setup test installs iptables)");
+        }
+        Partition(rules)
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        for r in &self.0 {
+            let _ = Command::new("iptables").arg("-D").arg("INPUT").args(r).args(["-j", "DROP"]).status();
+        }
+    }
+}
+
+/// Whether node `i` shows `peer` as connected (`None`: no status yet).
+fn shows_connected(c: &Cluster, i: usize, peer: &str) -> Option<bool> {
+    let v: serde_json::Value = serde_json::from_str(&c.ctl(i, "status")).ok()?;
+    v["peers"][peer]["connected"].as_bool()
+}
+
+/// A peer behind a partition that drops packets (the connections stay open, nothing is
+/// reset) is shown disconnected on both sides within 10 s (issue 16), from the kernel's
+/// keep-alive probes (nothing wakes the agents while they wait); when the partition heals
+/// they reconnect and catch up.
 #[test]
 fn a_partitioned_peer_is_noticed_within_seconds() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: dropping packets with iptables needs root");
+        return;
+    }
+    let mut c = Cluster::new(2, Options::default());
+    c.start_all();
+    write(&c.nodes[0].path("before.txt"), b"1");
+    until("before.txt on node2", T, || if c.nodes[1].path("before.txt").exists() { Ok(()) } else { Err("missing".into()) });
+    until("both see each other connected", T, || {
+        if shows_connected(&c, 0, "node2") == Some(true) && shows_connected(&c, 1, "node1") == Some(true) { Ok(()) } else { Err("not yet".into()) }
+    });
+    let cut = Partition::cut(c.nodes[0].ip, c.nodes[1].ip);
+    let t0 = std::time::Instant::now();
+    until("both notice the partition", Duration::from_secs(10), || {
+        let (a, b) = (shows_connected(&c, 0, "node2"), shows_connected(&c, 1, "node1"));
+        if a == Some(false) && b == Some(false) { Ok(()) } else { Err(format!("node1 shows node2 connected: {a:?}, node2 shows node1: {b:?}, after {:?}", t0.elapsed())) }
+    });
+    eprintln!("partition noticed after {:.1} s", t0.elapsed().as_secs_f64());
+    write(&c.nodes[0].path("during.txt"), b"2");
+    drop(cut);
+    until("during.txt after healing", Duration::from_secs(60), || if c.nodes[1].path("during.txt").exists() { Ok(()) } else { Err("missing".into()) });
+}
+
+/// A peer whose kernel still answers but which sends nothing (a hung or stopped process;
+/// here a proxy that stops forwarding bytes while keeping both connections open) is shown
+/// disconnected within a minute, from the HTTP/2 PING every 45 s, unanswered for 15 s; when
+/// it answers again it is reconnected and caught up.
+#[test]
+fn a_hung_peer_is_noticed_within_a_minute() {
     use crate::support::proxy::FaultProxy;
     let mut c = Cluster::new(2, Options::default());
     // node2 reaches node1 through a proxy the test can blackhole (on node1's address, so
@@ -174,17 +233,13 @@ fn a_partitioned_peer_is_noticed_within_seconds() {
     c.start_all();
     write(&c.nodes[0].path("before.txt"), b"1");
     until("before.txt on node2", T, || if c.nodes[1].path("before.txt").exists() { Ok(()) } else { Err("missing".into()) });
-    let connected = |c: &Cluster| -> Option<bool> {
-        let v: serde_json::Value = serde_json::from_str(&c.ctl(1, "status")).ok()?;
-        v["peers"]["node1"]["connected"].as_bool()
-    };
-    until("node2 sees node1 connected", T, || if connected(&c) == Some(true) { Ok(()) } else { Err("not yet".into()) });
+    until("node2 sees node1 connected", T, || if shows_connected(&c, 1, "node1") == Some(true) { Ok(()) } else { Err("not yet".into()) });
     proxy.blackhole();
     let t0 = std::time::Instant::now();
-    // Issue 16's goal: shown within 10 s (PING every 4 s, unanswered for 4 s).
-    until("node2 notices the partition", Duration::from_secs(10), || if connected(&c) == Some(false) { Ok(()) } else { Err(format!("still shown connected after {:?}", t0.elapsed())) });
-    let noticed = t0.elapsed();
-    eprintln!("partition noticed after {:.1} s", noticed.as_secs_f64());
+    until("node2 notices the hung peer", Duration::from_secs(75), || {
+        if shows_connected(&c, 1, "node1") == Some(false) { Ok(()) } else { Err(format!("still shown connected after {:?}", t0.elapsed())) }
+    });
+    eprintln!("hung peer noticed after {:.1} s", t0.elapsed().as_secs_f64());
     write(&c.nodes[0].path("during.txt"), b"2");
     proxy.unblackhole();
     until("during.txt after healing", Duration::from_secs(60), || if c.nodes[1].path("during.txt").exists() { Ok(()) } else { Err("missing".into()) });
