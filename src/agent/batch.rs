@@ -8,7 +8,7 @@
 //!
 //! Time is passed in, so the rules are tested without sleeping.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::scan::Target;
@@ -24,6 +24,8 @@ struct Pending {
     first: Instant,
     last: Instant,
     writing: bool,
+    /// The last content event was a close after writing (no write since).
+    closed: bool,
     recursive: bool,
 }
 
@@ -35,11 +37,13 @@ pub struct Batcher {
     root_since: Option<Instant>,
     /// Set by the first half of a rename, cleared by the second half.
     rename_hold: Option<Instant>,
+    /// Paths of the last batch taken whose last content event was a close (see `closed`).
+    closed_taken: HashSet<RelPath>,
 }
 
 impl Batcher {
     pub fn new(delay: Duration, write_quiet: Duration, max_batch: usize) -> Batcher {
-        Batcher { delay, write_quiet, max_batch, pending: HashMap::new(), root_since: None, rename_hold: None }
+        Batcher { delay, write_quiet, max_batch, pending: HashMap::new(), root_since: None, rename_hold: None, closed_taken: HashSet::new() }
     }
 
     pub fn set_delay(&mut self, delay: Duration) {
@@ -47,20 +51,28 @@ impl Batcher {
     }
 
     pub fn add(&mut self, path: RelPath, kind: HintKind, now: Instant) {
-        let p = self.pending.entry(path).or_insert(Pending { first: now, last: now, writing: false, recursive: false });
+        let p = self.pending.entry(path).or_insert(Pending { first: now, last: now, writing: false, closed: false, recursive: false });
         p.last = now;
         match kind {
-            HintKind::Writing => p.writing = true,
-            HintKind::Closed => p.writing = false,
+            HintKind::Writing => {
+                p.writing = true;
+                p.closed = false;
+            }
+            HintKind::Closed => {
+                p.writing = false;
+                p.closed = true;
+            }
             HintKind::Changed => {}
             HintKind::Tree => {
                 p.recursive = true;
                 p.writing = false;
+                p.closed = false;
             }
             HintKind::MovedFrom => self.rename_hold = Some(now + RENAME_HOLD),
             HintKind::MovedTo => {
                 p.recursive = true;
                 p.writing = false;
+                p.closed = false;
                 self.rename_hold = None;
             }
         }
@@ -119,12 +131,27 @@ impl Batcher {
             out.push(Target::Root);
         }
         let taken: Vec<RelPath> = self.pending.iter().filter(|(_, p)| !p.writing || p.last + quiet <= now).map(|(k, _)| k.clone()).collect();
+        self.closed_taken.clear();
         for k in taken {
             let p = self.pending.remove(&k).expect("BUG: key just listed");
+            if p.closed {
+                self.closed_taken.insert(k.clone());
+            }
             out.push(Target::Path { path: k, recursive: p.recursive });
         }
         out.sort();
         out
+    }
+
+    /// Whether `path`, in the batch just taken, was last closed after writing: its writer is
+    /// done, so the scan need not look in /proc for one (`local_batch`). Answered for the
+    /// batch most recently taken by `take_due` only, until `forget_closed`.
+    pub fn was_closed(&self, path: &RelPath) -> bool {
+        self.closed_taken.contains(path)
+    }
+
+    pub fn forget_closed(&mut self) {
+        self.closed_taken.clear();
     }
 
     /// Removes and returns a pending path so it can be scanned right now (before a remote
@@ -207,6 +234,32 @@ mod tests {
         b.add(p("u2"), HintKind::Writing, t0);
         b.add(p("u2"), HintKind::Closed, t0 + Duration::from_secs(1));
         assert_eq!(b.take_due(t0 + Duration::from_secs(1)).len(), 1, "closed: ship at once");
+    }
+
+    /// A file whose last event was a close is known as closed in the batch that takes it
+    /// (its scan skips /proc); one written again after the close, created by a move or found
+    /// in a new directory is not.
+    #[test]
+    fn a_close_is_remembered_for_the_batch_that_takes_it() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(Duration::ZERO, Duration::from_secs(5), 1000);
+        b.add(p("done"), HintKind::Writing, t0);
+        b.add(p("done"), HintKind::Closed, t0);
+        b.add(p("again"), HintKind::Closed, t0);
+        b.add(p("again"), HintKind::Writing, t0);
+        b.add(p("moved"), HintKind::MovedTo, t0);
+        b.add(p("dir"), HintKind::Tree, t0);
+        b.add(p("attr"), HintKind::Closed, t0);
+        b.add(p("attr"), HintKind::Changed, t0);
+        let got = b.take_due(t0);
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(b.was_closed(&p("done")) && b.was_closed(&p("attr")));
+        assert!(!b.was_closed(&p("moved")) && !b.was_closed(&p("dir")) && !b.was_closed(&p("again")));
+        b.forget_closed();
+        assert!(!b.was_closed(&p("done")));
+        b.add(p("next"), HintKind::Closed, t0);
+        b.take_due(t0);
+        assert!(b.was_closed(&p("next")) && !b.was_closed(&p("attr")), "only the batch just taken");
     }
 
     #[test]

@@ -49,13 +49,18 @@ impl Agent {
         let full = targets.contains(&Target::Root);
         self.report.take_rehash(&self.index);
         // A file is held while the batcher saw writes without a close, or while a process
-        // has it open for writing and it changed within the write-quiet period.
+        // has it open for writing and it changed within the write-quiet period. /proc (every
+        // fd of every process: about 1 ms here, more on a busy server) is not read for a file
+        // whose last event was a close after writing: its writer is done. (A second process
+        // still writing it gets its own events, and its content ships after its own close.)
         let writers = std::cell::OnceCell::new();
         let quiet_ns = self.s.write_quiet.as_nanos() as i64;
         let now = scan::now_ns();
         let batcher = &self.batcher;
         let root = &self.root;
-        let held = |p: &RelPath, m: &DiskMeta| batcher.is_writing(p) || (now - m.mtime_ns < quiet_ns && writers.get_or_init(|| writers::open_for_write(root.canonical())).contains(&m.ino));
+        let held = |p: &RelPath, m: &DiskMeta| {
+            batcher.is_writing(p) || (now - m.mtime_ns < quiet_ns && !batcher.was_closed(p) && writers.get_or_init(|| writers::open_for_write(root.canonical())).contains(&m.ino))
+        };
         let scanner = Scanner {
             root: &self.root,
             index: &self.index,
@@ -65,7 +70,9 @@ impl Agent {
             guard_empty_root: !self.allow_empty_root,
             held: &held,
         };
-        let out = tokio::task::block_in_place(|| scanner.scan(&targets))?;
+        let out = tokio::task::block_in_place(|| scanner.scan(&targets));
+        self.batcher.forget_closed();
+        let out = out?;
         self.note_unsyncable(full, &out.unsyncable);
         if !out.linked_inodes.is_empty() {
             self.rescan_other_names(&out.linked_inodes, &out.changes)?;
