@@ -58,7 +58,12 @@ pub struct WatchShared {
 pub fn start(root: PathBuf, excludes: Excludes, tx: mpsc::Sender<Hint>, shared: Arc<WatchShared>) -> anyhow::Result<FsWatcher> {
     let cb_root = root.clone();
     let cb_shared = shared.clone();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+    // Only what changes content, names and metadata, and a close after writing, are asked
+    // of the kernel: not opens nor read-only closes (every read of the folder, by the web
+    // server or this agent's own hashing, would wake this thread, and a start-up scan of
+    // 20,000 files overflowed the kernel's queue and cost a second full scan).
+    let config = notify::Config::default().with_event_kinds(notify::EventKindMask::CORE | notify::EventKindMask::ACCESS_CLOSE);
+    let mut watcher = RecommendedWatcher::new(move |res: notify::Result<notify::Event>| {
         let send = |h: Hint| {
             if tx.try_send(h).is_err() {
                 cb_shared.overflowed.store(true, Ordering::SeqCst);
@@ -87,7 +92,7 @@ pub fn start(root: PathBuf, excludes: Excludes, tx: mpsc::Sender<Hint>, shared: 
                 send(Hint::Rescan(msg));
             }
         }
-    })?;
+    }, config)?;
     watcher.watch(&root, RecursiveMode::Recursive).map_err(|e| anyhow::anyhow!(describe_error(&e)))?;
     Ok(FsWatcher { _watcher: watcher })
 }

@@ -244,3 +244,44 @@ fn a_hung_peer_is_noticed_within_a_minute() {
     proxy.unblackhole();
     until("during.txt after healing", Duration::from_secs(60), || if c.nodes[1].path("during.txt").exists() { Ok(()) } else { Err("missing".into()) });
 }
+
+/// Reading the sync folder never wakes the agent: its inotify watches (as the kernel lists
+/// them in /proc/<pid>/fdinfo) ask for changes and for closes after writing, not for opens
+/// or read-only closes. With those, every read by the web server (and the agent's own
+/// hashing) was an event; a start-up scan of 20,000 files overflowed the kernel's queue
+/// and cost a second full scan.
+#[test]
+fn reading_the_folder_does_not_wake_the_agent() {
+    const IN_CLOSE_WRITE: u32 = 0x08;
+    const IN_CLOSE_NOWRITE: u32 = 0x10;
+    const IN_OPEN: u32 = 0x20;
+    const IN_ACCESS: u32 = 0x01;
+    let mut c = Cluster::new(2, Options::default());
+    std::fs::create_dir_all(c.nodes[0].path("a/b")).unwrap();
+    write(&c.nodes[0].path("a/b/f.txt"), b"x");
+    c.start_all();
+    let pid = c.nodes[0].child.as_ref().unwrap().id();
+    let masks = || -> Vec<u32> {
+        let mut out = Vec::new();
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap().flatten() {
+            let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+            for line in info.lines().filter(|l| l.starts_with("inotify wd:")) {
+                let mask = line.split_whitespace().find_map(|w| w.strip_prefix("mask:")).expect("a mask on every watch");
+                out.push(u32::from_str_radix(mask, 16).unwrap());
+            }
+        }
+        out
+    };
+    // The root, a and a/b are watched (once the start-up scan has set the watches).
+    until("three directories watched", T, || {
+        let m = masks();
+        if m.len() >= 3 { Ok(()) } else { Err(format!("{} watches", m.len())) }
+    });
+    for m in masks() {
+        assert_eq!(m & (IN_OPEN | IN_CLOSE_NOWRITE | IN_ACCESS), 0, "a watch asks for reads: mask {m:#x}");
+        assert_ne!(m & IN_CLOSE_WRITE, 0, "a watch misses closes after writing: mask {m:#x}");
+    }
+    // And a write is still seen and shipped.
+    write(&c.nodes[0].path("a/b/g.txt"), b"y");
+    until("g.txt on node2", T, || if c.nodes[1].path("a/b/g.txt").exists() { Ok(()) } else { Err("missing".into()) });
+}
