@@ -141,12 +141,19 @@ fn retention_removes_old_versions_and_holds_the_cap_under_a_flood() {
         });
         assert!(peak.get() <= CAP, "round {round}: versions use {} bytes, cap {CAP}", peak.get());
     }
-    // Node 3: settles under the cap, with the newest versions.
+    // Node 3: settles under the cap, with the newest versions. Settled means every file in
+    // the versions area is a counted version: round 8's trees match on disk as soon as its
+    // files are renamed into place, before the content they displaced is recorded (it is
+    // then in the area without a record, for up to the grace period without being counted).
     let kept = until("node3's versions settle", Duration::from_secs(30), || {
         let v = status(&c, 2)["versions"].clone();
         let (n, b) = (v["count"].as_u64().unwrap(), v["bytes"].as_u64().unwrap());
         peak.set(peak.get().max(b));
-        if n > 0 && versions(&c, 2, "").len() as u64 == n { Ok((n, b)) } else { Err(format!("{v}")) }
+        let files = std::fs::read_dir(data_dir(&c, 2)).unwrap().count() as u64;
+        let sizes: BTreeSet<u64> = versions(&c, 2, "").iter().map(|v| v["size"].as_u64().unwrap()).collect();
+        let listed = versions(&c, 2, "").len() as u64;
+        // Round 7's contents (20,007 bytes), which round 8 displaced, are the newest.
+        if n > 0 && listed == n && files == n && sizes == BTreeSet::from([20_007]) { Ok((n, b)) } else { Err(format!("{v}, {listed} listed of sizes {sizes:?}, {files} files")) }
     });
     let peak = peak.get();
     assert!(kept.1 <= CAP && peak <= CAP, "kept {kept:?}, peak {peak}, cap {CAP}");
