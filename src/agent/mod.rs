@@ -104,8 +104,6 @@ const MAX_PARALLEL_FETCHES: usize = 8;
 const MAX_PARALLEL_LINK_FETCHES: usize = 64;
 /// Status changes reported by peer tasks are written at most this often.
 const STATUS_DEBOUNCE: Duration = Duration::from_secs(1);
-/// The status is refreshed at least this often (only written if it changed).
-const STATUS_FALLBACK: Duration = Duration::from_secs(60);
 /// How long after a directory appeared it is scanned once more (see `Agent::rechecks`).
 const NEW_DIR_RECHECK: Duration = Duration::from_secs(1);
 
@@ -210,8 +208,10 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         }
     };
 
+    // Whoever changes what the status says outside the loop (peer tasks, the link) wakes it.
+    let status_dirty = Arc::new(tokio::sync::Notify::new());
     let link = match s.link.clone() {
-        Some(cfg) => Some(link::Link::new(&s, cfg, status.clone(), log.clone()).inspect_err(|e| log.error(format!("{e:#}")))?),
+        Some(cfg) => Some(link::Link::new(&s, cfg, status.clone(), status_dirty.clone(), log.clone()).inspect_err(|e| log.error(format!("{e:#}")))?),
         None => None,
     };
     let link_listener = match &s.link {
@@ -224,7 +224,6 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     let (log2, st2) = (log.clone(), status.clone());
     let refusals = refusals::Refusals::new(Arc::new(move |m: String| log2.warn(m)), Arc::new(move || st2.lock().expect("BUG: poisoned").counters.refused += 1));
     let access = server::Access::new(&s.node_name, refusals);
-    let status_dirty = Arc::new(tokio::sync::Notify::new());
     let peer_ctx = Arc::new(peers::PeerCtx {
         dirty: status_dirty.clone(),
         pending: tokio::sync::watch::Sender::new(0),
@@ -325,11 +324,9 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         None => agent.log.normal(format!("startup complete: listening on {}", agent.s.listen)),
     }
 
+    // No periodic tick: every timer below is a deadline something set (an idle agent sleeps
+    // until a change, a peer or a version's expiry wakes it).
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    // A fallback refresh for what reports no change itself (the link's state): rare, and it
-    // writes nothing when nothing changed.
-    let mut status_tick = tokio::time::interval(STATUS_FALLBACK);
-    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let rescan_every = agent.s.rescan_interval;
     let mut next_rescan = rescan_every.map(|d| Instant::now() + d);
     // Without a complete set of inotify watches the tree is polled instead (never silence).
@@ -390,12 +387,6 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
                 None => break,
             },
             _ = hup.recv() => { agent.admin(AdminCmd::Reload); }
-            _ = status_tick.tick() => {
-                // Retention of versions (age, size, free space) rides on the fallback tick.
-                agent.versions_tick();
-                agent.versions_checked = Instant::now();
-                agent.status_due = Some(Instant::now());
-            }
             _ = status_dirty.notified() => { agent.status_due.get_or_insert(Instant::now() + STATUS_DEBOUNCE); }
             _ = tokio::time::sleep_until(wake.into()) => touched = agent.status_due.is_none_or(|t| t > Instant::now()),
         }

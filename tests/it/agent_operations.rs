@@ -285,3 +285,48 @@ fn reading_the_folder_does_not_wake_the_agent() {
     write(&c.nodes[0].path("a/b/g.txt"), b"y");
     until("g.txt on node2", T, || if c.nodes[1].path("a/b/g.txt").exists() { Ok(()) } else { Err("missing".into()) });
 }
+
+/// An idle agent wakes for nothing on disk: no timer reads its database, the versions
+/// records or the free space, and nothing rewrites its files. (It used to refresh the status
+/// and run versions retention every 60 s whether or not anything had changed.) Its
+/// connections still carry an HTTP/2 PING every 45 s, which touches no file.
+#[test]
+fn an_idle_agent_touches_no_file_for_a_minute() {
+    const WINDOW: Duration = Duration::from_secs(62);
+    const SETTLE: Duration = Duration::from_secs(8);
+    let mut c = Cluster::new(2, Options::default());
+    write(&c.nodes[0].path("a.txt"), b"x");
+    c.start_all();
+    c.converge("a.txt everywhere", T, |t| if t.contains_key("a.txt") { Ok(()) } else { Err("missing".into()) });
+    until("both nodes idle", T, || {
+        let busy: Vec<String> = (0..2).map(|i| status(&c, i)).filter(|s| s["pending_local"] != 0 || s["pending_remote"] != 0).map(|s| s.to_string()).collect();
+        if busy.is_empty() { Ok(()) } else { Err(busy.join("\n")) }
+    });
+    let pids: Vec<String> = c.nodes.iter().map(|n| n.child.as_ref().unwrap().id().to_string()).collect();
+    let out = c.nodes[1].home.join("idle.strace");
+    // Every syscall that names a file, asks for free space, or reads, writes or syncs at an
+    // offset (redb's databases), in every thread of both agents, with microsecond times.
+    let trace = "%file,%%statfs,pread64,pwrite64,fsync,fdatasync,syncfs";
+    let mut cmd = Command::new("strace");
+    cmd.args(["-f", "-ttt", "-qq", "-e", &format!("trace={trace}"), "-o"]).arg(&out);
+    for p in &pids {
+        cmd.args(["-p", p]);
+    }
+    let mut strace = cmd.spawn().expect("strace (scripts/setup test installs it)");
+    until("strace attached", T, || if out.exists() { Ok(()) } else { Err("no output yet".into()) });
+    // What happens in the first seconds is start-up work finishing; the window starts after.
+    let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64() + SETTLE.as_secs_f64();
+    std::thread::sleep(SETTLE + WINDOW);
+    let _ = Command::new("kill").args(["-INT", &strace.id().to_string()]).status();
+    strace.wait().unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    let calls: Vec<&str> = text
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1).and_then(|t| t.parse::<f64>().ok()).is_some_and(|t| t >= t0))
+        .filter(|l| !l.contains("+++") && !l.contains("---"))
+        .collect();
+    assert!(calls.is_empty(), "an idle agent touched files in {} s:\n{}", WINDOW.as_secs(), calls.iter().take(20).copied().collect::<Vec<_>>().join("\n"));
+    // The agent is still alive and replicating (the trace saw a running process).
+    write(&c.nodes[0].path("b.txt"), b"y");
+    until("b.txt on node2", T, || if c.nodes[1].path("b.txt").exists() { Ok(()) } else { Err("missing".into()) });
+}

@@ -72,6 +72,8 @@ pub struct Link {
     pinned: Mutex<Option<Arc<dyn ClientCertVerifier>>>,
     client: Mutex<Option<reqwest::Client>>,
     status: Arc<Mutex<Status>>,
+    /// Wakes the agent's loop to rewrite `lsyncd.status` (nothing polls the link's state).
+    dirty: Arc<tokio::sync::Notify>,
     log: Arc<LsyncdLog>,
     throttle: Mutex<throttle::Throttle>,
     pair_lock: tokio::sync::Mutex<()>,
@@ -86,7 +88,7 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
-    pub fn new(s: &Settings, cfg: LinkConfig, status: Arc<Mutex<Status>>, log: Arc<LsyncdLog>) -> anyhow::Result<Arc<Link>> {
+    pub fn new(s: &Settings, cfg: LinkConfig, status: Arc<Mutex<Status>>, dirty: Arc<tokio::sync::Notify>, log: Arc<LsyncdLog>) -> anyhow::Result<Arc<Link>> {
         let own_ca_pem = std::fs::read_to_string(&s.tls.ca).with_context(|| format!("cannot read {}", s.tls.ca.display()))?;
         let dir = PrivateDir::state(&s.state_dir)?;
         let mut pairing: Option<Pairing> = dir.read(PAIRING_FILE)?.and_then(|t| serde_json::from_slice(&t).ok());
@@ -110,6 +112,7 @@ impl Link {
             pairing: Mutex::new(None),
             known_remote: Mutex::new(known),
             status,
+            dirty,
             log,
             throttle: Mutex::new(throttle::Throttle::new(Instant::now())),
             pair_lock: tokio::sync::Mutex::new(()),
@@ -146,6 +149,8 @@ impl Link {
         f(l);
         l.bytes_in = self.bytes.read.load(std::sync::atomic::Ordering::Relaxed);
         l.bytes_out = self.bytes.written.load(std::sync::atomic::Ordering::Relaxed);
+        drop(st);
+        self.dirty.notify_one();
     }
 
     /// Pins the other environment: its CA for the link port and the link client.

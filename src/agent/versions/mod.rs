@@ -56,6 +56,8 @@ pub struct Versions {
     bytes: u64,
     cap: u64,
     oldest: Option<i64>,
+    /// When the oldest kept version passes `max_age` (ns since the epoch).
+    expires_at_ns: Option<i64>,
     stopped: Option<String>,
 }
 
@@ -87,11 +89,11 @@ fn record_of(g: &Grave) -> Record {
 impl Versions {
     /// A versions area that keeps nothing, for `reason`.
     pub fn off(settings: VersionSettings, reason: &str) -> Versions {
-        Versions { settings, store: None, disabled: Some(reason.to_owned()), count: 0, bytes: 0, cap: 0, oldest: None, stopped: None }
+        Versions { settings, store: None, disabled: Some(reason.to_owned()), count: 0, bytes: 0, cap: 0, oldest: None, expires_at_ns: None, stopped: None }
     }
 
     pub fn on(settings: VersionSettings, store: Store) -> Versions {
-        Versions { settings, store: Some(Arc::new(store)), disabled: None, count: 0, bytes: 0, cap: 0, oldest: None, stopped: None }
+        Versions { settings, store: Some(Arc::new(store)), disabled: None, count: 0, bytes: 0, cap: 0, oldest: None, expires_at_ns: None, stopped: None }
     }
 
     pub fn summary(&self) -> VersionsSummary {
@@ -134,6 +136,8 @@ impl Versions {
         if settled.is_empty() && rescued.is_empty() {
             return Ok(());
         }
+        // Free space is looked at when a version is about to be kept, not on a timer.
+        self.check_space(root, self.bytes);
         self.remove(root, &rescued)?;
         let mut updates = Vec::new();
         let mut dropped = Vec::new();
@@ -180,12 +184,8 @@ impl Versions {
     pub fn retain(&mut self, root: &SyncRoot) -> anyhow::Result<()> {
         let Some(store) = self.store.clone() else { return Ok(()) };
         let all: Vec<(u64, Record)> = store.all()?.into_iter().filter(|(_, r)| r.settled).collect();
-        let (free, total) = root.versions_fs_space().unwrap_or((u64::MAX / 4, u64::MAX / 2));
         let used: u64 = all.iter().map(|(_, r)| r.disk_bytes).sum();
-        self.cap = self.settings.max_bytes.unwrap_or_else(|| ((free as u128 + used as u128) * self.settings.max_percent_of_free as u128 / 100) as u64);
-        let free_pct = if total > 0 { free as u128 * 100 / total as u128 } else { 100 };
-        self.stopped = (free_pct < self.settings.min_free_percent as u128)
-            .then(|| format!("not keeping new versions: only {free_pct}% of the state dir's file system is free (versions.min_free_percent = {})", self.settings.min_free_percent));
+        self.check_space(root, used);
         let too_old = super::scan::now_ns() - self.settings.max_age.as_nanos().min(i64::MAX as u128) as i64;
         let (mut bytes, mut count) = (used, all.len());
         let mut gone = Vec::new();
@@ -204,9 +204,44 @@ impl Versions {
         self.bytes = bytes;
         let gone_set: std::collections::HashSet<u64> = gone.iter().copied().collect();
         self.oldest = all.iter().find(|(id, _)| !gone_set.contains(id)).map(|(_, r)| r.kept_at_ns.div_euclid(1_000_000_000));
+        let max_age = self.settings.max_age.as_nanos().min(i64::MAX as u128) as i64;
+        self.expires_at_ns = all.iter().filter(|(id, _)| !gone_set.contains(id)).map(|(_, r)| r.kept_at_ns.saturating_add(max_age)).min();
         Ok(())
     }
+
+    /// The cap (when it is a share of the free space) and whether new versions may be kept,
+    /// from the state dir's free space now, with `used` bytes in settled versions.
+    fn check_space(&mut self, root: &SyncRoot, used: u64) {
+        let (free, total) = root.versions_fs_space().unwrap_or((u64::MAX / 4, u64::MAX / 2));
+        self.cap = self.settings.max_bytes.unwrap_or_else(|| ((free as u128 + used as u128) * self.settings.max_percent_of_free as u128 / 100) as u64);
+        let free_pct = if total > 0 { free as u128 * 100 / total as u128 } else { 100 };
+        self.stopped = (free_pct < self.settings.min_free_percent as u128)
+            .then(|| format!("not keeping new versions: only {free_pct}% of the state dir's file system is free (versions.min_free_percent = {})", self.settings.min_free_percent));
+    }
+
+    /// How long until retention has something to do without a new change: the oldest
+    /// version's expiry; the free space, every [`SPACE_RECHECK`] while versions are kept
+    /// (the cap may be a share of it) or [`STOPPED_RECHECK`] while none may be kept.
+    pub fn next_check(&self, checked: std::time::Instant) -> Option<std::time::Instant> {
+        let space = if self.stopped.is_some() {
+            Some(checked + STOPPED_RECHECK)
+        } else {
+            (self.count > 0).then(|| checked + SPACE_RECHECK)
+        };
+        let expiry = self.expires_at_ns.map(|at| {
+            // A second late, so that the version is past its age when retention runs.
+            let wait = u64::try_from(at.saturating_add(1_000_000_000).saturating_sub(super::scan::now_ns())).unwrap_or(0);
+            std::time::Instant::now() + std::time::Duration::from_nanos(wait)
+        });
+        space.into_iter().chain(expiry).min()
+    }
 }
+
+/// While versions are kept, the free space (their cap may be a share of it) is looked at this
+/// often besides before each new version.
+pub const SPACE_RECHECK: std::time::Duration = std::time::Duration::from_secs(300);
+/// While no new version may be kept for lack of space, the free space is looked at this often.
+pub const STOPPED_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// BLAKE3 of a version's content.
 fn hash_version(root: &SyncRoot, id: u64) -> Option<[u8; 32]> {
@@ -283,10 +318,9 @@ impl Agent {
         self.note_versions_state(was);
     }
 
-    /// While no new version is kept for lack of space, free space is looked at again every
-    /// few seconds (otherwise retention rides on the status's fallback tick).
+    /// When retention must run without a new change (see `Versions::next_check`).
     pub(super) fn versions_recheck(&self) -> Option<std::time::Instant> {
-        self.versions.summary().stopped.is_some().then(|| self.versions_checked + std::time::Duration::from_secs(5))
+        self.versions.next_check(self.versions_checked)
     }
 
     /// Periodic retention (age, free space), and the totals in the status.
