@@ -233,6 +233,9 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let secrets = take_secret_env();
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "filesync=warn".into())).with_writer(std::io::stderr).init();
+    if matches!(cli.command, Command::Agent(_)) {
+        crate::agent::memory::one_heap();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("BUG: cannot start the tokio runtime");
     match rt.block_on(dispatch(cli, secrets)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -28,7 +28,7 @@ pub mod link;
 pub mod listener;
 mod local;
 pub mod lsyncd_log;
-mod memory;
+pub(crate) mod memory;
 pub mod peers;
 pub mod refusals;
 pub mod report;

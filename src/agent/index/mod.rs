@@ -4,7 +4,11 @@
 //! Tables: every path's latest `Entry` (tombstones included) with the local facts needed to
 //! skip re-hashing (inode), a sequence log (`seq -> path`) that peers page through, the
 //! items accepted from peers but not yet written (`needs`, see `queue`), the apply journal
-//! (`queue`), per-peer progress, and meta (node id, index id, tree digest, format). Only
+//! (`queue`), per-peer progress, and meta (node id, index id, format). The tree digest and
+//! the live counts (files, directories, symlinks, bytes) are kept up to date by every commit
+//! in the `digest` table, so the status never walks the index; `counted_seq` says up to
+//! which sequence they are right, and an index written without them (an older agent) is
+//! counted once at open. Only
 //! the agent's event loop writes; the HTTP handlers read concurrently through redb's MVCC.
 
 mod lookup;
@@ -116,6 +120,7 @@ impl Index {
             txn.open_table(PROGRESS)?;
             txn.open_table(NEEDS)?;
             txn.open_table(JOURNAL)?;
+            recount_if_stale(&txn, last_seq)?;
         }
         txn.commit()?;
         let (seq_tx, _) = watch::channel(last_seq);
@@ -205,21 +210,35 @@ impl Index {
         let mut by_seq = txn.open_table(BY_SEQ)?;
         let mut dig = txn.open_table(DIGEST)?;
         let mut digest = dig.get("tree")?.map(|v| v.value()).unwrap_or(0);
+        let mut counts = [0u128; 4];
+        for (c, k) in counts.iter_mut().zip(COUNT_KEYS) {
+            *c = dig.get(k)?.map(|v| v.value()).unwrap_or(0);
+        }
         for (entry, ino) in items {
             let key = entry.path.as_str().to_owned();
             if let Some(old) = entries.get(key.as_str())? {
                 let old: Stored = decode(old.value())?;
                 by_seq.remove(old.seq)?;
                 digest = digest.wrapping_sub(entry_digest(&old.entry));
+                for (c, d) in counts.iter_mut().zip(counts_of(&old.entry)) {
+                    *c = c.wrapping_sub(d);
+                }
             }
             seq += 1;
             digest = digest.wrapping_add(entry_digest(&entry));
+            for (c, d) in counts.iter_mut().zip(counts_of(&entry)) {
+                *c = c.wrapping_add(d);
+            }
             let s = Stored { entry, seq, ino };
             entries.insert(key.as_str(), encode(&s).as_slice())?;
             by_seq.insert(seq, key.as_str())?;
             stored.push(s);
         }
         dig.insert("tree", digest)?;
+        for (c, k) in counts.iter().zip(COUNT_KEYS) {
+            dig.insert(k, *c)?;
+        }
+        dig.insert("counted_seq", u128::from(seq))?;
         txn.open_table(META)?.insert("last_seq", seq)?;
         Ok(stored)
     }
@@ -258,25 +277,13 @@ impl Index {
         Ok(out)
     }
 
+    /// The live counts and the digest, as the last commit left them (no walk of the index).
     pub fn summary(&self) -> anyhow::Result<Summary> {
         let txn = self.db.begin_read()?;
-        let t = txn.open_table(ENTRIES)?;
-        let mut s = Summary { digest: txn.open_table(DIGEST)?.get("tree")?.map(|v| v.value()).unwrap_or(0), ..Summary::default() };
-        for item in t.iter()? {
-            let st: Stored = decode(item?.1.value())?;
-            if st.entry.deleted {
-                continue;
-            }
-            match st.entry.kind {
-                EntryKind::File => {
-                    s.files += 1;
-                    s.bytes += st.entry.size;
-                }
-                EntryKind::Dir => s.dirs += 1,
-                EntryKind::Symlink => s.symlinks += 1,
-            }
-        }
-        Ok(s)
+        let dig = txn.open_table(DIGEST)?;
+        let get = |k: &str| -> anyhow::Result<u128> { Ok(dig.get(k)?.map(|v| v.value()).unwrap_or(0)) };
+        let n = |k: &str| -> anyhow::Result<u64> { Ok(u64::try_from(get(k)?).unwrap_or(u64::MAX)) };
+        Ok(Summary { files: n("files")?, dirs: n("dirs")?, symlinks: n("symlinks")?, bytes: n("bytes")?, digest: get("tree")? })
     }
 
     pub fn is_empty(&self) -> anyhow::Result<bool> {
@@ -320,6 +327,40 @@ impl Index {
         txn.commit()?;
         Ok(())
     }
+}
+
+/// The live counts kept beside the digest, in the order of [`counts_of`].
+const COUNT_KEYS: [&str; 4] = ["files", "dirs", "symlinks", "bytes"];
+
+/// What one entry adds to the live counts: a file, a directory or a symlink, and its bytes.
+fn counts_of(e: &Entry) -> [u128; 4] {
+    match (e.deleted, e.kind) {
+        (true, _) => [0; 4],
+        (false, EntryKind::File) => [1, 0, 0, u128::from(e.size)],
+        (false, EntryKind::Dir) => [0, 1, 0, 0],
+        (false, EntryKind::Symlink) => [0, 0, 1, 0],
+    }
+}
+
+/// Counts the live entries once when the stored counts do not match the sequence (a new
+/// index, or one last written by an agent that did not keep them).
+fn recount_if_stale(txn: &WriteTransaction, last_seq: u64) -> anyhow::Result<()> {
+    let mut dig = txn.open_table(DIGEST)?;
+    if dig.get("counted_seq")?.map(|v| v.value()) == Some(u128::from(last_seq)) {
+        return Ok(());
+    }
+    let mut counts = [0u128; 4];
+    for item in txn.open_table(ENTRIES)?.iter()? {
+        let st: Stored = decode(item?.1.value())?;
+        for (c, d) in counts.iter_mut().zip(counts_of(&st.entry)) {
+            *c += d;
+        }
+    }
+    for (c, k) in counts.iter().zip(COUNT_KEYS) {
+        dig.insert(k, *c)?;
+    }
+    dig.insert("counted_seq", u128::from(last_seq))?;
+    Ok(())
 }
 
 fn entry_digest(e: &Entry) -> u128 {

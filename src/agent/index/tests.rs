@@ -95,3 +95,53 @@ fn only_a_progress_only_batch_is_committed_lazily() {
     assert!(idx.dirty.load(Ordering::SeqCst), "a progress-only commit leaves the index to be flushed");
     assert_eq!(idx.progress("n2").unwrap().seq, 6);
 }
+
+/// The counts in the status come from the commits, not from a walk of the index: after
+/// new files, a directory, a symlink, an overwrite and a delete they equal a walk; an index
+/// whose counts lag its sequence (written by an agent that did not keep them) is counted
+/// again at open.
+#[test]
+fn live_counts_follow_every_commit_and_a_stale_index_is_recounted_at_open() {
+    let walk = |idx: &Index| -> [u64; 4] {
+        let txn = idx.db.begin_read().unwrap();
+        let mut c = [0u64; 4];
+        for item in txn.open_table(ENTRIES).unwrap().iter().unwrap() {
+            let st: Stored = decode(item.unwrap().1.value()).unwrap();
+            for (a, b) in c.iter_mut().zip(counts_of(&st.entry)) {
+                *a += b as u64;
+            }
+        }
+        c
+    };
+    let counts = |idx: &Index| {
+        let s = idx.summary().unwrap();
+        [s.files, s.dirs, s.symlinks, s.bytes]
+    };
+    let d = tempfile::tempdir().unwrap();
+    let idx = Index::open(d.path()).unwrap();
+    assert_eq!(counts(&idx), [0; 4]);
+    let commit = |es: Vec<Entry>| {
+        idx.apply(Batch { commits: es.into_iter().map(|e| (e, 1)).collect(), ..Default::default() }).unwrap();
+    };
+    let dir = Entry { kind: EntryKind::Dir, size: 0, ..entry("d", 0o755) };
+    let link = Entry { kind: EntryKind::Symlink, size: 0, target: "a".into(), ..entry("d/l", 0o777) };
+    commit(vec![entry("a", 0o644), entry("d/b", 0o644), dir, link.clone()]);
+    assert_eq!(counts(&idx), [2, 1, 1, 6]);
+    commit(vec![Entry { size: 1000, ..entry("a", 0o644) }]);
+    assert_eq!(counts(&idx), [2, 1, 1, 1003], "an overwrite changes the bytes, not the count");
+    commit(vec![Entry { deleted: true, size: 0, ..entry("d/b", 0o644) }, Entry { deleted: true, ..link }]);
+    assert_eq!(counts(&idx), [1, 1, 0, 1000], "tombstones count for nothing");
+    assert_eq!(counts(&idx), walk(&idx));
+    // An older agent wrote an entry without touching the counts.
+    {
+        let txn = idx.db.begin_write().unwrap();
+        let s = Stored { entry: entry("new", 0o644), seq: idx.last_seq() + 1, ino: 1 };
+        txn.open_table(ENTRIES).unwrap().insert("new", encode(&s).as_slice()).unwrap();
+        txn.open_table(META).unwrap().insert("last_seq", s.seq).unwrap();
+        txn.commit().unwrap();
+    }
+    drop(idx);
+    let idx = Index::open(d.path()).unwrap();
+    assert_eq!(counts(&idx), [2, 1, 0, 1003]);
+    assert_eq!(counts(&idx), walk(&idx));
+}
