@@ -294,7 +294,10 @@ fn reading_the_folder_does_not_wake_the_agent() {
 fn an_idle_agent_touches_no_file_for_a_minute() {
     const WINDOW: Duration = Duration::from_secs(62);
     const SETTLE: Duration = Duration::from_secs(8);
-    let mut c = Cluster::new(2, Options::default());
+    // min_free_percent 0: below it an agent keeps no new versions and looks at the free space
+    // every 5 s until there is room again (a deliberate poll, README); on a nearly full test
+    // disk that poll would be all this test sees.
+    let mut c = Cluster::new(2, Options { extra: "[versions]\nmin_free_percent = 0\n".into(), ..Options::default() });
     write(&c.nodes[0].path("a.txt"), b"x");
     c.start_all();
     c.converge("a.txt everywhere", T, |t| if t.contains_key("a.txt") { Ok(()) } else { Err("missing".into()) });
