@@ -20,6 +20,7 @@ pub mod batch;
 pub mod config;
 pub mod enroll;
 pub mod exclude;
+pub mod feed;
 pub mod hold;
 pub mod identity;
 pub mod index;
@@ -413,14 +414,6 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
             agent.versions_checked = Instant::now();
         }
         let now = Instant::now();
-        // Whatever happened may have changed what the status says (it is written only if so).
-        if touched {
-            agent.status_due.get_or_insert(now + STATUS_DEBOUNCE);
-        }
-        if agent.status_due.is_some_and(|t| t <= now) {
-            agent.status_due = None;
-            agent.refresh_status();
-        }
         let due_rechecks: Vec<RelPath> = agent.rechecks.iter().filter(|(_, t)| **t <= now).map(|(p, _)| p.clone()).collect();
         for p in due_rechecks {
             agent.rechecks.remove(&p);
@@ -435,6 +428,18 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
             }
         }
         agent.start_due_fetches();
+        // Whatever happened may have changed what the status says (it is written only if
+        // so). Last, after the batch: a refresh before it, on a turn where a hint won the
+        // race against the status timer, said "2 delays" until the next change (no tick
+        // rewrites it).
+        let now = Instant::now();
+        if touched {
+            agent.status_due.get_or_insert(now + STATUS_DEBOUNCE);
+        }
+        if agent.status_due.is_some_and(|t| t <= now) {
+            agent.status_due = None;
+            agent.refresh_status();
+        }
     }
     agent.reap(true);
     agent.log.normal("shutting down (signal received); pending changes stay in the index and are sent on the next start");

@@ -121,6 +121,7 @@ async fn run(ctx: Arc<PeerCtx>, name: String, address: String) {
                     ctx.log.normal(format!("peer {name} ({address}) connected; catching up from its change #{}", progress.seq));
                     set(&ctx, &name, &address, |p| {
                         p.connected = true;
+                        p.node_id = Some(page.node_id);
                         p.last_error = None;
                     });
                 }

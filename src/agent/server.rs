@@ -1,5 +1,5 @@
 //! The agent's HTTP surface, reachable only over mutual TLS (see `listener`):
-//! `POST /v1/changes` (the replication long-poll), `GET /v1/file` and `POST /v1/delta`
+//! `POST /v1/changes` (the replication long-poll, in `feed`), `GET /v1/file` and `POST /v1/delta`
 //! (content), `GET /v1/status` (JSON), `GET /healthz`, `GET /metrics` (Prometheus),
 //! `GET /v1/versions` (kept versions, JSON), `POST /v1/admin/{reload,revert,rescan,
 //! confirm-empty,pause,resume}`, and the JSON commands `POST /v1/admin/restore` and
@@ -16,7 +16,6 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path as UrlPath, Query, State};
@@ -32,11 +31,11 @@ use super::lsyncd_log::LsyncdLog;
 use super::refusals::Refusals;
 use super::root::SyncRoot;
 use super::status::Status;
-use super::transfer::{INLINE_BUDGET, INLINE_MAX, MAX_RSYNC_DELTA_FILE, PAGE_ENTRIES};
+use super::transfer::MAX_RSYNC_DELTA_FILE;
 use super::{AdminCmd, Event, SafetyCmd};
 use crate::pki::CONTROL_PLANE_NAME;
 use crate::protocol::versions::{HoldRequest, RestoreRequest, VersionQuery};
-use crate::protocol::wire::{Blob, CONTENT_CHANGED, ChangesQuery, ChangesResponse, PROTOCOL, PROTOCOL_HEADER, same_folder};
+use crate::protocol::wire::CONTENT_CHANGED;
 use crate::protocol::{EntryKind, RelPath};
 
 #[derive(Clone)]
@@ -65,7 +64,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let access = state.access.clone().expect("BUG: the peer port needs its access rules");
     Router::new()
-        .route("/v1/changes", post(changes))
+        .route("/v1/changes", post(super::feed::changes))
         .route("/v1/file", get(file))
         .route("/v1/delta", post(delta))
         .route("/v1/status", get(status))
@@ -201,7 +200,7 @@ impl Access {
         }
     }
 
-    fn refuse(&self, name: &str, why: &str) -> (StatusCode, String) {
+    pub(super) fn refuse(&self, name: &str, why: &str) -> (StatusCode, String) {
         self.refusals.note(&format!("certificate {name:?}"), "request", why);
         (StatusCode::FORBIDDEN, why.to_owned())
     }
@@ -217,104 +216,13 @@ async fn authorize(State(access): State<Access>, Extension(peer): Extension<Peer
 /// The routes the other environment may use on the link port: replication only, no
 /// status, metrics or admin commands.
 pub fn link_router(state: AppState) -> Router {
-    Router::new().route("/v1/changes", post(changes)).route("/v1/file", get(file)).route("/v1/delta", post(delta)).route("/healthz", get(|| async { "ok" })).with_state(state)
+    Router::new().route("/v1/changes", post(super::feed::changes)).route("/v1/file", get(file)).route("/v1/delta", post(delta)).route("/healthz", get(|| async { "ok" })).with_state(state)
 }
 
-type HttpResult<T> = Result<T, (StatusCode, String)>;
+pub(super) type HttpResult<T> = Result<T, (StatusCode, String)>;
 
-fn internal(e: impl std::fmt::Display) -> (StatusCode, String) {
+pub(super) fn internal(e: impl std::fmt::Display) -> (StatusCode, String) {
     (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-}
-
-async fn changes(State(app): State<AppState>, Extension(peer): Extension<PeerName>, headers: axum::http::HeaderMap, body: Bytes) -> HttpResult<Response> {
-    let proto = headers.get(PROTOCOL_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok()).unwrap_or(1);
-    if proto != PROTOCOL {
-        return Err((StatusCode::CONFLICT, format!("{} speaks filesync protocol {proto}, this node {PROTOCOL}: upgrade every node to the same filesync version", peer.0)));
-    }
-    let q: ChangesQuery = postcard::from_bytes(&body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad changes query: {e}")))?;
-    if !same_folder(&q.folder, &app.folder) {
-        let msg = format!("{} syncs another folder ({:?}; this node syncs {:?}): refused", peer.0, q.folder, app.folder);
-        app.status.lock().expect("BUG: poisoned").foreign_folders.insert(peer.0.clone(), msg.clone());
-        return Err((StatusCode::CONFLICT, msg));
-    }
-    let since = if q.index_id == app.index.index_id { q.since } else { 0 };
-    {
-        let mut st = app.status.lock().expect("BUG: poisoned");
-        let p = st.peers.entry(peer.0.clone()).or_default();
-        p.our_seq_acked = since;
-        p.peer_pending = q.pending;
-        p.peer_error = None;
-    }
-    let mut rx = app.index.subscribe();
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms).min(super::peers::LONG_POLL);
-    loop {
-        // A long-poll outlives a reload: a node dropped from the peer list meanwhile gets
-        // nothing more.
-        if let Some(a) = &app.access
-            && let Err(why) = a.check(RouteClass::Replicate, &peer.0)
-        {
-            return Err(a.refuse(&peer.0, &why));
-        }
-        let paused = app.paused.load(std::sync::atomic::Ordering::SeqCst);
-        if !paused {
-            let app2 = app.clone();
-            let page = tokio::task::spawn_blocking(move || build_page(&app2, since)).await.map_err(internal)?.map_err(internal)?;
-            if !page.entries.is_empty() || tokio::time::Instant::now() >= deadline {
-                tracing::debug!(to = %peer.0, since, n = page.entries.len(), last_seq = page.last_seq, seqs = ?page.entries.iter().map(|(s, _)| *s).collect::<Vec<_>>(), "serving page");
-                let bytes: u64 = page.blobs.iter().map(|b| b.data.len() as u64).sum();
-                app.status.lock().expect("BUG: poisoned").counters.bytes_sent += bytes;
-                let body = postcard::to_allocvec(&page).map_err(internal)?;
-                return Ok(([("content-type", "application/octet-stream")], body).into_response());
-            }
-        }
-        tokio::select! {
-            r = rx.changed() => if r.is_err() { return Err(internal("agent is shutting down")) },
-            _ = tokio::time::sleep_until(deadline) => {
-                if paused {
-                    let page = ChangesResponse { node_id: app.index.node_id, node_name: app.node_name.clone(), index_id: app.index.index_id, entries: vec![], blobs: vec![], last_seq: since, more: false, folder: app.folder.clone() };
-                    return Ok(postcard::to_allocvec(&page).map_err(internal)?.into_response());
-                }
-            },
-        }
-    }
-}
-
-fn build_page(app: &AppState, since: u64) -> anyhow::Result<ChangesResponse> {
-    let mut entries = app.index.changes_since(since, PAGE_ENTRIES)?;
-    let mut more = entries.len() >= PAGE_ENTRIES;
-    let mut blobs = Vec::new();
-    let mut budget = INLINE_BUDGET;
-    let mut seen = std::collections::HashSet::new();
-    let mut cut = None;
-    for (i, (_, e)) in entries.iter().enumerate() {
-        // Only content this node changed itself travels inline: relayed versions are
-        // usually already on the asker, and it can fetch the rest. Across environments
-        // nothing is on the asker yet, so everything small travels inline.
-        if e.deleted || e.kind != EntryKind::File || (e.modified_by != app.index.node_id && !app.inline_relayed) || e.size > INLINE_MAX || !seen.insert(e.hash) {
-            continue;
-        }
-        // The page ends where the inline budget does: the rest comes inline with the next
-        // page instead of costing a request per file.
-        if e.size > budget {
-            cut = Some(i);
-            break;
-        }
-        let Ok(mut f) = app.root.open_read(&e.path) else { continue };
-        let mut data = Vec::with_capacity(e.size as usize);
-        if std::io::Read::read_to_end(&mut f, &mut data).is_err() {
-            continue;
-        }
-        if *blake3::hash(&data).as_bytes() == e.hash {
-            budget -= data.len() as u64;
-            blobs.push(Blob { hash: e.hash, data });
-        }
-    }
-    if let Some(i) = cut.filter(|i| *i > 0) {
-        entries.truncate(i);
-        more = true;
-    }
-    let last_seq = entries.last().map(|(s, _)| *s).unwrap_or(since);
-    Ok(ChangesResponse { node_id: app.index.node_id, node_name: app.node_name.clone(), index_id: app.index.index_id, entries, blobs, last_seq, more, folder: app.folder.clone() })
 }
 
 #[derive(serde::Deserialize)]

@@ -15,6 +15,8 @@ use super::versions::{HeldDeletes, VersionsSummary};
 #[serde(default)]
 pub struct PeerStatus {
     pub address: String,
+    /// The peer's node id, from its answers (`None` until it answered once).
+    pub node_id: Option<u64>,
     pub connected: bool,
     /// Last time a page of this peer's changes was fully processed here (Unix seconds).
     pub last_sync: Option<i64>,

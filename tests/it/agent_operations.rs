@@ -202,9 +202,7 @@ fn a_partitioned_peer_is_noticed_within_seconds() {
     c.start_all();
     write(&c.nodes[0].path("before.txt"), b"1");
     until("before.txt on node2", T, || if c.nodes[1].path("before.txt").exists() { Ok(()) } else { Err("missing".into()) });
-    until("both see each other connected", T, || {
-        if shows_connected(&c, 0, "node2") == Some(true) && shows_connected(&c, 1, "node1") == Some(true) { Ok(()) } else { Err("not yet".into()) }
-    });
+    until("both see each other connected", T, || if shows_connected(&c, 0, "node2") == Some(true) && shows_connected(&c, 1, "node1") == Some(true) { Ok(()) } else { Err("not yet".into()) });
     let cut = Partition::cut(c.nodes[0].ip, c.nodes[1].ip);
     let t0 = std::time::Instant::now();
     until("both notice the partition", Duration::from_secs(10), || {
@@ -236,9 +234,13 @@ fn a_hung_peer_is_noticed_within_a_minute() {
     until("node2 sees node1 connected", T, || if shows_connected(&c, 1, "node1") == Some(true) { Ok(()) } else { Err("not yet".into()) });
     proxy.blackhole();
     let t0 = std::time::Instant::now();
-    until("node2 notices the hung peer", Duration::from_secs(75), || {
-        if shows_connected(&c, 1, "node1") == Some(false) { Ok(()) } else { Err(format!("still shown connected after {:?}", t0.elapsed())) }
-    });
+    until(
+        "node2 notices the hung peer",
+        Duration::from_secs(75),
+        || {
+            if shows_connected(&c, 1, "node1") == Some(false) { Ok(()) } else { Err(format!("still shown connected after {:?}", t0.elapsed())) }
+        },
+    );
     eprintln!("hung peer noticed after {:.1} s", t0.elapsed().as_secs_f64());
     write(&c.nodes[0].path("during.txt"), b"2");
     proxy.unblackhole();
@@ -323,13 +325,33 @@ fn an_idle_agent_touches_no_file_for_a_minute() {
     let _ = Command::new("kill").args(["-INT", &strace.id().to_string()]).status();
     strace.wait().unwrap();
     let text = std::fs::read_to_string(&out).unwrap();
-    let calls: Vec<&str> = text
-        .lines()
-        .filter(|l| l.split_whitespace().nth(1).and_then(|t| t.parse::<f64>().ok()).is_some_and(|t| t >= t0))
-        .filter(|l| !l.contains("+++") && !l.contains("---"))
-        .collect();
+    let calls: Vec<&str> =
+        text.lines().filter(|l| l.split_whitespace().nth(1).and_then(|t| t.parse::<f64>().ok()).is_some_and(|t| t >= t0)).filter(|l| !l.contains("+++") && !l.contains("---")).collect();
     assert!(calls.is_empty(), "an idle agent touched files in {} s:\n{}", WINDOW.as_secs(), calls.iter().take(20).copied().collect::<Vec<_>>().join("\n"));
     // The agent is still alive and replicating (the trace saw a running process).
     write(&c.nodes[0].path("b.txt"), b"y");
     until("b.txt on node2", T, || if c.nodes[1].path("b.txt").exists() { Ok(()) } else { Err("missing".into()) });
+}
+
+/// With no periodic tick, the status must still be rewritten after every batch: a timer
+/// that fired for the status and for the batcher in the same millisecond (a 1-s `delay` and
+/// the 1-s status debounce start together) refreshed the status before the batch was
+/// taken, and nothing refreshed it after: `lsyncd.status` said "There are 2 delays" for good
+/// (caught by the churn test after the tick went).
+#[test]
+fn the_status_says_a_batch_was_sent_once_it_was() {
+    let mut c = Cluster::new(2, Options { delay: 1, ..Options::default() });
+    c.start_all();
+    for round in 0..5 {
+        let name = format!("r{round}.txt");
+        write(&c.nodes[0].path(&name), round.to_string().as_bytes());
+        until(&format!("{name} on node2"), T, || if c.nodes[1].path(&name).exists() { Ok(()) } else { Err("missing".into()) });
+        // The file is on the peer, so the batch was taken: the status must say so soon (it is
+        // rewritten at most once a second).
+        until(&format!("node1's status after round {round}"), Duration::from_secs(5), || {
+            let s = status(&c, 0);
+            let file = c.nodes[0].status_file();
+            if s["pending_local"] == 0 && file.contains("There are 0 delays") { Ok(()) } else { Err(format!("pending_local {}; lsyncd.status:\n{file}", s["pending_local"])) }
+        });
+    }
 }

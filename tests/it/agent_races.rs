@@ -73,11 +73,7 @@ fn append_during_big_page(delete: bool) {
         c.converge("after the race", T, |_| Ok(()));
         until("node1's append on every node", T, || {
             let all = all_contents(&c);
-            if all.contains(&appended) {
-                Ok(())
-            } else {
-                Err(format!("round {k}: the append ({:?}) exists nowhere; copies {:?}", String::from_utf8_lossy(&appended), conflict_copies(&c, 0)))
-            }
+            if all.contains(&appended) { Ok(()) } else { Err(format!("round {k}: the append ({:?}) exists nowhere; copies {:?}", String::from_utf8_lossy(&appended), conflict_copies(&c, 0))) }
         });
         if !delete {
             let mine = format!("node2's version {k}\n").into_bytes();

@@ -314,3 +314,45 @@ fn identical_trees_agree_without_sending_content() {
         assert!(fetched.is_empty(), "{} fetched content it already had:\n{}", n.name, fetched.join("\n"));
     }
 }
+
+/// Relayed versions: nodes 1 and 3 do not know each other, node 2 knows both. Every change
+/// made on 1 reaches 3 through 2 and the other way round (node 2 holds pages of versions
+/// it relays for a moment, `feed::RELAY_HOLD`, but only where the asker was their author
+/// or is presumed to reach it: here node 3 cannot reach node 1, and node 2 still believes
+/// it can, so this is the slow path, and it must still arrive).
+#[test]
+fn a_node_that_cannot_reach_the_author_gets_every_change_through_a_peer() {
+    let mut c = Cluster::new(3, Options::default());
+    for (i, other) in [(0, 2), (2, 0)] {
+        let text = std::fs::read_to_string(&c.nodes[i].config).unwrap();
+        let block = format!("\n[[peers]]\nname = \"{}\"\naddress = \"{}\"\n", c.nodes[other].name, c.nodes[other].addr());
+        assert!(text.contains(&block));
+        std::fs::write(&c.nodes[i].config, text.replace(&block, "")).unwrap();
+    }
+    c.start_all();
+    for round in 0..3 {
+        write(&c.nodes[0].path(&format!("from1/r{round}.txt")), format!("one {round}").as_bytes());
+        write(&c.nodes[2].path(&format!("from3/r{round}.txt")), format!("three {round}").as_bytes());
+        until(&format!("round {round} on every node"), T, || {
+            let trees: Vec<_> = (0..3).map(|i| c.snapshot(i)).collect();
+            for (i, t) in trees.iter().enumerate() {
+                for p in [format!("from1/r{round}.txt"), format!("from3/r{round}.txt")] {
+                    if !t.contains_key(&p) {
+                        return Err(format!("{p} missing on node{}", i + 1));
+                    }
+                }
+            }
+            Ok(())
+        });
+    }
+    // An edit and a deletion travel the same way; both ends agree byte for byte.
+    write(&c.nodes[2].path("from1/r0.txt"), b"edited on three");
+    std::fs::remove_file(c.nodes[0].path("from3/r1.txt")).unwrap();
+    until("edit and deletion through node 2", T, || {
+        let (a, b) = (c.snapshot(0), c.snapshot(2));
+        let d = crate::support::tree::diff("node1", &a, "node3", &b);
+        let edited = std::fs::read(c.nodes[0].path("from1/r0.txt")).unwrap_or_default() == b"edited on three";
+        if d.is_empty() && edited && !a.contains_key("from3/r1.txt") { Ok(()) } else { Err(format!("{d:?}, edited on node1: {edited}")) }
+    });
+    assert!(!c.nodes[0].log().contains("conflict"), "{}", c.nodes[0].log());
+}

@@ -71,7 +71,8 @@ impl Agent {
         // times per change in a mesh of n) is ignored whatever is open: on 10 nodes, reading
         // /proc for those relays took a third of the machine's CPU.
         let may_replace = |i: &Item| {
-            i.disk.as_ref().is_some_and(|d| d.kind == EntryKind::File) && i.local.as_ref().is_none_or(|l| !matches!(i.r.version.compare(&l.entry.version), VersionOrdering::Equal | VersionOrdering::Older))
+            i.disk.as_ref().is_some_and(|d| d.kind == EntryKind::File)
+                && i.local.as_ref().is_none_or(|l| !matches!(i.r.version.compare(&l.entry.version), VersionOrdering::Equal | VersionOrdering::Older))
         };
         let writers = self.writers_if(items.iter().any(may_replace));
         for i in &mut items {

@@ -37,13 +37,19 @@ impl SyncRoot {
         }
         let threads = pending.len().div_ceil(32).clamp(1, WRITE_THREADS);
         let chunk = pending.len().div_ceil(threads);
-        let written: Vec<Result<TempFile, RootError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = pending.chunks(chunk).map(|c| (c, s.spawn(move || c.iter().map(|p| self.write_temp(p)).collect::<Vec<_>>()))).collect();
-            handles
-                .into_iter()
-                .flat_map(|(c, h)| h.join().unwrap_or_else(|_| c.iter().map(|p| Err(RootError::Io { path: p.path.clone(), source: io::Error::other("writer thread panicked") })).collect()))
-                .collect()
-        });
+        // One chunk (up to 32 files, every page of a single change) is written right here: a
+        // thread started and joined per page was a clone and two context switches per change.
+        let written: Vec<Result<TempFile, RootError>> = if threads == 1 {
+            pending.iter().map(|p| self.write_temp(p)).collect()
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = pending.chunks(chunk).map(|c| (c, s.spawn(move || c.iter().map(|p| self.write_temp(p)).collect::<Vec<_>>()))).collect();
+                handles
+                    .into_iter()
+                    .flat_map(|(c, h)| h.join().unwrap_or_else(|_| c.iter().map(|p| Err(RootError::Io { path: p.path.clone(), source: io::Error::other("writer thread panicked") })).collect()))
+                    .collect()
+            })
+        };
         // Durability: one write-back of the file system for a big batch, else per file.
         let ok: Vec<&TempFile> = written.iter().filter_map(|w| w.as_ref().ok()).collect();
         let synced: Vec<io::Result<()>> = if ok.len() >= SYNCFS_MIN && self.syncfs().is_ok() { ok.iter().map(|_| Ok(())).collect() } else { fsync_parallel(&ok) };

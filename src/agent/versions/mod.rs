@@ -223,11 +223,7 @@ impl Versions {
     /// version's expiry; the free space, every [`SPACE_RECHECK`] while versions are kept
     /// (the cap may be a share of it) or [`STOPPED_RECHECK`] while none may be kept.
     pub fn next_check(&self, checked: std::time::Instant) -> Option<std::time::Instant> {
-        let space = if self.stopped.is_some() {
-            Some(checked + STOPPED_RECHECK)
-        } else {
-            (self.count > 0).then(|| checked + SPACE_RECHECK)
-        };
+        let space = if self.stopped.is_some() { Some(checked + STOPPED_RECHECK) } else { (self.count > 0).then(|| checked + SPACE_RECHECK) };
         let expiry = self.expires_at_ns.map(|at| {
             // A second late, so that the version is past its age when retention runs.
             let wait = u64::try_from(at.saturating_add(1_000_000_000).saturating_sub(super::scan::now_ns())).unwrap_or(0);

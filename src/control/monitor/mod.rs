@@ -144,9 +144,7 @@ fn link_change(node: &str, old: Option<&AgentStatus>, new: &AgentStatus) -> Opti
     match (before, after) {
         (_, LinkState::Connected) => Some(format!("{node}: cross-environment link to {remote} connected")),
         (_, LinkState::Refused) => Some(format!("{node}: cross-environment link to {remote} refused: {}", error.as_deref().unwrap_or("the passwords differ"))),
-        (Some(LinkState::Connected), other) => {
-            Some(format!("{node}: cross-environment link to {remote} no longer connected ({other}{})", error.map(|e| format!(": {e}")).unwrap_or_default()))
-        }
+        (Some(LinkState::Connected), other) => Some(format!("{node}: cross-environment link to {remote} no longer connected ({other}{})", error.map(|e| format!(": {e}")).unwrap_or_default())),
         _ => None,
     }
 }

@@ -1,0 +1,148 @@
+//! The replication feed, `POST /v1/changes`: a peer's long-poll for this node's changes
+//! after the sequence number it has processed. Answered at once when there is something
+//! new (a page of at most `PAGE_ENTRIES` entries, small content of this node's own inline up
+//! to `INLINE_BUDGET`), else when something is committed, else at the asker's wait. A page
+//! holding only versions the asker already has from their author waits a moment first
+//! ([`RELAY_HOLD`]): the relays of a mesh leave the path of the change they repeat.
+
+use std::time::Duration;
+
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use super::listener::PeerName;
+use super::server::{AppState, HttpResult, RouteClass, internal};
+use super::transfer::{INLINE_BUDGET, INLINE_MAX, PAGE_ENTRIES};
+use crate::protocol::EntryKind;
+use crate::protocol::wire::{Blob, ChangesQuery, ChangesResponse, PROTOCOL, PROTOCOL_HEADER, same_folder};
+
+pub(super) async fn changes(State(app): State<AppState>, Extension(peer): Extension<PeerName>, headers: axum::http::HeaderMap, body: Bytes) -> HttpResult<Response> {
+    let proto = headers.get(PROTOCOL_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok()).unwrap_or(1);
+    if proto != PROTOCOL {
+        return Err((StatusCode::CONFLICT, format!("{} speaks filesync protocol {proto}, this node {PROTOCOL}: upgrade every node to the same filesync version", peer.0)));
+    }
+    let q: ChangesQuery = postcard::from_bytes(&body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad changes query: {e}")))?;
+    if !same_folder(&q.folder, &app.folder) {
+        let msg = format!("{} syncs another folder ({:?}; this node syncs {:?}): refused", peer.0, q.folder, app.folder);
+        app.status.lock().expect("BUG: poisoned").foreign_folders.insert(peer.0.clone(), msg.clone());
+        return Err((StatusCode::CONFLICT, msg));
+    }
+    let since = if q.index_id == app.index.index_id { q.since } else { 0 };
+    {
+        let mut st = app.status.lock().expect("BUG: poisoned");
+        let p = st.peers.entry(peer.0.clone()).or_default();
+        p.our_seq_acked = since;
+        p.peer_pending = q.pending;
+        p.peer_error = None;
+    }
+    let mut rx = app.index.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms).min(super::peers::LONG_POLL);
+    let mut hold_until: Option<tokio::time::Instant> = None;
+    loop {
+        // A long-poll outlives a reload: a node dropped from the peer list meanwhile gets
+        // nothing more.
+        if let Some(a) = &app.access
+            && let Err(why) = a.check(RouteClass::Replicate, &peer.0)
+        {
+            return Err(a.refuse(&peer.0, &why));
+        }
+        let paused = app.paused.load(std::sync::atomic::Ordering::SeqCst);
+        if !paused {
+            let app2 = app.clone();
+            let page = tokio::task::spawn_blocking(move || build_page(&app2, since)).await.map_err(internal)?.map_err(internal)?;
+            let now = tokio::time::Instant::now();
+            if !page.entries.is_empty() && !page.more && now < deadline && only_relays_it_has(&app, &peer.0, &page) {
+                let until = *hold_until.get_or_insert((now + RELAY_HOLD).min(deadline));
+                if now < until {
+                    // A commit meanwhile builds the page again (it may hold a change of this
+                    // node's own); the hold running out sends this one.
+                    let ran_out = tokio::select! {
+                        r = rx.changed() => if r.is_err() { return Err(internal("agent is shutting down")) } else { false },
+                        _ = tokio::time::sleep_until(until) => true,
+                    };
+                    if !ran_out || app.paused.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue;
+                    }
+                }
+            }
+            if !page.entries.is_empty() || now >= deadline {
+                tracing::debug!(to = %peer.0, since, n = page.entries.len(), last_seq = page.last_seq, seqs = ?page.entries.iter().map(|(s, _)| *s).collect::<Vec<_>>(), "serving page");
+                let bytes: u64 = page.blobs.iter().map(|b| b.data.len() as u64).sum();
+                app.status.lock().expect("BUG: poisoned").counters.bytes_sent += bytes;
+                let body = postcard::to_allocvec(&page).map_err(internal)?;
+                return Ok(([("content-type", "application/octet-stream")], body).into_response());
+            }
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return Err(internal("agent is shutting down")) },
+            _ = tokio::time::sleep_until(deadline) => {
+                if paused {
+                    let page = ChangesResponse { node_id: app.index.node_id, node_name: app.node_name.clone(), index_id: app.index.index_id, entries: vec![], blobs: vec![], last_seq: since, more: false, folder: app.folder.clone() };
+                    return Ok(postcard::to_allocvec(&page).map_err(internal)?.into_response());
+                }
+            },
+        }
+    }
+}
+
+/// How long a page holding only relayed versions the asker has itself (see
+/// [`only_relays_it_has`]) waits before it is answered. In a mesh every node that applies a
+/// change offers it to its n - 2 other peers, who had it straight from its author: on one
+/// machine with 20 nodes those pages took the cores from the receivers still applying.
+/// Held, they leave the change's path and several changes travel in one page; a change of
+/// this node's own ends the wait at once.
+pub const RELAY_HOLD: Duration = Duration::from_millis(250);
+
+/// Whether every entry of `page` is a version the asker made or had straight from its
+/// author: made by the asker, or by a peer this node is connected to now (in a mesh, the
+/// asker is too). A relay matters where the asker cannot reach the author (across the link,
+/// through a partition); those travel at once, and so does anything this node made.
+fn only_relays_it_has(app: &AppState, asker: &str, page: &ChangesResponse) -> bool {
+    if app.inline_relayed {
+        return false;
+    }
+    let st = app.status.lock().expect("BUG: poisoned");
+    let direct: std::collections::HashSet<u64> = st.peers.iter().filter(|(name, p)| !p.removed && (p.connected || name.as_str() == asker)).filter_map(|(_, p)| p.node_id).collect();
+    page.entries.iter().all(|(_, e)| e.modified_by != app.index.node_id && direct.contains(&e.modified_by))
+}
+
+fn build_page(app: &AppState, since: u64) -> anyhow::Result<ChangesResponse> {
+    let mut entries = app.index.changes_since(since, PAGE_ENTRIES)?;
+    let mut more = entries.len() >= PAGE_ENTRIES;
+    let mut blobs = Vec::new();
+    let mut budget = INLINE_BUDGET;
+    let mut seen = std::collections::HashSet::new();
+    let mut cut = None;
+    for (i, (_, e)) in entries.iter().enumerate() {
+        // Only content this node changed itself travels inline: relayed versions are
+        // usually already on the asker, and it can fetch the rest. Across environments
+        // nothing is on the asker yet, so everything small travels inline.
+        if e.deleted || e.kind != EntryKind::File || (e.modified_by != app.index.node_id && !app.inline_relayed) || e.size > INLINE_MAX || !seen.insert(e.hash) {
+            continue;
+        }
+        // The page ends where the inline budget does: the rest comes inline with the next
+        // page instead of costing a request per file.
+        if e.size > budget {
+            cut = Some(i);
+            break;
+        }
+        let Ok(mut f) = app.root.open_read(&e.path) else { continue };
+        let mut data = Vec::with_capacity(e.size as usize);
+        if std::io::Read::read_to_end(&mut f, &mut data).is_err() {
+            continue;
+        }
+        if *blake3::hash(&data).as_bytes() == e.hash {
+            budget -= data.len() as u64;
+            blobs.push(Blob { hash: e.hash, data });
+        }
+    }
+    if let Some(i) = cut.filter(|i| *i > 0) {
+        entries.truncate(i);
+        more = true;
+    }
+    let last_seq = entries.last().map(|(s, _)| *s).unwrap_or(since);
+    Ok(ChangesResponse { node_id: app.index.node_id, node_name: app.node_name.clone(), index_id: app.index.index_id, entries, blobs, last_seq, more, folder: app.folder.clone() })
+}
