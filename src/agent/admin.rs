@@ -43,6 +43,9 @@ impl Agent {
                 self.paused.store(p, Ordering::SeqCst);
                 self.status.lock().expect("BUG: poisoned").paused = p;
                 self.log.normal(if p { "sync paused" } else { "sync resumed" });
+                if !p {
+                    self.index.wake_feeds();
+                }
                 if p { "paused".into() } else { "resumed".into() }
             }
             AdminCmd::Reload => match self.s.config_path.clone().map(|p| Settings::load(&p)) {

@@ -322,13 +322,7 @@ fn identical_trees_agree_without_sending_content() {
 /// it can, so this is the slow path, and it must still arrive).
 #[test]
 fn a_node_that_cannot_reach_the_author_gets_every_change_through_a_peer() {
-    let mut c = Cluster::new(3, Options::default());
-    for (i, other) in [(0, 2), (2, 0)] {
-        let text = std::fs::read_to_string(&c.nodes[i].config).unwrap();
-        let block = format!("\n[[peers]]\nname = \"{}\"\naddress = \"{}\"\n", c.nodes[other].name, c.nodes[other].addr());
-        assert!(text.contains(&block));
-        std::fs::write(&c.nodes[i].config, text.replace(&block, "")).unwrap();
-    }
+    let mut c = partial_mesh();
     c.start_all();
     for round in 0..3 {
         write(&c.nodes[0].path(&format!("from1/r{round}.txt")), format!("one {round}").as_bytes());
@@ -355,4 +349,34 @@ fn a_node_that_cannot_reach_the_author_gets_every_change_through_a_peer() {
         if d.is_empty() && edited && !a.contains_key("from3/r1.txt") { Ok(()) } else { Err(format!("{d:?}, edited on node1: {edited}")) }
     });
     assert!(!c.nodes[0].log().contains("conflict"), "{}", c.nodes[0].log());
+}
+
+/// Three nodes where 1 and 3 do not know each other: everything between them goes through 2.
+fn partial_mesh() -> Cluster {
+    let c = Cluster::new(3, Options::default());
+    for (i, other) in [(0, 2), (2, 0)] {
+        let text = std::fs::read_to_string(&c.nodes[i].config).unwrap();
+        let block = format!("\n[[peers]]\nname = \"{}\"\naddress = \"{}\"\n", c.nodes[other].name, c.nodes[other].addr());
+        assert!(text.contains(&block));
+        std::fs::write(&c.nodes[i].config, text.replace(&block, "")).unwrap();
+    }
+    c
+}
+
+/// A paused node still applies its peers' changes but passes nothing on; on resume what it
+/// holds goes out at once. Before, the long-polls that saw those commits during the pause
+/// went back to waiting, and node 3 got the file only at the next commit on node 2 or when
+/// its 240-s ask ran out.
+#[test]
+fn what_a_paused_node_received_goes_out_as_soon_as_it_resumes() {
+    let mut c = partial_mesh();
+    c.start_all();
+    assert_eq!(c.ctl(1, "pause").trim(), "paused");
+    write(&c.nodes[0].path("while-paused.txt"), b"through node 2");
+    until("node 2 applied it while paused", T, || if c.nodes[1].path("while-paused.txt").exists() { Ok(()) } else { Err("missing".into()) });
+    // Node 3's long-poll on node 2 saw that commit and was not answered (paused).
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!c.nodes[2].path("while-paused.txt").exists(), "a paused node passed a change on");
+    assert_eq!(c.ctl(1, "resume").trim(), "resumed");
+    until("node 3 has it soon after the resume", Duration::from_secs(15), || if c.nodes[2].path("while-paused.txt").exists() { Ok(()) } else { Err("missing".into()) });
 }

@@ -136,6 +136,13 @@ impl Index {
         self.seq_tx.subscribe()
     }
 
+    /// Wakes every long-poll as if something had been committed (they look again): on
+    /// resume, what was committed during a pause would otherwise wait for the next commit
+    /// or the asker's 240-s wait.
+    pub fn wake_feeds(&self) {
+        self.seq_tx.send_modify(|_| {});
+    }
+
     pub fn get(&self, path: &RelPath) -> anyhow::Result<Option<Stored>> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(ENTRIES)?;

@@ -40,7 +40,9 @@ impl SyncRoot {
         // One chunk (up to 32 files, every page of a single change) is written right here: a
         // thread started and joined per page was a clone and two context switches per change.
         let written: Vec<Result<TempFile, RootError>> = if threads == 1 {
-            pending.iter().map(|p| self.write_temp(p)).collect()
+            // A panic is an error of the batch's files, as on a writer thread, not of the agent.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pending.iter().map(|p| self.write_temp(p)).collect()))
+                .unwrap_or_else(|_| pending.iter().map(|p| Err(RootError::Io { path: p.path.clone(), source: io::Error::other("writer panicked") })).collect())
         } else {
             std::thread::scope(|s| {
                 let handles: Vec<_> = pending.chunks(chunk).map(|c| (c, s.spawn(move || c.iter().map(|p| self.write_temp(p)).collect::<Vec<_>>()))).collect();
