@@ -39,6 +39,7 @@ pub(super) async fn changes(State(app): State<AppState>, Extension(peer): Extens
         p.peer_error = None;
     }
     let mut rx = app.index.subscribe();
+    let mut own = app.index.subscribe_own();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms).min(super::peers::LONG_POLL);
     let mut hold_until: Option<tokio::time::Instant> = None;
     loop {
@@ -57,15 +58,15 @@ pub(super) async fn changes(State(app): State<AppState>, Extension(peer): Extens
             if !page.entries.is_empty() && !page.more && now < deadline && only_relays_it_has(&app, &peer.0, &page) {
                 let until = *hold_until.get_or_insert((now + RELAY_HOLD).min(deadline));
                 if now < until {
-                    // A commit meanwhile builds the page again (it may hold a change of this
-                    // node's own); the hold running out sends this one.
-                    let ran_out = tokio::select! {
-                        r = rx.changed() => if r.is_err() { return Err(internal("agent is shutting down")) } else { false },
-                        _ = tokio::time::sleep_until(until) => true,
-                    };
-                    if !ran_out || app.paused.load(std::sync::atomic::Ordering::SeqCst) {
-                        continue;
+                    // A version of this node's own ends the hold; other commits (more relays)
+                    // do not rebuild the page each time: it is built once more when the hold
+                    // runs out, with everything committed meanwhile. (`own` has seen every
+                    // commit of this node's own up to this page's build or before.)
+                    tokio::select! {
+                        r = own.changed() => if r.is_err() { return Err(internal("agent is shutting down")) },
+                        _ = tokio::time::sleep_until(until) => {},
                     }
+                    continue;
                 }
             }
             if !page.entries.is_empty() || now >= deadline {

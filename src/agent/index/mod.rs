@@ -59,6 +59,8 @@ pub struct Index {
     pub node_id: NodeId,
     pub index_id: u64,
     seq_tx: watch::Sender<u64>,
+    /// The sequence of the last commit holding a version this node made (see `feed`).
+    own_tx: watch::Sender<u64>,
     /// Set by writes made without an fsync of their own (needs); `flush` makes them durable.
     dirty: AtomicBool,
 }
@@ -124,7 +126,8 @@ impl Index {
         }
         txn.commit()?;
         let (seq_tx, _) = watch::channel(last_seq);
-        Ok(Index { db, node_id, index_id, seq_tx, dirty: AtomicBool::new(false) })
+        let (own_tx, _) = watch::channel(last_seq);
+        Ok(Index { db, node_id, index_id, seq_tx, own_tx, dirty: AtomicBool::new(false) })
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -134,6 +137,12 @@ impl Index {
     /// Resolves whenever the sequence advances; used by long-polling peers.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.seq_tx.subscribe()
+    }
+
+    /// Resolves whenever a commit holds a version this node made: a page of relays waits for
+    /// that (or its hold running out), not for every commit.
+    pub fn subscribe_own(&self) -> watch::Receiver<u64> {
+        self.own_tx.subscribe()
     }
 
     /// Wakes every long-poll as if something had been committed (they look again): on
@@ -202,6 +211,9 @@ impl Index {
         txn.commit()?;
         self.dirty.store(lazy, Ordering::SeqCst);
         if let Some(last) = stored.last() {
+            if stored.iter().any(|s| s.entry.modified_by == self.node_id) {
+                self.own_tx.send_replace(last.seq);
+            }
             self.seq_tx.send_replace(last.seq);
         }
         Ok(stored)

@@ -145,3 +145,23 @@ fn live_counts_follow_every_commit_and_a_stale_index_is_recounted_at_open() {
     assert_eq!(counts(&idx), [2, 1, 0, 1003]);
     assert_eq!(counts(&idx), walk(&idx));
 }
+
+#[test]
+fn only_a_commit_holding_a_version_of_this_nodes_own_wakes_the_own_channel() {
+    let d = tempfile::tempdir().unwrap();
+    let idx = Index::open(d.path()).unwrap();
+    let mut all = idx.subscribe();
+    let mut own = idx.subscribe_own();
+    // A peer's version (node 7) advances the sequence only.
+    idx.commit(vec![(entry("theirs.txt", 0o644), 1)]).unwrap();
+    assert!(all.has_changed().unwrap());
+    assert!(!own.has_changed().unwrap(), "a relayed version woke the own channel");
+    all.borrow_and_update();
+    // A version made here wakes both.
+    let mut mine = entry("mine.txt", 0o644);
+    mine.modified_by = idx.node_id;
+    mine.version = VersionVector::new().bumped(idx.node_id);
+    idx.commit(vec![(mine, 2)]).unwrap();
+    assert!(all.has_changed().unwrap() && own.has_changed().unwrap());
+    assert_eq!(*own.borrow_and_update(), idx.last_seq());
+}
