@@ -27,7 +27,9 @@ pub(super) async fn changes(State(app): State<AppState>, Extension(peer): Extens
     let q: ChangesQuery = postcard::from_bytes(&body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad changes query: {e}")))?;
     if !same_folder(&q.folder, &app.folder) {
         let msg = format!("{} syncs another folder ({:?}; this node syncs {:?}): refused", peer.0, q.folder, app.folder);
-        app.status.lock().expect("BUG: poisoned").foreign_folders.insert(peer.0.clone(), msg.clone());
+        if app.status.lock().expect("BUG: poisoned").foreign_folders.insert(peer.0.clone(), msg.clone()).as_ref() != Some(&msg) {
+            app.status_dirty.notify_one();
+        }
         return Err((StatusCode::CONFLICT, msg));
     }
     let since = if q.index_id == app.index.index_id { q.since } else { 0 };
@@ -35,8 +37,14 @@ pub(super) async fn changes(State(app): State<AppState>, Extension(peer): Extens
         let mut st = app.status.lock().expect("BUG: poisoned");
         let p = st.peers.entry(peer.0.clone()).or_default();
         p.our_seq_acked = since;
+        // What lsyncd.status says about the asker (its backlog, its error) is rewritten by
+        // the event loop, which nothing else wakes when only this changes.
+        let shown = p.peer_pending != q.pending || p.peer_error.is_some();
         p.peer_pending = q.pending;
         p.peer_error = None;
+        if shown {
+            app.status_dirty.notify_one();
+        }
     }
     let mut rx = app.index.subscribe();
     let mut own = app.index.subscribe_own();

@@ -298,6 +298,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         root: agent.root.clone(),
         node_name: agent.s.node_name.clone(),
         status: agent.status.clone(),
+        status_dirty: status_dirty.clone(),
         log: agent.log.clone(),
         events: ev_tx.clone(),
         paused,

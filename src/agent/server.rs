@@ -44,6 +44,8 @@ pub struct AppState {
     pub root: SyncRoot,
     pub node_name: String,
     pub status: Arc<Mutex<Status>>,
+    /// Wakes the event loop to rewrite `lsyncd.status` after a change of `status` made here.
+    pub status_dirty: Arc<tokio::sync::Notify>,
     pub log: Arc<LsyncdLog>,
     pub events: mpsc::Sender<Event>,
     pub paused: Arc<std::sync::atomic::AtomicBool>,

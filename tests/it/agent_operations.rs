@@ -44,12 +44,23 @@ fn disk_full_on_receiver_is_reported_retried_and_nothing_is_lost() {
         let pending = v["peers"]["node2"]["peer_pending"].as_u64().unwrap_or(0);
         if pending >= 1 { Ok(()) } else { Err(v["peers"].to_string()) }
     });
+    // lsyncd.status (what the dashboard shows) says so too, not only the JSON.
+    until("node1's lsyncd.status to show node2's backlog", T, || {
+        let s = c.nodes[0].status_file();
+        if s.contains("not yet written there") { Ok(()) } else { Err(s) }
+    });
     // Free the space: the queued item is retried and lands.
     std::fs::remove_file(c.nodes[1].path("filler.bin")).unwrap();
     until("photo to arrive after space was freed", Duration::from_secs(90), || match std::fs::read(c.nodes[1].path("photo.bin")) {
         Ok(d) if d == photo => Ok(()),
         Ok(d) => Err(format!("{} bytes", d.len())),
         Err(e) => Err(e.to_string()),
+    });
+    // And the backlog is gone from node1's lsyncd.status once node2 wrote it (node1 has
+    // nothing else to do that would rewrite it).
+    until("node1's lsyncd.status to drop node2's backlog", T, || {
+        let s = c.nodes[0].status_file();
+        if s.contains("not yet written there") { Err(s) } else { Ok(()) }
     });
 }
 
