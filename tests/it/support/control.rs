@@ -21,10 +21,30 @@ pub const APP_ROLE: &str = "filesync_it";
 
 pub fn postgres() -> &'static Postgres {
     &PG.get_or_init(|| {
+        remove_stale_clusters();
         let dir = tempfile::Builder::new().prefix("filesync-it-pg-").tempdir().unwrap();
         (Postgres::start(&dir.path().join("pg"), false, false).expect("embedded PostgreSQL"), dir)
     })
     .0
+}
+
+/// Removes the clusters earlier test runs left in the temp dir (about 490 MB each: the
+/// cluster lives in a static, which is never dropped) whose server is not running: repeated
+/// runs filled the disk until agents stopped keeping versions and tests about them failed.
+fn remove_stale_clusters() {
+    let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in rd.flatten() {
+        if !e.file_name().to_string_lossy().starts_with("filesync-it-pg-") {
+            continue;
+        }
+        let pid = std::fs::read_to_string(e.path().join("pg/postmaster.pid")).ok().and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
+        // A cluster another test run is using, or is creating right now (no pid file yet).
+        let young = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_none_or(|age| age < std::time::Duration::from_secs(600));
+        if young || pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists()) {
+            continue;
+        }
+        let _ = std::fs::remove_dir_all(e.path());
+    }
 }
 
 /// How to start a `filesync serve` under test.
