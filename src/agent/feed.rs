@@ -110,12 +110,13 @@ pub const RELAY_HOLD: Duration = Duration::from_millis(250);
 /// asker is too). A relay matters where the asker cannot reach the author (across the link,
 /// through a partition); those travel at once, and so does anything this node made.
 fn only_relays_it_has(app: &AppState, asker: &str, page: &ChangesResponse) -> bool {
-    if app.inline_relayed {
+    // A page with a change of this node's own (the change's path) goes without looking further.
+    if app.inline_relayed || page.entries.iter().any(|(_, e)| e.modified_by == app.index.node_id) {
         return false;
     }
     let st = app.status.lock().expect("BUG: poisoned");
     let direct: std::collections::HashSet<u64> = st.peers.iter().filter(|(name, p)| !p.removed && (p.connected || name.as_str() == asker)).filter_map(|(_, p)| p.node_id).collect();
-    page.entries.iter().all(|(_, e)| e.modified_by != app.index.node_id && direct.contains(&e.modified_by))
+    page.entries.iter().all(|(_, e)| direct.contains(&e.modified_by))
 }
 
 fn build_page(app: &AppState, since: u64) -> anyhow::Result<ChangesResponse> {

@@ -39,17 +39,17 @@ impl SyncRoot {
         let chunk = pending.len().div_ceil(threads);
         // One chunk (up to 32 files, every page of a single change) is written right here: a
         // thread started and joined per page was a clone and two context switches per change.
+        // The files of each chunk, or, if its writer panicked, an error for each of them.
+        let write_chunk = |c: &[Pending]| -> Vec<Result<TempFile, RootError>> {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.iter().map(|p| self.write_temp(p)).collect()))
+                .unwrap_or_else(|_| c.iter().map(|p| Err(RootError::Io { path: p.path.clone(), source: io::Error::other("writer panicked") })).collect())
+        };
         let written: Vec<Result<TempFile, RootError>> = if threads == 1 {
-            // A panic is an error of the batch's files, as on a writer thread, not of the agent.
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pending.iter().map(|p| self.write_temp(p)).collect()))
-                .unwrap_or_else(|_| pending.iter().map(|p| Err(RootError::Io { path: p.path.clone(), source: io::Error::other("writer panicked") })).collect())
+            write_chunk(&pending)
         } else {
             std::thread::scope(|s| {
-                let handles: Vec<_> = pending.chunks(chunk).map(|c| (c, s.spawn(move || c.iter().map(|p| self.write_temp(p)).collect::<Vec<_>>()))).collect();
-                handles
-                    .into_iter()
-                    .flat_map(|(c, h)| h.join().unwrap_or_else(|_| c.iter().map(|p| Err(RootError::Io { path: p.path.clone(), source: io::Error::other("writer thread panicked") })).collect()))
-                    .collect()
+                let handles: Vec<_> = pending.chunks(chunk).map(|c| s.spawn(move || write_chunk(c))).collect();
+                handles.into_iter().flat_map(|h| h.join().expect("BUG: a writer's panic is caught inside it")).collect()
             })
         };
         // Durability: one write-back of the file system for a big batch, else per file.

@@ -55,9 +55,9 @@ pub struct Versions {
     count: u64,
     bytes: u64,
     cap: u64,
-    oldest: Option<i64>,
-    /// When the oldest kept version passes `max_age` (ns since the epoch).
-    expires_at_ns: Option<i64>,
+    /// When the oldest kept version was kept (ns since the epoch): the status shows it, and
+    /// it passes `max_age` first.
+    oldest_ns: Option<i64>,
     stopped: Option<String>,
 }
 
@@ -89,11 +89,11 @@ fn record_of(g: &Grave) -> Record {
 impl Versions {
     /// A versions area that keeps nothing, for `reason`.
     pub fn off(settings: VersionSettings, reason: &str) -> Versions {
-        Versions { settings, store: None, disabled: Some(reason.to_owned()), count: 0, bytes: 0, cap: 0, oldest: None, expires_at_ns: None, stopped: None }
+        Versions { settings, store: None, disabled: Some(reason.to_owned()), count: 0, bytes: 0, cap: 0, oldest_ns: None, stopped: None }
     }
 
     pub fn on(settings: VersionSettings, store: Store) -> Versions {
-        Versions { settings, store: Some(Arc::new(store)), disabled: None, count: 0, bytes: 0, cap: 0, oldest: None, expires_at_ns: None, stopped: None }
+        Versions { settings, store: Some(Arc::new(store)), disabled: None, count: 0, bytes: 0, cap: 0, oldest_ns: None, stopped: None }
     }
 
     pub fn summary(&self) -> VersionsSummary {
@@ -103,7 +103,7 @@ impl Versions {
             bytes: self.bytes,
             cap_bytes: self.cap,
             max_age_secs: self.settings.max_age.as_secs(),
-            oldest: self.oldest,
+            oldest: self.oldest_ns.map(|t| t.div_euclid(1_000_000_000)),
             keeping: self.store.is_some() && self.stopped.is_none(),
             stopped: self.disabled.clone().or_else(|| self.stopped.clone()),
         }
@@ -186,7 +186,7 @@ impl Versions {
         let all: Vec<(u64, Record)> = store.all()?.into_iter().filter(|(_, r)| r.settled).collect();
         let used: u64 = all.iter().map(|(_, r)| r.disk_bytes).sum();
         self.check_space(root, used);
-        let too_old = super::scan::now_ns() - self.settings.max_age.as_nanos().min(i64::MAX as u128) as i64;
+        let too_old = super::scan::now_ns() - self.max_age_ns();
         let (mut bytes, mut count) = (used, all.len());
         let mut gone = Vec::new();
         for (id, r) in &all {
@@ -203,10 +203,12 @@ impl Versions {
         self.count = count as u64;
         self.bytes = bytes;
         let gone_set: std::collections::HashSet<u64> = gone.iter().copied().collect();
-        self.oldest = all.iter().find(|(id, _)| !gone_set.contains(id)).map(|(_, r)| r.kept_at_ns.div_euclid(1_000_000_000));
-        let max_age = self.settings.max_age.as_nanos().min(i64::MAX as u128) as i64;
-        self.expires_at_ns = all.iter().filter(|(id, _)| !gone_set.contains(id)).map(|(_, r)| r.kept_at_ns.saturating_add(max_age)).min();
+        self.oldest_ns = all.iter().filter(|(id, _)| !gone_set.contains(id)).map(|(_, r)| r.kept_at_ns).min();
         Ok(())
+    }
+
+    fn max_age_ns(&self) -> i64 {
+        self.settings.max_age.as_nanos().min(i64::MAX as u128) as i64
     }
 
     /// The cap (when it is a share of the free space) and whether new versions may be kept,
@@ -224,7 +226,7 @@ impl Versions {
     /// (the cap may be a share of it) or [`STOPPED_RECHECK`] while none may be kept.
     pub fn next_check(&self, checked: std::time::Instant) -> Option<std::time::Instant> {
         let space = if self.stopped.is_some() { Some(checked + STOPPED_RECHECK) } else { (self.count > 0).then(|| checked + SPACE_RECHECK) };
-        let expiry = self.expires_at_ns.map(|at| {
+        let expiry = self.oldest_ns.map(|kept| kept.saturating_add(self.max_age_ns())).map(|at| {
             // A second late, so that the version is past its age when retention runs.
             let wait = u64::try_from(at.saturating_add(1_000_000_000).saturating_sub(super::scan::now_ns())).unwrap_or(0);
             std::time::Instant::now() + std::time::Duration::from_nanos(wait)
