@@ -254,8 +254,33 @@ async fn file(State(app): State<AppState>, Extension(peer): Extension<PeerName>,
     let f = app.root.open_read(&path).map_err(|_| (StatusCode::CONFLICT, CONTENT_CHANGED.to_owned()))?;
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     app.status.lock().expect("BUG: poisoned").counters.bytes_sent += len;
-    let stream = tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(f), 1 << 20);
-    Response::builder().header("content-type", "application/octet-stream").header("content-length", len).body(Body::from_stream(stream)).map_err(internal)
+    Response::builder().header("content-type", "application/octet-stream").header("content-length", len).body(Body::from_stream(read_chunks(f, len))).map_err(internal)
+}
+
+/// What a file is served in: 1 MiB read on a blocking thread straight into the buffer that
+/// goes out (a `tokio::fs::File` reads into its own buffer and copies from there). At most
+/// `len` bytes; a file that shrinks meanwhile ends short, and the asker's hash check
+/// refuses it.
+fn read_chunks(f: std::fs::File, len: u64) -> impl futures::Stream<Item = std::io::Result<Bytes>> {
+    const CHUNK: u64 = 1 << 20;
+    futures::stream::try_unfold((f, len), |(f, left)| async move {
+        if left == 0 {
+            return Ok(None);
+        }
+        let n = left.min(CHUNK);
+        let (f, buf) = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            let mut buf = Vec::with_capacity(n as usize);
+            std::io::Read::read_to_end(&mut std::io::Read::take(&f, n), &mut buf)?;
+            Ok((f, buf))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let left = left - buf.len() as u64;
+        Ok(Some((Bytes::from(buf), (f, left))))
+    })
 }
 
 async fn delta(State(app): State<AppState>, Extension(peer): Extension<PeerName>, Query(q): Query<ContentQuery>, body: Bytes) -> HttpResult<Response> {

@@ -13,10 +13,10 @@
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
-use tokio::io::AsyncWriteExt;
 
 use std::fs::File;
 
+use super::root::sink::{AsyncWriter, Writer};
 use super::root::{RootError, SyncRoot, TempFile};
 use crate::protocol::wire::ChangesResponse;
 use crate::protocol::{Entry, RelPath};
@@ -25,10 +25,6 @@ use crate::protocol::{Entry, RelPath};
 pub const INLINE_MAX: u64 = 128 * 1024;
 /// Inline content per page is capped so one page stays small.
 pub const INLINE_BUDGET: u64 = 32 * 1024 * 1024;
-/// A file being fetched is handed to write-back every this many bytes.
-const WRITEBACK_STEP: u64 = 16 * 1024 * 1024;
-/// What a fetched file's content is gathered into before it is written.
-const WRITE_BUFFER: usize = 1 << 20;
 /// Below this size a delta is not worth its round trip.
 pub const DELTA_MIN: u64 = 1024 * 1024;
 /// Entries per page of changes (the server's page size; a page with more is refused).
@@ -113,40 +109,23 @@ pub async fn fetch(client: &reqwest::Client, addr: &str, root: &SyncRoot, entry:
         bail!("{addr} offered {n} bytes for {} where its entry announced {}; refused", entry.path, entry.size);
     }
     let tmp = root.create_temp(dest)?;
-    // HTTP/2 hands the body over in frames of 16 KiB: written one by one, each would be a
-    // round trip to the blocking pool; 1 MiB at a time is 64 times fewer.
-    let mut f = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(tmp.file.try_clone().map_err(|e| RootError::io(dest, e))?));
-    let mut hasher = blake3::Hasher::new();
+    // Hashed and written a buffer at a time on a blocking thread while the next one fills;
+    // a large file goes past the page cache (`root::sink`).
+    let mut w = AsyncWriter::new(&tmp, entry.size).map_err(|e| disk_error(dest, e))?;
     let mut n = 0u64;
-    let mut flushed = 0u64;
     let mut body = resp.bytes_stream();
-    let res: anyhow::Result<()> = async {
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.with_context(|| format!("transfer from {addr} broke off"))?;
-            n += chunk.len() as u64;
-            if n > entry.size {
-                bail!("{addr} sent more than the {} bytes its entry for {} announced; refused (stopped reading)", entry.size, entry.path);
-            }
-            hasher.update(&chunk);
-            f.write_all(&chunk).await.map_err(|e| disk_error(dest, e))?;
-            // A large file starts going to disk while the rest is still on the wire, so the
-            // fsync before it is installed has little left to write (POSIX_FADV_DONTNEED
-            // starts write-back of the range without waiting for it).
-            if n - flushed >= WRITEBACK_STEP {
-                f.flush().await.map_err(|e| disk_error(dest, e))?;
-                let _ = rustix::fs::fadvise(&tmp.file, flushed, std::num::NonZeroU64::new(n - flushed), rustix::fs::Advice::DontNeed);
-                flushed = n;
-            }
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.with_context(|| format!("transfer from {addr} broke off"))?;
+        n += chunk.len() as u64;
+        if n > entry.size {
+            bail!("{addr} sent more than the {} bytes its entry for {} announced; refused (stopped reading)", entry.size, entry.path);
         }
-        f.flush().await.map_err(|e| disk_error(dest, e))?;
-        if *hasher.finalize().as_bytes() != entry.hash {
-            bail!("content from {addr} does not match the announced hash (changed while sending); will retry");
-        }
-        Ok(())
+        w.push(&chunk).await.map_err(|e| disk_error(dest, e))?;
     }
-    .await;
-    res?;
-    drop(f);
+    let written = w.finish().await.map_err(|e| disk_error(dest, e))?;
+    if written.hash != entry.hash {
+        bail!("content from {addr} does not match the announced hash (changed while sending); will retry");
+    }
     Ok(Fetched { tmp, wire_bytes: n, delta: false })
 }
 
@@ -186,8 +165,9 @@ async fn fetch_delta(client: &reqwest::Client, addr: &str, root: &SyncRoot, entr
         Ok(out)
     })
     .await??;
-    let mut tmp = root.create_temp(dest)?;
-    std::io::Write::write_all(&mut tmp.file, &out).map_err(|e| disk_error(dest, e))?;
+    let tmp = root.create_temp(dest)?;
+    let mut w = Writer::new(&tmp, out.len() as u64).map_err(|e| disk_error(dest, e))?;
+    w.push(&out).and_then(|_| w.finish()).map_err(|e| disk_error(dest, e))?;
     Ok(Fetched { tmp, wire_bytes: wire, delta: true })
 }
 
@@ -306,14 +286,13 @@ async fn fetch_blocks(client: &reqwest::Client, addr: &str, root: &SyncRoot, ent
     if diff.len != entry.size {
         bail!("block answer rebuilds {} bytes where the entry announced {}", diff.len, entry.size);
     }
-    let mut tmp = root.create_temp(dest)?;
+    let tmp = root.create_temp(dest)?;
     let (root2, base2, expected, path) = (root.clone(), base.clone(), entry.hash, dest.clone());
     tokio::task::spawn_blocking(move || -> anyhow::Result<Fetched> {
         let mut src = root2.open_read(&base2)?;
         let mut buf = vec![0u8; block as usize];
         let mut changed = diff.blocks.into_iter().peekable();
-        let mut hasher = blake3::Hasher::new();
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, &mut tmp.file);
+        let mut out = Writer::new(&tmp, diff.len).map_err(|e| disk_error(&path, e))?;
         let mut written = 0u64;
         let mut i = 0u32;
         while written < diff.len {
@@ -325,14 +304,12 @@ async fn fetch_blocks(client: &reqwest::Client, addr: &str, root: &SyncRoot, ent
             if piece.is_empty() {
                 bail!("block answer ends before the announced length");
             }
-            hasher.update(piece);
-            std::io::Write::write_all(&mut out, piece).map_err(|e| disk_error(&path, e))?;
+            out.push(piece).map_err(|e| disk_error(&path, e))?;
             written += piece.len() as u64;
             i += 1;
         }
-        std::io::Write::flush(&mut out).map_err(|e| disk_error(&path, e))?;
-        drop(out);
-        if written != diff.len || *hasher.finalize().as_bytes() != expected {
+        let done = out.finish().map_err(|e| disk_error(&path, e))?;
+        if written != diff.len || done.hash != expected {
             bail!("rebuilt file does not match the announced hash");
         }
         Ok(Fetched { tmp, wire_bytes: wire, delta: true })

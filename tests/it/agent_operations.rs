@@ -24,15 +24,27 @@ impl Drop for Mount {
 
 #[test]
 fn disk_full_on_receiver_is_reported_retried_and_nothing_is_lost() {
+    // A 1.5 MB file (written through the page cache) into a 4 MiB tmpfs.
+    disk_full_case(4, 1_500_000);
+}
+
+/// The same with a file large enough to be written past the page cache (`O_DIRECT`, which
+/// tmpfs takes since Linux 6.6; refused, it falls back to the page cache).
+#[test]
+fn disk_full_on_receiver_for_a_large_file_is_reported_retried_and_nothing_is_lost() {
+    disk_full_case(16, 9_500_000);
+}
+
+fn disk_full_case(fs_mib: usize, len: u32) {
     let mut c = Cluster::new(2, Options { delay: 0, extra: "excludes = [\"filler.bin\"]".into() });
-    // Node 2's sync root is a 4 MiB tmpfs, mostly taken by a local file that is not synced.
-    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(c.root(1)).status().unwrap();
+    // Node 2's sync root is a small tmpfs, mostly taken by a local file that is not synced.
+    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={fs_mib}m"), "tmpfs"]).arg(c.root(1)).status().unwrap();
     assert!(ok.success(), "this test needs root to mount a small tmpfs");
     let _m = Mount(c.root(1).to_owned());
-    std::fs::write(c.nodes[1].path("filler.bin"), vec![0u8; 3 * 1024 * 1024 + 512 * 1024]).unwrap();
+    std::fs::write(c.nodes[1].path("filler.bin"), vec![0u8; (fs_mib - 1) * 1024 * 1024 + 512 * 1024]).unwrap();
     c.start_all();
 
-    let photo: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
+    let photo: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
     write(&c.nodes[0].path("photo.bin"), &photo);
     until("node2 to report disk full", T, || {
         let s = c.nodes[1].status_file();

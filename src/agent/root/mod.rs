@@ -22,6 +22,7 @@ mod beneath;
 pub mod durable;
 mod graveyard;
 mod ops;
+pub mod sink;
 mod temp;
 pub mod walk;
 
