@@ -38,6 +38,7 @@ traffic) and says so in the results.
 """
 
 import argparse
+import atexit
 import fcntl
 import hashlib
 import json
@@ -958,6 +959,9 @@ def w_large(c, data):
 
 def w_initial(c, tmpl):
     copy_tree(tmpl, c.roots[0])
+    # The tree was there before the system started (as on a real node), not still dirty in
+    # the page cache for whichever system syncs the file system first.
+    os.sync()
     expect = tree_sig(c.roots[0])
     c.prepare()
     b0, t0 = WIRE.read(), time.perf_counter()
@@ -1199,7 +1203,9 @@ class Report:
             m = self.data["machine"]
             f.write(f"# Benchmark {self.data['date']}\n\n"
                     f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem']}, {m['os']}, kernel {m['kernel']}; see machine.txt. "
-                    f"Repetitions: {self.data['reps']} per system, alternating. Bytes on the wire: {self.data['wire']}.\n")
+                    f"Repetitions: {self.data['reps']} per system, alternating. Scratch file system: "
+                    f"{'a fresh journaled ext4 image on a loop device' if self.data.get('scratch') == 'image' else 'the folder as it is'}. "
+                    f"Bytes on the wire: {self.data['wire']}.\n")
             run = self.data.get("run")
             if run:
                 ls = run["load_1min_at_repetition_starts"]
@@ -1292,6 +1298,9 @@ class Runner:
 
     def rep(self, system, workload, rep, n, delay, fn, cls_system=None):
         """One repetition: a fresh cluster, fn(cluster), stop, remove (kept on failure)."""
+        # No repetition pays for the write-back of the one before (a system that never syncs
+        # leaves its data dirty; the next one to sync the file system would write it).
+        os.sync()
         c = make_cluster(cls_system or system, n, delay, f"{workload}-{system}-n{n}-d{delay}-r{rep}")
         try:
             v = fn(c)
@@ -1328,6 +1337,44 @@ class Runner:
         return samples, failures
 
 
+def mount_scratch(work, gib=24):
+    """Mounts a fresh ext4 (with its journal) on `work` for this run, removed at exit.
+
+    The file system a run would otherwise use may be anything: this machine's root is ext4
+    without a journal, where every new inode skips the inodes freed in the last 60-360 s
+    (`recently_deleted`), so a repetition that follows another's clean-up spent seconds of
+    CPU finding free inodes (perf: `find_inode_bit`, `recently_deleted`), more for whichever
+    system created files first. A fresh file system per run, journaled as servers are,
+    makes repetitions comparable."""
+    img = work.rstrip("/") + ".img"
+    subprocess.run(["umount", "-q", work], stderr=subprocess.DEVNULL)
+    detach_loops(img)
+    if os.path.exists(img):
+        os.remove(img)
+    with open(img, "wb") as f:
+        f.truncate(gib << 30)
+    # Inode tables and journal written now, not by a kernel thread during the measurements.
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", img], check=True)
+    dev = subprocess.run(["losetup", "--direct-io=on", "--find", "--show", img], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    subprocess.run(["mount", dev, work], check=True)
+
+    def unmount():
+        subprocess.run(["umount", "-q", work], stderr=subprocess.DEVNULL)
+        detach_loops(img)
+        try:
+            os.remove(img)
+        except OSError:
+            pass
+    atexit.register(unmount)
+
+
+def detach_loops(img):
+    out = subprocess.run(["losetup", "-j", img], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        subprocess.run(["losetup", "-d", line.split(":")[0]], stderr=subprocess.DEVNULL)
+
+
 def loadavg():
     """The 1-minute load average: how busy the (shared) machine was when a repetition started."""
     try:
@@ -1362,6 +1409,10 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", time.strftime("%Y-%m-%d")))
     ap.add_argument("--wait", action="store_true", help="if another run is in progress, wait for it instead of exiting")
     ap.add_argument("--work", default=WORK, help="scratch folder for the nodes' trees (default %(default)s)")
+    ap.add_argument("--scratch", choices=["image", "dir"], default="image",
+                    help="image (default): WORK is a fresh ext4 file system with a journal (mkfs defaults, as on a "
+                         "Debian server) in a sparse image on a loop device with direct I/O, made for this run; "
+                         "dir: WORK is a folder of whatever file system holds it")
     a = ap.parse_args()
     global NO_FLOORS
     NO_FLOORS = a.no_floors
@@ -1370,6 +1421,8 @@ def main():
         sys.exit("bench/run.py: run as root (rsync daemons as on the PaaS nodes; iptables byte counters)")
     lock_run(a.wait)
     os.makedirs(WORK, exist_ok=True)
+    if a.scratch == "image":
+        mount_scratch(WORK)
     for r in reap_leftovers():
         print(f"bench/run.py: stopped a leftover of an earlier, killed run: {r}", flush=True)
     held = listeners()
@@ -1411,7 +1464,7 @@ def main():
     os.makedirs(WORK, exist_ok=True)
     LOG = open(os.path.join(a.out, "run.log"), "a")
     WIRE = Wire()
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "argv": sys.argv[1:], "quick": q, "reps": reps, "systems": systems,
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "argv": sys.argv[1:], "scratch": a.scratch, "quick": q, "reps": reps, "systems": systems,
             "wire": WIRE.description, "wire_method": WIRE.method}
     meta["machine"] = machine(WIRE.description)
     meta["machine"]["load average at start"] = open("/proc/loadavg").read().strip()
