@@ -138,7 +138,7 @@ impl Agent {
         self.report.record(&self.index, None, &out.changes);
         self.index.commit(out.changes)?;
         if n >= super::memory::BURST {
-            super::memory::give_back();
+            self.trim_soon();
         }
         let mut st = self.status.lock().expect("BUG: poisoned");
         st.counters.batches += 1;

@@ -145,6 +145,8 @@ struct Agent {
     status_written: Option<String>,
     /// Peer tasks and the link changed the status: refresh it by then (debounced).
     status_due: Option<Instant>,
+    /// When to give freed memory back (`memory::TRIM_AFTER` after the last burst).
+    trim_due: Option<Instant>,
     /// What peers' changes displaced here, kept for restores.
     versions: versions::Versions,
     /// Peers' deletions waiting for the rest of their batch, or for an operator.
@@ -272,6 +274,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         report: Arc::new(report::Report::new(&s_node_name, excludes_for_report, log_for_report, s_log_dir)),
         status_written: None,
         status_due: None,
+        trim_due: None,
     };
 
     // Temp files left by a crash are garbage (the real names were never touched), except
@@ -340,7 +343,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         // Retries are due only when a fetch slot is free; a finished fetch wakes the loop.
         let retry = if agent.fetch_sem.available_permits() > 0 && agent.link_fetch_sem.available_permits() > 0 { agent.retry_at.values().min().copied() } else { None };
         let recheck = agent.rechecks.values().min().copied();
-        let mut wake = [agent.batcher.deadline(), retry, next_rescan, recheck, agent.root.next_reap(), agent.status_due, agent.holds.next_wake(), agent.versions_recheck()]
+        let mut wake = [agent.batcher.deadline(), retry, next_rescan, recheck, agent.root.next_reap(), agent.status_due, agent.holds.next_wake(), agent.versions_recheck(), agent.trim_due]
             .into_iter()
             .flatten()
             .min()
@@ -365,8 +368,8 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
                 Some(Event::Page { peer, page, done }) => {
                     let big = page.entries.len() >= memory::BURST;
                     let r = agent.process_page(&peer, page);
-                    if big && !page_more_pending(&ev_rx) {
-                        memory::give_back();
+                    if big {
+                        agent.trim_soon();
                     }
                     if let Err(e) = &r {
                         agent.error(format!("applying changes from {peer}: {e:#}"));
@@ -414,6 +417,10 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
             agent.versions_tick();
             agent.versions_checked = Instant::now();
         }
+        if agent.trim_due.is_some_and(|t| t <= Instant::now()) {
+            agent.trim_due = None;
+            memory::give_back();
+        }
         let now = Instant::now();
         let due_rechecks: Vec<RelPath> = agent.rechecks.iter().filter(|(_, t)| **t <= now).map(|(p, _)| p.clone()).collect();
         for p in due_rechecks {
@@ -452,11 +459,12 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
 }
 
 /// Whether another page is already waiting (then the burst is not over).
-fn page_more_pending(rx: &mpsc::Receiver<Event>) -> bool {
-    !rx.is_empty()
-}
-
 impl Agent {
+    /// Gives freed memory back `memory::TRIM_AFTER` after this burst, unless another comes.
+    fn trim_soon(&mut self) {
+        self.trim_due = Some(Instant::now() + memory::TRIM_AFTER);
+    }
+
     fn error(&self, msg: String) {
         self.log.error(&msg);
         self.status.lock().expect("BUG: poisoned").counters.errors += 1;
