@@ -458,7 +458,6 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Whether another page is already waiting (then the burst is not over).
 impl Agent {
     /// Gives freed memory back `memory::TRIM_AFTER` after this burst, unless another comes.
     fn trim_soon(&mut self) {

@@ -155,19 +155,22 @@ async fn fetch_delta(client: &reqwest::Client, addr: &str, root: &SyncRoot, entr
     let delta = read_limited(resp, entry.size + entry.size / 8 + (1 << 20), "rsync delta").await?;
     let wire = sig_len + delta.len() as u64;
     let (expected, size) = (entry.hash, entry.size as usize);
-    let out = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
+    let tmp = root.create_temp(dest)?;
+    let path = dest.clone();
+    // Rebuilt and written on a blocking thread (a large file is written past the page cache,
+    // each write waiting for the disk); the writer's hash is the check.
+    let tmp = tokio::task::spawn_blocking(move || -> anyhow::Result<TempFile> {
         let mut out = Vec::new();
         // Never rebuild more than the announced size.
         fast_rsync::apply_limited(&base_data, &delta, &mut out, size).map_err(|e| anyhow::anyhow!("delta does not apply: {e}"))?;
-        if *blake3::hash(&out).as_bytes() != expected {
+        let mut w = Writer::new(&tmp, out.len() as u64).map_err(|e| disk_error(&path, e))?;
+        w.push(&out).map_err(|e| disk_error(&path, e))?;
+        if w.finish().map_err(|e| disk_error(&path, e))?.hash != expected {
             bail!("delta result does not match the announced hash");
         }
-        Ok(out)
+        Ok(tmp)
     })
     .await??;
-    let tmp = root.create_temp(dest)?;
-    let mut w = Writer::new(&tmp, out.len() as u64).map_err(|e| disk_error(dest, e))?;
-    w.push(&out).and_then(|_| w.finish()).map_err(|e| disk_error(dest, e))?;
     Ok(Fetched { tmp, wire_bytes: wire, delta: true })
 }
 

@@ -230,6 +230,30 @@ fn small_edit_in_a_large_file_travels_as_a_delta() {
     assert_eq!(v["counters"]["delta_transfers"], 1, "{v}");
 }
 
+/// Bytes inserted at the start shift every block: the changed-blocks answer is refused
+/// ("mostly different") and the rsync delta rebuilds the file (12 MiB: written past the page
+/// cache on the receiver).
+#[test]
+fn an_insertion_at_the_start_of_a_large_file_travels_as_an_rsync_delta() {
+    let mut c = Cluster::new(2, Options::default());
+    c.start_all();
+    let mut data: Vec<u8> = (0..12 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    write(&c.nodes[0].path("clip.bin"), &data);
+    let want = blake3::hash(&data).to_hex().to_string();
+    c.converge("large file", T, |t| if t.get("clip.bin").map(|i| i.hash.as_str()) == Some(want.as_str()) { Ok(()) } else { Err("missing".into()) });
+    let before = received_bytes(&c, 1);
+    let mut shifted = b"a header of a few bytes ".to_vec();
+    shifted.append(&mut data);
+    write(&c.nodes[0].path("clip.bin"), &shifted);
+    let want = blake3::hash(&shifted).to_hex().to_string();
+    c.converge("shifted", T, |t| if t.get("clip.bin").map(|i| i.hash.as_str()) == Some(want.as_str()) { Ok(()) } else { Err("old content".into()) });
+    assert!(std::fs::read(c.nodes[1].path("clip.bin")).unwrap() == shifted, "node2's file differs from node1's");
+    let wire = received_bytes(&c, 1) - before;
+    assert!(wire < 2 * 1024 * 1024, "a 24-byte insertion cost {wire} bytes on the wire");
+    let v: serde_json::Value = serde_json::from_str(&c.ctl(1, "status")).unwrap();
+    assert_eq!(v["counters"]["delta_transfers"], 1, "{v}");
+}
+
 #[test]
 fn metrics_and_status_are_served_to_certificate_holders() {
     // min_free_percent 0: on a test disk under 5% free an agent keeps no new versions, by

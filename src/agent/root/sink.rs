@@ -112,9 +112,11 @@ impl Sink {
         }
     }
 
+    /// Writes one chunk at the current offset, then hashes it: a chunk that failed is in
+    /// neither the file's length nor the hash, so writing it again continues correctly.
     fn put(&mut self, c: &Chunk) -> io::Result<()> {
-        let mut data = c.data();
-        self.hasher.update(data);
+        let all = c.data();
+        let mut data = all;
         if self.direct {
             let whole = data.len() / ALIGN * ALIGN;
             if whole > 0 && c.aligned() && self.off % ALIGN as u64 == 0 {
@@ -124,20 +126,23 @@ impl Sink {
                         self.direct_bytes += whole as u64;
                         data = &data[whole..];
                     }
-                    // Refused (or partly written): the same bytes at the same offset through
-                    // the page cache; a real disk error comes back from there.
-                    Err(e) => tracing::debug!(error = %e, "direct write refused; writing through the page cache"),
+                    // Refused by this file system or device (alignment, no O_DIRECT): the
+                    // same bytes at the same offset through the page cache.
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)) => {
+                        tracing::debug!(error = %e, "direct write refused; writing through the page cache");
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             if !data.is_empty() {
                 self.leave_direct();
             }
         }
-        if data.is_empty() {
-            return Ok(());
+        if !data.is_empty() {
+            self.file.write_all_at(data, self.off)?;
+            self.off += data.len() as u64;
         }
-        self.file.write_all_at(data, self.off)?;
-        self.off += data.len() as u64;
+        self.hasher.update(all);
         if self.off - self.flushed >= WRITEBACK_STEP {
             // Starts write-back of the range without waiting for it.
             let _ = rustix::fs::fadvise(&self.file, self.flushed, std::num::NonZeroU64::new(self.off - self.flushed), rustix::fs::Advice::DontNeed);
@@ -150,6 +155,14 @@ impl Sink {
         self.put(last)?;
         self.leave_direct();
         Ok(Written { hash: *self.hasher.finalize().as_bytes(), direct_bytes: self.direct_bytes })
+    }
+}
+
+impl Drop for Sink {
+    /// The flag belongs to the open file the temp file shares: a writer that stopped on an
+    /// error (or whose fetch was dropped) leaves the temp file as it found it.
+    fn drop(&mut self) {
+        self.leave_direct();
     }
 }
 
@@ -227,8 +240,9 @@ impl AsyncWriter {
             let (sink, mut chunk, r) = job.await.map_err(|e| io::Error::other(format!("the writer thread failed: {e}")))?;
             chunk.len = 0;
             self.spare = Some(chunk);
-            self.sink = Some(sink);
+            // After a failed write the writer stays failed: nothing more is written or hashed.
             r?;
+            self.sink = Some(sink);
         }
         self.sink.take().ok_or_else(|| io::Error::other("an earlier write failed"))
     }
