@@ -294,7 +294,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         }
     }
     agent.log.normal(format!("startup scan: {} entries in the index ({} before), {:.0} ms", agent.index.len()?, before, t0.elapsed().as_secs_f64() * 1000.0));
-    memory::give_back();
+    agent.trim_soon();
 
     let app_state = server::AppState {
         index: agent.index.clone(),

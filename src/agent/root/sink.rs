@@ -100,7 +100,7 @@ fn set_direct(f: &File, on: bool) -> io::Result<()> {
 impl Sink {
     fn new(tmp: &TempFile, size: u64) -> io::Result<Sink> {
         let file = tmp.file.try_clone()?;
-        // The flag belongs to the open file, which the temp file shares: `finish` clears it.
+        // The flag belongs to the open file, which the temp file shares: `Drop` clears it.
         let direct = size >= DIRECT_MIN && set_direct(&file, true).is_ok();
         Ok(Sink { file, off: 0, direct, direct_bytes: 0, flushed: 0, hasher: blake3::Hasher::new() })
     }
@@ -143,7 +143,10 @@ impl Sink {
             self.off += data.len() as u64;
         }
         self.hasher.update(all);
-        if self.off - self.flushed >= WRITEBACK_STEP {
+        if self.direct {
+            // Nothing of it is in the page cache to write back.
+            self.flushed = self.off;
+        } else if self.off - self.flushed >= WRITEBACK_STEP {
             // Starts write-back of the range without waiting for it.
             let _ = rustix::fs::fadvise(&self.file, self.flushed, std::num::NonZeroU64::new(self.off - self.flushed), rustix::fs::Advice::DontNeed);
             self.flushed = self.off;
@@ -153,7 +156,7 @@ impl Sink {
 
     fn finish(mut self, last: &Chunk) -> io::Result<Written> {
         self.put(last)?;
-        self.leave_direct();
+        // (`Drop` takes the temp file out of direct mode.)
         Ok(Written { hash: *self.hasher.finalize().as_bytes(), direct_bytes: self.direct_bytes })
     }
 }
