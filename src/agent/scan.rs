@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::exclude::Excludes;
 use super::index::{Index, Stored};
-use super::root::{DiskMeta, RootError, SyncRoot, hash_file};
+use super::root::{DiskMeta, RootError, SyncRoot, hash_files};
 use crate::protocol::{Entry, EntryKind, NodeId, RelPath};
 
 /// A scope to scan: one path, or a whole subtree.
@@ -41,6 +41,15 @@ pub struct Outcome {
     /// Files with more than one name whose content changed: their other names (same
     /// inode) must be scanned too.
     pub linked_inodes: Vec<u64>,
+}
+
+/// A path whose new version is being worked out: its content's hash, link target and
+/// metadata once known (`None`: a file still to hash).
+struct Todo {
+    path: RelPath,
+    m: DiskMeta,
+    known: Option<Stored>,
+    content: Option<([u8; 32], String, DiskMeta)>,
 }
 
 pub struct Scanner<'a> {
@@ -136,6 +145,9 @@ impl Scanner<'_> {
         // Moved files keep their hash: index them by (inode, size, mtime).
         let moved: HashMap<(u64, u64, i64), [u8; 32]> = deleted.iter().filter(|s| s.entry.kind == EntryKind::File).map(|s| ((s.ino, s.entry.size, s.entry.mtime_ns), s.entry.hash)).collect();
 
+        // What can be decided without reading content; the files whose content must be
+        // hashed are hashed together afterwards (on several threads when there is enough).
+        let mut todo: Vec<Todo> = Vec::new();
         for (path, m) in disk {
             let known = self.index.get(&path)?;
             let live = known.as_ref().filter(|k| !k.entry.deleted);
@@ -150,36 +162,44 @@ impl Scanner<'_> {
                 out.unstable.push(path);
                 continue;
             }
-            let (hash, target, meta) = match m.kind {
-                EntryKind::Dir => ([0u8; 32], String::new(), m.clone()),
+            let content = match m.kind {
+                EntryKind::Dir => Some(([0u8; 32], String::new(), m.clone())),
                 EntryKind::Symlink => match self.root.read_link(&path) {
-                    Ok(t) => (*blake3::hash(t.as_bytes()).as_bytes(), t, m.clone()),
+                    Ok(t) => Some((*blake3::hash(t.as_bytes()).as_bytes(), t, m.clone())),
                     Err(e) => {
                         out.errors.push(e.to_string());
                         continue;
                     }
                 },
-                EntryKind::File => {
-                    let reuse = moved
-                        .get(&(m.ino, m.size, m.mtime_ns))
-                        .copied()
-                        .or_else(|| live.filter(|k| k.ino == m.ino && k.entry.size == m.size && k.entry.mtime_ns == m.mtime_ns && k.entry.kind == EntryKind::File).map(|k| k.entry.hash));
-                    match reuse {
-                        Some(h) => (h, String::new(), m.clone()),
-                        None => match hash_file(self.root, &path) {
-                            Ok((h, after)) if after.size == m.size && after.mtime_ns == m.mtime_ns => (h, String::new(), after),
-                            Ok(_) => {
-                                out.unstable.push(path);
-                                continue;
-                            }
-                            Err(RootError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => continue,
-                            Err(e) => {
-                                out.errors.push(e.to_string());
-                                continue;
-                            }
-                        },
+                EntryKind::File => moved
+                    .get(&(m.ino, m.size, m.mtime_ns))
+                    .copied()
+                    .or_else(|| live.filter(|k| k.ino == m.ino && k.entry.size == m.size && k.entry.mtime_ns == m.mtime_ns && k.entry.kind == EntryKind::File).map(|k| k.entry.hash))
+                    .map(|h| (h, String::new(), m.clone())),
+            };
+            todo.push(Todo { path, m, known, content });
+        }
+        let hashed = {
+            let files: Vec<(&RelPath, u64)> = todo.iter().filter(|t| t.content.is_none()).map(|t| (&t.path, t.m.size)).collect();
+            hash_files(self.root, &files)
+        };
+        let mut hashed = hashed.into_iter();
+        for Todo { path, m, known, content } in todo {
+            let live = known.as_ref().filter(|k| !k.entry.deleted);
+            let (hash, target, meta) = match content {
+                Some(c) => c,
+                None => match hashed.next().expect("BUG: one result per file to hash") {
+                    Ok((h, after)) if after.size == m.size && after.mtime_ns == m.mtime_ns => (h, String::new(), after),
+                    Ok(_) => {
+                        out.unstable.push(path);
+                        continue;
                     }
-                }
+                    Err(RootError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        out.errors.push(e.to_string());
+                        continue;
+                    }
+                },
             };
             if let Some(k) = live {
                 let e = &k.entry;

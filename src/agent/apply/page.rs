@@ -4,7 +4,7 @@
 //! (parents first, inline content as one durable batch, deletions last, renames matched by
 //! content) and recorded with its needs and the peer's progress in one transaction.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Instant;
 
 use super::decide::{Decision, decide};
@@ -47,14 +47,30 @@ impl Agent {
         let t0 = Instant::now();
         let blobs: HashMap<[u8; 32], Vec<u8>> = page.blobs.into_iter().map(|b| (b.hash, b.data)).collect();
         let entries: Vec<Entry> = page.entries.into_iter().map(|(_, e)| e).filter(|e| !self.excludes.is_excluded(&e.path)).collect();
-        let paths: Vec<RelPath> = entries.iter().map(|e| e.path.clone()).collect();
-        self.prescan(&paths)?;
-        let mut items = Vec::with_capacity(entries.len());
-        let mut batch = Batch::default();
+        // A version this node has already (equal to or older than its own) with nothing
+        // pending for its path changes nothing, whatever the disk holds (a local change not
+        // scanned yet only makes the local version newer): skipped before any disk work. These
+        // are a mesh's relays, and every node's own changes coming back from its peers.
+        let mut news = Vec::with_capacity(entries.len());
         for r in entries {
             let local = self.index.get(&r.path)?;
-            let disk = self.root.stat(&r.path).ok().flatten();
-            if let Some(n) = self.index.get_need(&r.path)?
+            let need = self.index.get_need(&r.path)?;
+            if need.is_none() && local.as_ref().is_some_and(|l| matches!(r.version.compare(&l.entry.version), VersionOrdering::Equal | VersionOrdering::Older)) {
+                continue;
+            }
+            news.push((r, local, need));
+        }
+        let paths: Vec<RelPath> = news.iter().map(|(r, _, _)| r.path.clone()).collect();
+        // What the pre-scan saw on disk, if it scanned nothing (else everything is read again).
+        let mut seen = self.prescan(&paths)?;
+        let mut items = Vec::with_capacity(news.len());
+        let mut batch = Batch::default();
+        for (r, local, need) in news {
+            let (local, need, disk) = match seen.as_mut().and_then(|m| m.remove(&r.path)) {
+                Some(disk) => (local, need, disk),
+                None => (self.index.get(&r.path)?, self.index.get_need(&r.path)?, self.root.stat(&r.path).ok().flatten()),
+            };
+            if let Some(n) = need
                 && !n.force
                 && (matches!(r.version.compare(&n.entry.version), VersionOrdering::Newer | VersionOrdering::Equal) || n.copy_of.is_some())
             {
@@ -245,16 +261,18 @@ impl Agent {
     }
 
     /// Scans the local changes of `paths` that the index does not know yet (pending in the
-    /// batcher, or on disk but not recorded), so decisions see them.
-    pub(in crate::agent) fn prescan(&mut self, paths: &[RelPath]) -> anyhow::Result<()> {
+    /// batcher, or on disk but not recorded), so decisions see them. Returns what it found on
+    /// disk for each path if it scanned nothing (a scan may change other paths' entries too).
+    pub(in crate::agent) fn prescan(&mut self, paths: &[RelPath]) -> anyhow::Result<Option<HashMap<RelPath, Option<DiskMeta>>>> {
         let mut targets = Vec::new();
-        let mut seen = HashSet::new();
+        let mut seen = HashMap::with_capacity(paths.len());
         for p in paths {
-            if !seen.insert(p.clone()) {
+            if seen.contains_key(p) {
                 continue;
             }
             if let Some(t) = self.batcher.take_path(p) {
                 targets.push(t);
+                seen.insert(p.clone(), None);
                 continue;
             }
             let stored = self.index.get(p)?;
@@ -262,10 +280,12 @@ impl Agent {
             if !self.disk_matches(stored.as_ref(), disk.as_ref()) {
                 targets.push(Target::Path { path: p.clone(), recursive: false });
             }
+            seen.insert(p.clone(), disk);
         }
-        if !targets.is_empty() {
-            self.local_batch(targets, "before applying peer changes")?;
+        if targets.is_empty() {
+            return Ok(Some(seen));
         }
-        Ok(())
+        self.local_batch(targets, "before applying peer changes")?;
+        Ok(None)
     }
 }

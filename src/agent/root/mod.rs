@@ -21,12 +21,14 @@
 mod beneath;
 pub mod durable;
 mod graveyard;
+mod hash;
 mod ops;
 pub mod sink;
 mod temp;
 pub mod walk;
 
 pub use self::graveyard::{Cause, GRACE, Grave};
+pub use self::hash::{hash_file, hash_files};
 pub use self::temp::TempFile;
 
 use std::fs::File;
@@ -338,17 +340,6 @@ fn times(mtime_ns: i64) -> Timestamps {
 
 pub fn to_systime(mtime_ns: i64) -> SystemTime {
     if mtime_ns >= 0 { UNIX_EPOCH + Duration::from_nanos(mtime_ns as u64) } else { UNIX_EPOCH - Duration::from_nanos(mtime_ns.unsigned_abs()) }
-}
-
-/// BLAKE3 of a file's content, read through `open_read`; also returns the metadata seen
-/// after hashing so callers can tell whether the file changed while it was being read.
-pub fn hash_file(root: &SyncRoot, p: &RelPath) -> Result<([u8; 32], DiskMeta), RootError> {
-    let mut f = root.open_read(p)?;
-    let mut h = blake3::Hasher::new();
-    h.update_reader(&mut f).map_err(|e| RootError::io(p, e))?;
-    let st = rustix::fs::fstat(&f).map_err(|e| RootError::io(p, err(e)))?;
-    let meta = DiskMeta::from_stat(&st).ok_or_else(|| RootError::Io { path: p.clone(), source: io::Error::other("not a regular file") })?;
-    Ok((*h.finalize().as_bytes(), meta))
 }
 
 #[cfg(test)]

@@ -1,0 +1,165 @@
+//! Hashing content in the sync folder with BLAKE3, on as many threads as the work and the
+//! machine allow.
+//!
+//! A start-up scan of a new folder hashes every file before the node can serve anything, and a
+//! large upload is hashed before it is announced: both used one core while the others waited.
+//! A list of files is shared out to up to [`THREADS`] threads (each takes the next file when it
+//! is done), and a file of [`SPLIT_MIN`] or more is hashed as the two halves of BLAKE3's tree
+//! (the left subtree is the largest power-of-two number of chunks below the length, see
+//! `blake3::hazmat`), each on its own thread, joined by one parent node. Small work stays on the
+//! caller's thread: a thread costs more than hashing a few kilobytes.
+
+use std::os::unix::fs::FileExt;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::beneath::err;
+use super::{DiskMeta, RootError, SyncRoot};
+use crate::protocol::RelPath;
+
+/// At most this many hashing threads, whatever the machine has.
+const THREADS: usize = 4;
+/// A list is hashed in parallel only when it holds at least this many bytes.
+const PARALLEL_MIN: u64 = 4 << 20;
+/// A file of this size or more is hashed in two halves at once.
+pub const SPLIT_MIN: u64 = 16 << 20;
+const BUF: usize = 1 << 20;
+
+/// Threads worth using: the machine's (cgroup-aware) parallelism, read once, at most `THREADS`.
+fn threads() -> usize {
+    static N: OnceLock<usize> = OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(THREADS))
+}
+
+/// BLAKE3 of a file's content, read through `open_read`; also returns the metadata seen
+/// after hashing so callers can tell whether the file changed while it was being read.
+pub fn hash_file(root: &SyncRoot, p: &RelPath) -> Result<([u8; 32], DiskMeta), RootError> {
+    let f = root.open_read(p)?;
+    let len = rustix::fs::fstat(&f).map_err(|e| RootError::io(p, err(e)))?.st_size as u64;
+    let hash = if len >= SPLIT_MIN && threads() > 1 { split(&f, len) } else { whole(&f) }.map_err(|e| RootError::io(p, e))?;
+    let st = rustix::fs::fstat(&f).map_err(|e| RootError::io(p, err(e)))?;
+    let meta = DiskMeta::from_stat(&st).ok_or_else(|| RootError::Io { path: p.clone(), source: std::io::Error::other("not a regular file") })?;
+    Ok((hash, meta))
+}
+
+/// `hash_file` of every `(path, size)`, in the same order, using several threads when the
+/// sizes add up to enough work. A size is only the hint the caller saw; each result carries
+/// the metadata read after hashing.
+pub fn hash_files(root: &SyncRoot, files: &[(&RelPath, u64)]) -> Vec<Result<([u8; 32], DiskMeta), RootError>> {
+    let total: u64 = files.iter().map(|f| f.1).sum();
+    let n = threads().min(files.len());
+    if n < 2 || total < PARALLEL_MIN {
+        return files.iter().map(|(p, _)| hash_file(root, p)).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let mut out: Vec<Option<Result<([u8; 32], DiskMeta), RootError>>> = files.iter().map(|_| None).collect();
+    let done: Vec<Vec<(usize, Result<([u8; 32], DiskMeta), RootError>)>> = std::thread::scope(|s| {
+        let work = || {
+            let mut mine = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((p, _)) = files.get(i) else { return mine };
+                mine.push((i, hash_file(root, p)));
+            }
+        };
+        let handles: Vec<_> = (1..n).map(|_| s.spawn(work)).collect();
+        let mut all = vec![work()];
+        all.extend(handles.into_iter().map(|h| h.join().expect("BUG: hashing does not panic")));
+        all
+    });
+    for (i, r) in done.into_iter().flatten() {
+        out[i] = Some(r);
+    }
+    out.into_iter().map(|r| r.expect("BUG: every file is taken by one thread")).collect()
+}
+
+fn whole(f: &std::fs::File) -> std::io::Result<[u8; 32]> {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(f)?;
+    Ok(*h.finalize().as_bytes())
+}
+
+/// The two top subtrees of a `len`-byte file hashed at once. If the file is shortened while it
+/// is read, the hash covers what was read (the caller's metadata check then sees the change).
+fn split(f: &std::fs::File, len: u64) -> std::io::Result<[u8; 32]> {
+    use blake3::hazmat::{HasherExt, Mode, left_subtree_len, merge_subtrees_root};
+    let left = left_subtree_len(len);
+    let (l, r) = std::thread::scope(|s| {
+        let right = s.spawn(|| {
+            let mut h = blake3::Hasher::new();
+            h.set_input_offset(left);
+            read_range(f, left, len, &mut h).map(|()| h.finalize_non_root())
+        });
+        let mut h = blake3::Hasher::new();
+        let l = read_range(f, 0, left, &mut h).map(|()| h.finalize_non_root());
+        (l, right.join().expect("BUG: hashing does not panic"))
+    });
+    let (l, r) = (l?, r?);
+    Ok(*merge_subtrees_root(&l, &r, Mode::Hash).as_bytes())
+}
+
+/// Feeds bytes `from..to` of `f` to `h` (fewer if the file ends first).
+fn read_range(f: &std::fs::File, from: u64, to: u64, h: &mut blake3::Hasher) -> std::io::Result<()> {
+    let mut buf = vec![0u8; BUF];
+    let mut at = from;
+    while at < to {
+        let want = ((to - at) as usize).min(BUF);
+        let n = match f.read_at(&mut buf[..want], at) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_and_parallel_hashes_equal_the_plain_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = SyncRoot::new(dir.path().to_path_buf());
+        // Around the split threshold and BLAKE3's chunk and power-of-two boundaries.
+        let sizes = [0u64, 1, 1024, 1025, SPLIT_MIN - 1, SPLIT_MIN, SPLIT_MIN + 1, SPLIT_MIN + 1025, 24 << 20, 32 << 20, (32 << 20) + 3];
+        let mut files = Vec::new();
+        let mut seed = 7u64;
+        for (i, len) in sizes.iter().enumerate() {
+            let data: Vec<u8> = (0..*len)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (seed >> 33) as u8
+                })
+                .collect();
+            let name = format!("f{i}");
+            std::fs::write(dir.path().join(&name), &data).unwrap();
+            files.push((RelPath::parse(&name).unwrap(), *len, *blake3::hash(&data).as_bytes()));
+        }
+        for (p, len, want) in &files {
+            let (got, meta) = hash_file(&root, p).unwrap();
+            assert_eq!(&got, want, "hash_file of {len} bytes");
+            assert_eq!(meta.size, *len);
+            let f = root.open_read(p).unwrap();
+            if *len > blake3::CHUNK_LEN as u64 {
+                assert_eq!(&split(&f, *len).unwrap(), want, "split of {len} bytes");
+            }
+        }
+        let list: Vec<(&RelPath, u64)> = files.iter().map(|(p, len, _)| (p, *len)).collect();
+        let all = hash_files(&root, &list);
+        assert_eq!(all.len(), files.len());
+        for ((_, len, want), got) in files.iter().zip(all) {
+            assert_eq!(&got.unwrap().0, want, "hash_files, {len} bytes");
+        }
+        // A missing file is an error in its place, not a panic or a shifted list.
+        let gone = RelPath::parse("gone").unwrap();
+        let mut list = list.clone();
+        list.insert(3, (&gone, 1 << 30));
+        let all = hash_files(&root, &list);
+        assert!(all[3].is_err());
+        assert_eq!(&all[4].as_ref().unwrap().0, &files[3].2);
+    }
+}
