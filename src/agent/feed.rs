@@ -60,8 +60,14 @@ pub(super) async fn changes(State(app): State<AppState>, Extension(peer): Extens
         }
         let paused = app.paused.load(std::sync::atomic::Ordering::SeqCst);
         if !paused {
-            let app2 = app.clone();
-            let page = tokio::task::spawn_blocking(move || build_page(&app2, since)).await.map_err(internal)?.map_err(internal)?;
+            let seq = *rx.borrow();
+            let page = match built(&app, since, seq).await? {
+                Built::Shared(body, bytes) => {
+                    app.status.lock().expect("BUG: poisoned").counters.bytes_sent += bytes;
+                    return Ok(([("content-type", "application/octet-stream")], body).into_response());
+                }
+                Built::Page(page) => page,
+            };
             let now = tokio::time::Instant::now();
             if !page.entries.is_empty() && !page.more && now < deadline && only_relays_it_has(&app, &peer.0, &page) {
                 let until = *hold_until.get_or_insert((now + RELAY_HOLD).min(deadline));
@@ -95,6 +101,72 @@ pub(super) async fn changes(State(app): State<AppState>, Extension(peer): Extens
             },
         }
     }
+}
+
+/// A page for an asker this far behind (in sequence numbers) is a catch-up page: built under
+/// [`PageCache`]'s lock and kept a moment for the next asker of the same page.
+const SHARE_BACKLOG: u64 = 1000;
+/// How long a built catch-up page is kept for another asker of the same page.
+const SHARE_FOR: Duration = Duration::from_secs(2);
+
+/// The last full catch-up page served, encoded, for a moment. When several peers catch up
+/// from this node at once (a new environment: every other node starts from change 0), each
+/// asks for the same pages at about the same time; each page read and hashed its up to 32 MiB
+/// of inline content again for every asker. Keyed by where the page starts, the index's last
+/// sequence number when it was built (any commit since makes a new page) and whether relayed
+/// content goes inline (the link port's pages differ). A page that is not full is never
+/// shared: those are the live path, and a relay's hold depends on the asker.
+#[derive(Default)]
+pub struct PageCache(tokio::sync::Mutex<Option<SharedPage>>);
+
+pub struct SharedPage {
+    key: (u64, u64, bool),
+    body: Bytes,
+    bytes: u64,
+    built: std::time::Instant,
+}
+
+enum Built {
+    /// An encoded catch-up page and the inline bytes it carries.
+    Shared(Bytes, u64),
+    Page(ChangesResponse),
+}
+
+/// The page after `since`, the index being at `seq`: a catch-up page another asker was just
+/// given, or a new one (kept for the next asker if it is a full catch-up page).
+async fn built(app: &AppState, since: u64, seq: u64) -> HttpResult<Built> {
+    let build = |app: &AppState| {
+        let app = app.clone();
+        async move { tokio::task::spawn_blocking(move || build_page(&app, since)).await.map_err(internal)?.map_err(internal) }
+    };
+    if seq.saturating_sub(since) < SHARE_BACKLOG {
+        return build(app).await.map(Built::Page);
+    }
+    // Held while building: a second asker of the same page waits for it instead of building it too.
+    let mut slot = app.pages.0.lock().await;
+    let key = (since, seq, app.inline_relayed);
+    if let Some(s) = slot.as_ref().filter(|s| s.key == key && s.built.elapsed() < SHARE_FOR) {
+        tracing::debug!(since, seq, "serving a catch-up page built for another asker");
+        return Ok(Built::Shared(s.body.clone(), s.bytes));
+    }
+    let page = build(app).await?;
+    if !page.more {
+        return Ok(Built::Page(page));
+    }
+    let bytes: u64 = page.blobs.iter().map(|b| b.data.len() as u64).sum();
+    let body = Bytes::from(postcard::to_allocvec(&page).map_err(internal)?);
+    let built = std::time::Instant::now();
+    *slot = Some(SharedPage { key, body: body.clone(), bytes, built });
+    // Not kept beyond its moment: an idle agent holds no page.
+    let pages = app.pages.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(SHARE_FOR).await;
+        let mut slot = pages.0.lock().await;
+        if slot.as_ref().is_some_and(|s| s.built == built) {
+            *slot = None;
+        }
+    });
+    Ok(Built::Shared(body, bytes))
 }
 
 /// How long a page holding only relayed versions the asker has itself (see

@@ -310,6 +310,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         access: Some(access.clone()),
         report: agent.report.clone(),
         versions: agent.versions.store.clone(),
+        pages: Default::default(),
     };
     if let (Some(link), Some(listener)) = (agent.link.clone(), link_listener) {
         let link_app = server::link_router(server::AppState { inline_relayed: true, access: None, ..app_state.clone() });

@@ -60,6 +60,8 @@ pub struct AppState {
     pub report: Arc<super::report::Report>,
     /// The versions' records (listed by `GET /v1/versions`); `None` when none are kept.
     pub versions: Option<Arc<super::versions::Store>>,
+    /// The last catch-up page built, shared by peers asking for it at once (`feed`).
+    pub pages: Arc<super::feed::PageCache>,
 }
 
 /// The peer port's routes, each checked against [`Access`].

@@ -406,3 +406,32 @@ fn what_a_paused_node_received_goes_out_as_soon_as_it_resumes() {
     assert_eq!(c.ctl(1, "resume").trim(), "resumed");
     until("node 3 has it soon after the resume", Duration::from_secs(15), || if c.nodes[2].path("while-paused.txt").exists() { Ok(()) } else { Err("missing".into()) });
 }
+
+/// Two peers catching up from one node at once share its catch-up pages (`feed::PageCache`):
+/// whatever page one was given, each ends with every file's own content, also when the
+/// author keeps changing files while they page through (each commit makes a new page).
+#[test]
+fn two_peers_catching_up_at_once_each_get_every_file() {
+    let mut c = Cluster::new(3, Options::default());
+    // More than two full pages (2,000 entries each), present before any agent starts.
+    for i in 0..4500 {
+        write(&c.nodes[0].path(&format!("d{}/f{i}.txt", i % 30)), format!("first {i} {}", "x".repeat(i % 700)).as_bytes());
+    }
+    c.start_all();
+    // Changes while the peers page through: edits of early and late files, new files.
+    for i in (0..4500).step_by(450) {
+        write(&c.nodes[0].path(&format!("d{}/f{i}.txt", i % 30)), format!("second {i}").as_bytes());
+        write(&c.nodes[0].path(&format!("late/g{i}.txt")), format!("late {i}").as_bytes());
+    }
+    let t = c.converge("both peers caught up", Duration::from_secs(90), |t| {
+        let n = t.keys().filter(|k| k.ends_with(".txt")).count();
+        if n == 4510 { Ok(()) } else { Err(format!("{n} files on node1")) }
+    });
+    for i in (0..4500).step_by(450) {
+        for n in 1..3 {
+            assert_eq!(std::fs::read(c.nodes[n].path(&format!("d{}/f{i}.txt", i % 30))).unwrap(), format!("second {i}").as_bytes(), "node {n}, f{i}");
+        }
+    }
+    assert!(t.contains_key("d7/f4477.txt"));
+    assert_eq!(std::fs::read(c.nodes[2].path("d7/f4477.txt")).unwrap(), format!("first 4477 {}", "x".repeat(4477 % 700)).as_bytes());
+}
