@@ -7,7 +7,8 @@
 //! is done), and a file of [`SPLIT_MIN`] or more is hashed as the two halves of BLAKE3's tree
 //! (the left subtree is the largest power-of-two number of chunks below the length, see
 //! `blake3::hazmat`), each on its own thread, joined by one parent node. Small work stays on the
-//! caller's thread: a thread costs more than hashing a few kilobytes.
+//! caller's thread: a thread costs more than hashing a few kilobytes. A node's catch-up pages
+//! read and verify the content they carry inline the same way (`read_verified`).
 
 use std::os::unix::fs::FileExt;
 use std::sync::OnceLock;
@@ -47,30 +48,53 @@ pub fn hash_file(root: &SyncRoot, p: &RelPath) -> Result<([u8; 32], DiskMeta), R
 /// the metadata read after hashing.
 pub fn hash_files(root: &SyncRoot, files: &[(&RelPath, u64)]) -> Vec<Result<([u8; 32], DiskMeta), RootError>> {
     let total: u64 = files.iter().map(|f| f.1).sum();
-    let n = threads().min(files.len());
-    if n < 2 || total < PARALLEL_MIN {
-        return files.iter().map(|(p, _)| hash_file(root, p)).collect();
+    share_out(files, total, |(p, _)| hash_file(root, p))
+}
+
+/// The content of each `(path, size, hash)` if it is a regular file whose content has that
+/// hash now (`None` otherwise: changed since it was indexed, gone, unreadable), in the same
+/// order, read on several threads when the sizes add up to enough work. What a peer is sent
+/// inline is exactly the content its entry names.
+pub fn read_verified(root: &SyncRoot, files: &[(&RelPath, u64, [u8; 32])]) -> Vec<Option<Vec<u8>>> {
+    let total: u64 = files.iter().map(|f| f.1).sum();
+    share_out(files, total, |(p, size, hash)| {
+        let f = root.open_read(p).ok()?;
+        let mut data = Vec::with_capacity(*size as usize);
+        // A byte more than announced is enough to know it changed: a file that grew to
+        // gigabytes since it was indexed is not read into memory.
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, size + 1), &mut data).ok()?;
+        (data.len() as u64 == *size && *blake3::hash(&data).as_bytes() == *hash).then_some(data)
+    })
+}
+
+/// `work` on every item, results in the items' order: on the caller's thread for less than
+/// [`PARALLEL_MIN`] bytes of work, else on up to [`THREADS`] threads that each take the next
+/// item when done with one (sizes vary).
+fn share_out<T: Sync, R: Send>(items: &[T], bytes: u64, work: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let n = threads().min(items.len());
+    if n < 2 || bytes < PARALLEL_MIN {
+        return items.iter().map(work).collect();
     }
     let next = AtomicUsize::new(0);
-    let mut out: Vec<Option<Result<([u8; 32], DiskMeta), RootError>>> = files.iter().map(|_| None).collect();
-    let done: Vec<Vec<(usize, Result<([u8; 32], DiskMeta), RootError>)>> = std::thread::scope(|s| {
-        let work = || {
+    let done: Vec<Vec<(usize, R)>> = std::thread::scope(|s| {
+        let run = || {
             let mut mine = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((p, _)) = files.get(i) else { return mine };
-                mine.push((i, hash_file(root, p)));
+                let Some(item) = items.get(i) else { return mine };
+                mine.push((i, work(item)));
             }
         };
-        let handles: Vec<_> = (1..n).map(|_| s.spawn(work)).collect();
-        let mut all = vec![work()];
-        all.extend(handles.into_iter().map(|h| h.join().expect("BUG: hashing does not panic")));
+        let handles: Vec<_> = (1..n).map(|_| s.spawn(run)).collect();
+        let mut all = vec![run()];
+        all.extend(handles.into_iter().map(|h| h.join().expect("BUG: the work does not panic")));
         all
     });
+    let mut out: Vec<Option<R>> = items.iter().map(|_| None).collect();
     for (i, r) in done.into_iter().flatten() {
         out[i] = Some(r);
     }
-    out.into_iter().map(|r| r.expect("BUG: every file is taken by one thread")).collect()
+    out.into_iter().map(|r| r.expect("BUG: every item is taken by one thread")).collect()
 }
 
 fn whole(f: &std::fs::File) -> std::io::Result<[u8; 32]> {
@@ -161,5 +185,17 @@ mod tests {
         let all = hash_files(&root, &list);
         assert!(all[3].is_err());
         assert_eq!(&all[4].as_ref().unwrap().0, &files[3].2);
+        // Content is returned only where it has the hash it is asked for.
+        let mut asks: Vec<(&RelPath, u64, [u8; 32])> = files.iter().map(|(p, len, h)| (p, *len, *h)).collect();
+        asks[2].2[0] ^= 1;
+        asks.insert(5, (&gone, 1 << 30, [0; 32]));
+        let got = read_verified(&root, &asks);
+        for (i, ((p, len, _), got)) in asks.iter().zip(&got).enumerate() {
+            match (i, got) {
+                (2 | 5, None) => {}
+                (_, Some(d)) => assert_eq!(d, &std::fs::read(dir.path().join(p.as_str())).unwrap(), "{len} bytes"),
+                (_, None) => panic!("{p}: {len} bytes not read"),
+            }
+        }
     }
 }

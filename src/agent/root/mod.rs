@@ -28,7 +28,7 @@ mod temp;
 pub mod walk;
 
 pub use self::graveyard::{Cause, GRACE, Grave};
-pub use self::hash::{hash_file, hash_files};
+pub use self::hash::{hash_file, hash_files, read_verified};
 pub use self::temp::TempFile;
 
 use std::fs::File;
