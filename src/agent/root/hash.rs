@@ -198,4 +198,25 @@ mod tests {
             }
         }
     }
+
+    /// Peak resident memory of this process so far (`VmHWM`), in KiB.
+    fn peak_kib() -> u64 {
+        let s = std::fs::read_to_string("/proc/self/status").unwrap();
+        s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap()
+    }
+
+    #[test]
+    fn a_file_that_grew_since_it_was_indexed_is_not_read_into_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = SyncRoot::new(dir.path().to_path_buf());
+        // Indexed at 10 bytes; the web application then made it 2 GiB (sparse: no disk used).
+        let p = RelPath::parse("grown").unwrap();
+        std::fs::write(dir.path().join("grown"), b"0123456789").unwrap();
+        let hash = *blake3::hash(b"0123456789").as_bytes();
+        std::fs::OpenOptions::new().write(true).open(dir.path().join("grown")).unwrap().set_len(2 << 30).unwrap();
+        let before = peak_kib();
+        assert_eq!(read_verified(&root, &[(&p, 10, hash)]), vec![None]);
+        let grew = peak_kib().saturating_sub(before);
+        assert!(grew < 256 * 1024, "reading a page's content took {grew} KiB more memory");
+    }
 }
