@@ -85,7 +85,8 @@ fn share_out<T: Sync, R: Send>(items: &[T], bytes: u64, work: impl Fn(&T) -> R +
                 mine.push((i, work(item)));
             }
         };
-        let handles: Vec<_> = (1..n).map(|_| s.spawn(run)).collect();
+        // A thread the system refuses (a pids limit) leaves the work to the others.
+        let handles: Vec<_> = (1..n).filter_map(|_| std::thread::Builder::new().spawn_scoped(s, run).ok()).collect();
         let mut all = vec![run()];
         all.extend(handles.into_iter().map(|h| h.join().expect("BUG: the work does not panic")));
         all
@@ -103,33 +104,41 @@ fn whole(f: &std::fs::File) -> std::io::Result<[u8; 32]> {
     Ok(*h.finalize().as_bytes())
 }
 
-/// The two top subtrees of a `len`-byte file hashed at once. If the file is shortened while it
-/// is read, the hash covers what was read (the caller's metadata check then sees the change).
+/// The two top subtrees of a `len`-byte file hashed at once. A file shorter than `len` by the
+/// time it is read (cut by a writer after it was looked at) is hashed whole as it is then, and
+/// so is any file when no second thread can be had: the caller's metadata check after hashing
+/// sees such a change (BLAKE3 refuses an empty subtree, so a half that read nothing must never
+/// be finished as one).
 fn split(f: &std::fs::File, len: u64) -> std::io::Result<[u8; 32]> {
     use blake3::hazmat::{HasherExt, Mode, left_subtree_len, merge_subtrees_root};
     let left = left_subtree_len(len);
-    let (l, r) = std::thread::scope(|s| {
-        let right = s.spawn(|| {
-            let mut h = blake3::Hasher::new();
-            h.set_input_offset(left);
-            read_range(f, left, len, &mut h).map(|()| h.finalize_non_root())
-        });
+    let halves = std::thread::scope(|s| {
+        let right = std::thread::Builder::new()
+            .spawn_scoped(s, || {
+                let mut h = blake3::Hasher::new();
+                h.set_input_offset(left);
+                read_range(f, left, len, &mut h).map(|n| (n, h))
+            })
+            .ok()?;
         let mut h = blake3::Hasher::new();
-        let l = read_range(f, 0, left, &mut h).map(|()| h.finalize_non_root());
-        (l, right.join().expect("BUG: hashing does not panic"))
+        let l = read_range(f, 0, left, &mut h).map(|n| (n, h));
+        Some((l, right.join().ok()?))
     });
-    let (l, r) = (l?, r?);
-    Ok(*merge_subtrees_root(&l, &r, Mode::Hash).as_bytes())
+    match halves {
+        Some((Ok((nl, l)), Ok((nr, r)))) if nl == left && nr == len - left => Ok(*merge_subtrees_root(&l.finalize_non_root(), &r.finalize_non_root(), Mode::Hash).as_bytes()),
+        Some((Err(e), _) | (_, Err(e))) => Err(e),
+        _ => whole(f),
+    }
 }
 
-/// Feeds bytes `from..to` of `f` to `h` (fewer if the file ends first).
-fn read_range(f: &std::fs::File, from: u64, to: u64, h: &mut blake3::Hasher) -> std::io::Result<()> {
+/// Feeds bytes `from..to` of `f` to `h` (fewer if the file ends first); returns how many.
+fn read_range(f: &std::fs::File, from: u64, to: u64, h: &mut blake3::Hasher) -> std::io::Result<u64> {
     let mut buf = vec![0u8; BUF];
     let mut at = from;
     while at < to {
         let want = ((to - at) as usize).min(BUF);
         let n = match f.read_at(&mut buf[..want], at) {
-            Ok(0) => return Ok(()),
+            Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -137,7 +146,7 @@ fn read_range(f: &std::fs::File, from: u64, to: u64, h: &mut blake3::Hasher) -> 
         h.update(&buf[..n]);
         at += n as u64;
     }
-    Ok(())
+    Ok(at - from)
 }
 
 #[cfg(test)]
@@ -197,6 +206,20 @@ mod tests {
                 (_, None) => panic!("{p}: {len} bytes not read"),
             }
         }
+    }
+
+    #[test]
+    fn a_large_file_cut_while_it_is_hashed_is_hashed_as_it_is_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..20u32 << 20).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("cut"), &data).unwrap();
+        let f = std::fs::File::open(dir.path().join("cut")).unwrap();
+        // Looked at when it had 40 MiB, read once it had 20: the right half reads nothing.
+        assert_eq!(split(&f, 40 << 20).unwrap(), *blake3::hash(&data).as_bytes());
+        // Cut to nothing: neither half reads anything.
+        std::fs::write(dir.path().join("empty"), b"").unwrap();
+        let f = std::fs::File::open(dir.path().join("empty")).unwrap();
+        assert_eq!(split(&f, 20 << 20).unwrap(), *blake3::hash(b"").as_bytes());
     }
 
     /// Peak resident memory of this process so far (`VmHWM`), in KiB.
