@@ -96,6 +96,11 @@ impl Batcher {
         self.pending.values().filter(|p| p.writing).count()
     }
 
+    /// Whether the path is queued (its own events, not an ancestor's).
+    pub fn holds(&self, path: &RelPath) -> bool {
+        self.pending.contains_key(path)
+    }
+
     pub fn is_writing(&self, path: &RelPath) -> bool {
         self.pending.get(path).is_some_and(|p| p.writing)
     }

@@ -14,8 +14,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::listener::PeerName;
-use super::server::{AppState, HttpResult, RouteClass, internal};
 use super::root::read_verified;
+use super::server::{AppState, HttpResult, RouteClass, internal};
 use super::transfer::{INLINE_BUDGET, INLINE_MAX, PAGE_ENTRIES};
 use crate::protocol::EntryKind;
 use crate::protocol::wire::{Blob, ChangesQuery, ChangesResponse, PROTOCOL, PROTOCOL_HEADER, same_folder};

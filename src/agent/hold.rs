@@ -370,7 +370,7 @@ impl Agent {
         self.flush_versions();
         let applied = batch.commits.len();
         let queued: Vec<Need> = batch.put_needs.iter().cloned().chain(later).collect();
-        self.report.record_page(&self.index, &name, &batch.commits);
+        self.record_received(&name, &batch.commits, true);
         self.index.apply(batch)?;
         result?;
         if only.is_none() {

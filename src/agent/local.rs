@@ -9,7 +9,7 @@ use super::index::Stored;
 use super::root::DiskMeta;
 use super::scan::{self, Scanner, Target};
 use super::watch::{Hint, HintKind};
-use super::{Agent, NEW_DIR_RECHECK, writers};
+use super::{Agent, NEW_DIR_RECHECKS, echo, writers};
 use crate::protocol::{EntryKind, RelPath};
 
 impl Agent {
@@ -19,7 +19,11 @@ impl Agent {
             Hint::Path(p, k) => {
                 tracing::trace!(path = %p, kind = ?k, "hint");
                 if k == HintKind::Tree {
-                    self.rechecks.insert(p.clone(), now + NEW_DIR_RECHECK);
+                    self.rechecks.insert(p.clone(), (now + NEW_DIR_RECHECKS[0], 1));
+                }
+                if self.is_echo(&p, k, now) {
+                    tracing::trace!(path = %p, "echo of a peer's version: nothing to scan");
+                    return;
                 }
                 self.batcher.add(p, k, now)
             }
@@ -41,6 +45,55 @@ impl Agent {
                 self.batcher.add_root(now);
             }
         }
+    }
+
+    /// Whether a watch event is this agent's own write of a peer's version coming back (see
+    /// `echo`): a path recorded from a peer lately, not queued already, where the disk at and
+    /// below it is exactly what the index holds. Writes in progress never are. A directory
+    /// that is an echo gets the new directory's looks (`NEW_DIR_RECHECKS`).
+    fn is_echo(&mut self, p: &RelPath, k: HintKind, now: Instant) -> bool {
+        if k == HintKind::Writing || self.batcher.holds(p) || !self.echoes.recent(p, now) {
+            return false;
+        }
+        match self.as_indexed(p) {
+            Some(dir) => {
+                if dir {
+                    self.rechecks.entry(p.clone()).or_insert((now + NEW_DIR_RECHECKS[0], 1));
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A new directory's look (`rechecks`) that found it as indexed. Returns the next look,
+    /// if any; anything the index does not explain is queued for a scan.
+    pub(super) fn recheck(&mut self, p: RelPath, next: usize, now: Instant) -> Option<(Instant, usize)> {
+        if self.batcher.holds(&p) || self.as_indexed(&p).is_none() {
+            self.batcher.add(p, HintKind::Tree, now);
+            return None;
+        }
+        NEW_DIR_RECHECKS.get(next).map(|d| (now + *d - NEW_DIR_RECHECKS[next - 1], next + 1))
+    }
+
+    /// Whether the disk at and below `p` is exactly what the index holds there (by the
+    /// scanner's rule, directories also by inode): `Some(whether it is a directory)`. Any
+    /// error reading it, or more than `echo::MAX_TREE` entries, is `None` (scan it).
+    fn as_indexed(&self, p: &RelPath) -> Option<bool> {
+        let known = self.index.under_at_most(p, echo::MAX_TREE).ok()??;
+        let disk = match self.root.stat(p).ok()? {
+            Some(m) if m.kind == EntryKind::Dir => {
+                let w = self.root.walk(Some(p), &|q| self.excludes.is_excluded(q)).ok()?;
+                if !w.errors.is_empty() || !w.unsyncable.is_empty() || !w.incomplete.is_empty() {
+                    return None;
+                }
+                w.items
+            }
+            Some(m) => vec![(p.clone(), m)],
+            None => Vec::new(),
+        };
+        let dir = disk.first().is_some_and(|(_, m)| m.kind == EntryKind::Dir);
+        echo::matches(p, &known, &disk).then_some(dir)
     }
 
     /// Scans the targets and commits what changed as new local versions.

@@ -18,6 +18,7 @@ pub mod admin;
 pub mod apply;
 pub mod batch;
 pub mod config;
+mod echo;
 pub mod enroll;
 pub mod exclude;
 pub mod feed;
@@ -61,7 +62,7 @@ use self::lsyncd_log::LsyncdLog;
 use self::root::SyncRoot;
 use self::scan::Target;
 use self::status::Status;
-use self::watch::{Hint, HintKind, WatchShared};
+use self::watch::{Hint, WatchShared};
 use crate::protocol::RelPath;
 use crate::protocol::wire::ChangesResponse;
 
@@ -105,8 +106,10 @@ const MAX_PARALLEL_FETCHES: usize = 8;
 const MAX_PARALLEL_LINK_FETCHES: usize = 64;
 /// Status changes reported by peer tasks are written at most this often.
 const STATUS_DEBOUNCE: Duration = Duration::from_secs(1);
-/// How long after a directory appeared it is scanned once more (see `Agent::rechecks`).
-const NEW_DIR_RECHECK: Duration = Duration::from_secs(1);
+/// When after a directory appeared it is looked at again (see `Agent::rechecks`): notify
+/// adds a new directory's watch only after it has handed out the events it read with it,
+/// which takes longer on a busy machine.
+const NEW_DIR_RECHECKS: [Duration; 2] = [Duration::from_secs(1), Duration::from_secs(10)];
 
 struct Agent {
     s: Settings,
@@ -122,10 +125,13 @@ struct Agent {
     events: mpsc::Sender<Event>,
     fetching: HashSet<RelPath>,
     retry_at: BTreeMap<RelPath, Instant>,
-    /// New directories to scan once more shortly after they appeared: files created in one
-    /// before the watcher had added its watch give no event, and the first scan may have
-    /// run before they existed (`mkdir -p d && cp many d/`).
-    rechecks: BTreeMap<RelPath, Instant>,
+    /// New directories to look at again after they appeared (when, and which of
+    /// `NEW_DIR_RECHECKS` is next): files created in one before the watcher had added its
+    /// watch give no event, and the first scan may have run before they existed
+    /// (`mkdir -p d && cp many d/`). A look that the index does not explain queues a scan.
+    rechecks: BTreeMap<RelPath, (Instant, usize)>,
+    /// Paths recorded from peers lately, whose watch events may be our own writes.
+    echoes: echo::Echoes,
     fetch_sem: Arc<Semaphore>,
     link_fetch_sem: Arc<Semaphore>,
     allow_empty_root: bool,
@@ -260,6 +266,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         fetching: HashSet::new(),
         retry_at: BTreeMap::new(),
         rechecks: BTreeMap::new(),
+        echoes: Default::default(),
         fetch_sem: Arc::new(Semaphore::new(MAX_PARALLEL_FETCHES)),
         link_fetch_sem: Arc::new(Semaphore::new(MAX_PARALLEL_LINK_FETCHES)),
         allow_empty_root: false,
@@ -343,7 +350,7 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         let now = Instant::now();
         // Retries are due only when a fetch slot is free; a finished fetch wakes the loop.
         let retry = if agent.fetch_sem.available_permits() > 0 && agent.link_fetch_sem.available_permits() > 0 { agent.retry_at.values().min().copied() } else { None };
-        let recheck = agent.rechecks.values().min().copied();
+        let recheck = agent.rechecks.values().map(|(t, _)| *t).min();
         let mut wake = [agent.batcher.deadline(), retry, next_rescan, recheck, agent.root.next_reap(), agent.status_due, agent.holds.next_wake(), agent.versions_recheck(), agent.trim_due]
             .into_iter()
             .flatten()
@@ -420,13 +427,17 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         }
         if agent.trim_due.is_some_and(|t| t <= Instant::now()) {
             agent.trim_due = None;
+            // (the burst's echoes came within milliseconds; its paths need not stay)
+            agent.echoes.clear();
             memory::give_back();
         }
         let now = Instant::now();
-        let due_rechecks: Vec<RelPath> = agent.rechecks.iter().filter(|(_, t)| **t <= now).map(|(p, _)| p.clone()).collect();
-        for p in due_rechecks {
+        let due_rechecks: Vec<(RelPath, usize)> = agent.rechecks.iter().filter(|(_, (t, _))| *t <= now).map(|(p, (_, n))| (p.clone(), *n)).collect();
+        for (p, n) in due_rechecks {
             agent.rechecks.remove(&p);
-            agent.batcher.add(p, HintKind::Tree, now);
+            if let Some(next) = agent.recheck(p.clone(), n, now) {
+                agent.rechecks.insert(p, next);
+            }
         }
         if !agent.paused.load(Ordering::SeqCst) {
             let due = agent.batcher.take_due(Instant::now());

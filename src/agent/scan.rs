@@ -41,6 +41,9 @@ pub struct Outcome {
     /// Files with more than one name whose content changed: their other names (same
     /// inode) must be scanned too.
     pub linked_inodes: Vec<u64>,
+    /// Subtrees that could not be read completely (`None`: the whole root): nothing under
+    /// them is taken for deleted.
+    pub unread: Vec<Option<RelPath>>,
 }
 
 /// A path whose new version is being worked out: its content's hash, link target and
@@ -137,7 +140,11 @@ impl Scanner<'_> {
         }
 
         // Deletions: in scope, live in the index, not on disk; children before parents.
-        let mut deleted: Vec<Stored> = scope.into_values().rev().filter(|s| !s.entry.deleted && !disk.contains_key(&s.entry.path) && !self.excludes.is_excluded(&s.entry.path)).collect();
+        // (never under a directory that could not be read: out of descriptors, say, a
+        // subtree missing from the walk would have been deleted on every node)
+        let unread = |p: &RelPath| out.unread.iter().any(|d| d.as_ref().is_none_or(|d| p.starts_with(d)));
+        let mut deleted: Vec<Stored> =
+            scope.into_values().rev().filter(|s| !s.entry.deleted && !disk.contains_key(&s.entry.path) && !self.excludes.is_excluded(&s.entry.path) && !unread(&s.entry.path)).collect();
         if full_root && self.guard_empty_root && disk.is_empty() && !deleted.is_empty() {
             out.held_deletes = deleted.len();
             deleted.clear();
@@ -151,12 +158,8 @@ impl Scanner<'_> {
         for (path, m) in disk {
             let known = self.index.get(&path)?;
             let live = known.as_ref().filter(|k| !k.entry.deleted);
-            if let Some(k) = live {
-                let e = &k.entry;
-                let same_meta = e.kind == m.kind && e.mode == m.mode && (m.kind == EntryKind::Dir || (e.size == m.size && e.mtime_ns == m.mtime_ns));
-                if same_meta && (m.kind == EntryKind::Dir || k.ino == m.ino) {
-                    continue;
-                }
+            if live.is_some_and(|k| indexed_as(k, &m)) {
+                continue;
             }
             if m.kind == EntryKind::File && (self.held)(&path, &m) {
                 out.unstable.push(path);
@@ -270,9 +273,17 @@ impl Scanner<'_> {
         })?;
         out.dirs_seen += dirs;
         out.errors.extend(w.errors.into_iter().map(|e| format!("scan: {e}")));
+        out.unread.extend(w.incomplete);
         out.unsyncable.extend(w.unsyncable);
         Ok(())
     }
+}
+
+/// The scan's rule for "unchanged since indexed": same kind and permissions, and for files
+/// and symlinks the same size, mtime and inode (a file replaced by another keeps neither).
+pub fn indexed_as(k: &Stored, m: &DiskMeta) -> bool {
+    let e = &k.entry;
+    e.kind == m.kind && e.mode == m.mode && (m.kind == EntryKind::Dir || (e.size == m.size && e.mtime_ns == m.mtime_ns && k.ino == m.ino))
 }
 
 pub fn now_ns() -> i64 {

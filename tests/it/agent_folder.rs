@@ -2,7 +2,7 @@
 //! folders refuse each other; a node whose sync folder changed rebuilds its index instead of
 //! announcing the old folder's files as deleted; a setuid file arrives without its special
 //! bits and owned like its directory; a sync root swapped for a symlink is never written
-//! through.
+//! through; what a scan could not read is not taken for deleted.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
@@ -116,4 +116,38 @@ fn a_sync_root_swapped_for_a_symlink_is_never_written_through() {
     assert!(!outside.join("planted.txt").exists(), "written through the swapped root");
     // Nothing of the outside directory is announced to node1 either.
     assert!(std::fs::read(c.nodes[0].path("passwd")).unwrap() == b"evil");
+}
+
+/// A scan that cannot read part of the tree (here the agent runs out of file descriptors
+/// while it walks 200 directories) must not take what it could not see for deleted: before,
+/// every file under a directory it could not open was announced as deleted, and deleted on
+/// every peer. (The peers' mass-delete hold is off: it would hide what node 1 announced.)
+#[test]
+fn a_subtree_the_scan_cannot_read_is_not_deleted_anywhere() {
+    let mut c = Cluster::new(2, Options { extra: "[mass_delete]\nmax_files = 0\nmax_percent = 0".into(), ..Options::default() });
+    for d in 0..200 {
+        write(&c.nodes[0].path(&format!("d{d}/f.txt")), format!("file {d}").as_bytes());
+    }
+    c.start_all();
+    let count = |c: &Cluster, i: usize| (0..200).filter(|d| c.nodes[i].path(&format!("d{d}/f.txt")).exists()).count();
+    until("node 2 has every file", T, || if count(&c, 1) == 200 { Ok(()) } else { Err(format!("{} files", count(&c, 1))) });
+    let pid = c.nodes[0].child.as_ref().unwrap().id().to_string();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let soft = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().split_whitespace().nth(3).unwrap().to_owned();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    // Room for the command below and a few directories, not for 200 at once.
+    let prlimit = |n: &str| assert!(std::process::Command::new("prlimit").args(["--pid", &pid, &format!("--nofile={n}:")]).status().unwrap().success());
+    prlimit(&(open + 24).to_string());
+    assert_eq!(c.ctl(0, "rescan").trim(), "rescan queued");
+    until("the rescan ran out of descriptors", T, || if c.nodes[0].log().contains("os error 24") { Ok(()) } else { Err("no EMFILE in the log yet".into()) });
+    prlimit(&soft);
+    // A change after the rescan: once node 2 has it, it has everything node 1 announced before.
+    write(&c.nodes[0].path("after.txt"), b"after the rescan");
+    until("after.txt on node 2", T, || if c.nodes[1].path("after.txt").exists() { Ok(()) } else { Err("missing".into()) });
+    assert_eq!((count(&c, 0), count(&c, 1)), (200, 200), "files were deleted:\n{}", c.nodes[1].log());
+    // Node 1's own index still counts them (the status is refreshed within a second).
+    until("node 1's index counts 201 files", T, || {
+        let files = serde_json::from_str::<serde_json::Value>(&c.ctl(0, "status")).unwrap()["files"].as_u64();
+        if files == Some(201) { Ok(()) } else { Err(format!("{files:?} files")) }
+    });
 }

@@ -229,3 +229,44 @@ fn a_directory_moved_while_a_page_is_written_into_it_leaves_no_temp_files() {
     let imgs = t.keys().filter(|k| k.contains("/img")).count();
     assert_eq!(imgs, 900, "every image survives the moves");
 }
+
+/// The uploads folder of a new month appears on both nodes at once: node 1's upload creates
+/// it, node 2's web application writes its own upload into it the moment node 2's agent
+/// has made it (before or after the agent's watch on it exists). The agent's events for
+/// the directory it made are its own echo, but the file in it is the user's: it must reach
+/// node 1 without waiting for a periodic rescan.
+#[test]
+fn a_file_written_into_a_directory_the_agent_just_made_is_synced() {
+    let mut c = Cluster::new(2, Options::default());
+    c.start_all();
+    let n = 25;
+    let root2 = c.root(1).to_owned();
+    let writer = std::thread::spawn(move || {
+        for i in 0..n {
+            let d = root2.join(format!("uploads/m{i}"));
+            let deadline = Instant::now() + T;
+            // As fast as a web application can: no sleep between looks.
+            while !d.is_dir() {
+                assert!(Instant::now() < deadline, "{} never appeared on node 2", d.display());
+                std::hint::spin_loop();
+            }
+            std::fs::write(d.join("from-node2.jpg"), format!("node 2's upload {i}")).unwrap();
+        }
+    });
+    for i in 0..n {
+        write(&c.nodes[0].path(&format!("uploads/m{i}/from-node1.jpg")), format!("node 1's upload {i}").as_bytes());
+    }
+    writer.join().unwrap();
+    until("every upload on both nodes", Duration::from_secs(30), || {
+        for i in 0..n {
+            for node in 0..2 {
+                for f in ["from-node1.jpg", "from-node2.jpg"] {
+                    if !c.nodes[node].path(&format!("uploads/m{i}/{f}")).exists() {
+                        return Err(format!("uploads/m{i}/{f} missing on node{}", node + 1));
+                    }
+                }
+            }
+        }
+        Ok(())
+    });
+}

@@ -435,3 +435,38 @@ fn two_peers_catching_up_at_once_each_get_every_file() {
     assert!(t.contains_key("d7/f4477.txt"));
     assert_eq!(std::fs::read(c.nodes[2].path("d7/f4477.txt")).unwrap(), format!("first 4477 {}", "x".repeat(4477 % 700)).as_bytes());
 }
+
+/// What a node writes for its peers comes back from its own watcher; those events are not
+/// local changes. Paused (nothing local goes out), a node that received new, edited,
+/// deleted and renamed files must still count only the one change its user made: before,
+/// every received file stayed queued as "a local change not sent" and the dashboard called
+/// the paused node out of sync with changes it never had.
+#[test]
+fn received_files_are_not_counted_as_local_changes() {
+    let mut c = Cluster::new(2, Options::default());
+    c.start_all();
+    for i in 0..40 {
+        write(&c.nodes[0].path(&format!("d/f{i}.txt")), format!("first {i}").as_bytes());
+    }
+    c.converge("the first files on both nodes", T, |t| if t.keys().filter(|k| k.ends_with(".txt")).count() == 40 { Ok(()) } else { Err("not yet".into()) });
+    assert_eq!(c.ctl(1, "pause").trim(), "paused");
+    for i in 0..10 {
+        write(&c.nodes[0].path(&format!("d/f{i}.txt")), format!("edited {i}").as_bytes());
+        std::fs::remove_file(c.nodes[0].path(&format!("d/f{}.txt", 10 + i))).unwrap();
+        std::fs::rename(c.nodes[0].path(&format!("d/f{}.txt", 20 + i)), c.nodes[0].path(&format!("d/moved{i}.txt"))).unwrap();
+        write(&c.nodes[0].path(&format!("new/n{i}.txt")), format!("new {i}").as_bytes());
+    }
+    std::os::unix::fs::symlink("d/f0.txt", c.nodes[0].path("link")).unwrap();
+    until("node 2 applied every change while paused", T, || {
+        let d = crate::support::tree::diff("node1", &c.snapshot(0), "node2", &c.snapshot(1));
+        if d.is_empty() { Ok(()) } else { Err(format!("{d:?}")) }
+    });
+    // The user's own change on node 2, after everything it received: once it is counted,
+    // every earlier event was handled (one watcher, one queue, in order).
+    write(&c.nodes[1].path("mine.txt"), b"made on node 2");
+    let pending = |c: &Cluster| serde_json::from_str::<serde_json::Value>(&c.ctl(1, "status")).unwrap()["pending_local"].as_u64().unwrap();
+    until("node 2 counts its user's change", T, || if pending(&c) >= 1 { Ok(()) } else { Err("0 pending".into()) });
+    assert_eq!(pending(&c), 1, "node 2 counts what it received as local changes:\n{}", c.ctl(1, "status"));
+    assert_eq!(c.ctl(1, "resume").trim(), "resumed");
+    until("mine.txt reaches node 1 after the resume", T, || if c.nodes[0].path("mine.txt").exists() { Ok(()) } else { Err("missing".into()) });
+}

@@ -114,12 +114,20 @@ async fn control_dashboard_status_changes_conflicts_and_a_dying_agent_live() {
             })
             .await;
         assert_eq!(row, json!({"kind": "created", "origin": "node2"}));
-        // Node 1's own list says it came from node 2.
+        // Node 1's own list says it came from node 2. (Its report may come a heartbeat
+        // after node 2's: node 1 can be polled in the round before it applied the file.)
         let via = cp.get(&format!("/api/v1/environments/{env}")).await;
         let node1 = via["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "node1").unwrap()["node_id"].as_str().unwrap().to_owned();
-        let list = cp.get(&format!("/api/v1/nodes/{node1}/changes")).await;
-        let mine = list["changes"].as_array().unwrap().iter().find(|c| c["path"] == "from-node2.txt").cloned().unwrap_or_default();
-        assert_eq!((&mine["origin"], &mine["via"]), (&json!("node2"), &json!("node2")), "{list:#}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let list = cp.get(&format!("/api/v1/nodes/{node1}/changes")).await;
+            if let Some(mine) = list["changes"].as_array().unwrap().iter().find(|c| c["path"] == "from-node2.txt").cloned() {
+                assert_eq!((&mine["origin"], &mine["via"]), (&json!("node2"), &json!("node2")), "{list:#}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "node1 did not record the change it received: {list:#}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         // Node 2's own list has it as made there.
         let node2 = via["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "node2").unwrap()["node_id"].as_str().unwrap().to_owned();
         let deadline = Instant::now() + Duration::from_secs(30);

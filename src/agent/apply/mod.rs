@@ -36,6 +36,17 @@ use super::Agent;
 use super::index::Need;
 
 impl Agent {
+    /// Before versions taken from a peer (`via`) are committed: the recent-changes ring
+    /// (`page`: a peer's page, named in `lsyncd.log`) and the watcher's echo filter.
+    pub(super) fn record_received(&mut self, via: &str, commits: &[(crate::protocol::Entry, u64)], page: bool) {
+        if page {
+            self.report.record_page(&self.index, via, commits);
+        } else {
+            self.report.record(&self.index, Some(via), commits);
+        }
+        self.echoes.note(commits, Instant::now());
+    }
+
     /// When a need is looked at again: soon after a local change or a first failure, then
     /// backing off to a minute.
     pub(super) fn schedule(&mut self, need: &Need) {

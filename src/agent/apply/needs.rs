@@ -232,7 +232,7 @@ impl Agent {
         self.finish_writes(&source, writes, &mut batch);
         let recorded = batch.commits.iter().any(|(e, _)| e.path == path);
         let queued = batch.put_needs.clone();
-        self.report.record(&self.index, Some(&source), &batch.commits);
+        self.record_received(&source, &batch.commits, false);
         self.flush_versions();
         self.index.apply(batch)?;
         for n in &queued {

@@ -186,7 +186,7 @@ impl Agent {
         let queued = batch.put_needs.clone();
         batch.progress = Some((peer.to_owned(), Progress { index_id: page.index_id, seq: page.last_seq }));
         batch.clear_journal = true;
-        self.report.record_page(&self.index, peer, &batch.commits);
+        self.record_received(peer, &batch.commits, true);
         self.index.apply(batch)?;
         for need in &queued {
             self.schedule(need);

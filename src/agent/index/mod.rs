@@ -186,6 +186,26 @@ impl Index {
         Ok(out)
     }
 
+    /// `under(Some(dir))`, or `None` as soon as it holds more than `limit` entries (a caller
+    /// that only looks at small subtrees never decodes a large one).
+    pub fn under_at_most(&self, dir: &RelPath, limit: usize) -> anyhow::Result<Option<Vec<Stored>>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(ENTRIES)?;
+        let mut out = Vec::new();
+        if let Some(v) = t.get(dir.as_str())? {
+            out.push(decode(v.value())?);
+        }
+        let lo = format!("{}/", dir.as_str());
+        let hi = format!("{}0", dir.as_str());
+        for item in t.range(lo.as_str()..hi.as_str())? {
+            if out.len() == limit {
+                return Ok(None);
+            }
+            out.push(decode(item?.1.value())?);
+        }
+        Ok(Some(out))
+    }
+
     /// Writes entries in one transaction, giving each a new sequence number, and wakes the
     /// long-polling peers. Returns the stored forms.
     pub fn commit(&self, items: Vec<(Entry, u64)>) -> anyhow::Result<Vec<Stored>> {

@@ -119,7 +119,7 @@ impl Sink {
         let mut data = all;
         if self.direct {
             let whole = data.len() / ALIGN * ALIGN;
-            if whole > 0 && c.aligned() && self.off % ALIGN as u64 == 0 {
+            if whole > 0 && c.aligned() && self.off.is_multiple_of(ALIGN as u64) {
                 match self.file.write_all_at(&data[..whole], self.off) {
                     Ok(()) => {
                         self.off += whole as u64;

@@ -20,26 +20,57 @@ pub struct Walked {
     pub unsyncable: Vec<String>,
     /// Directories that could not be read.
     pub errors: Vec<String>,
+    /// Subtrees whose listing is not complete (a directory or an entry that could not be
+    /// opened, listed or stat-ed for another reason than being gone; `None`: the whole
+    /// start): what is missing under them was not seen, it is not known to be deleted.
+    pub incomplete: Vec<Option<RelPath>>,
+}
+
+/// Errors that mean a path is not there as a directory: gone, or replaced by a file or a
+/// symlink. Any other (out of descriptors or memory, I/O error, permission) leaves a walk
+/// incomplete.
+fn gone(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP))
 }
 
 /// The entries of `dir` (not `.` and `..`) with their `lstat`, names as UTF-8 where they
 /// are; used for temp sweeps.
 pub(super) fn entries(dir: &OwnedFd) -> Vec<(String, rustix::fs::Stat)> {
-    raw_entries(dir).into_iter().filter_map(|(n, s)| Some((String::from_utf8(n).ok()?, s?))).collect()
+    raw_entries(dir).0.into_iter().filter_map(|(n, s)| Some((String::from_utf8(n).ok()?, s?))).collect()
 }
 
-fn raw_entries(dir: &OwnedFd) -> Vec<(Vec<u8>, Option<rustix::fs::Stat>)> {
+/// A name as listed, with its `lstat` (`None`: gone since it was listed).
+type RawEntry = (Vec<u8>, Option<rustix::fs::Stat>);
+
+/// The entries of `dir` with their `lstat` (`None`: gone since it was listed), and the
+/// first error that made the list incomplete (listing, or an `lstat` failing otherwise).
+fn raw_entries(dir: &OwnedFd) -> (Vec<RawEntry>, Option<std::io::Error>) {
     let mut out = Vec::new();
-    let Ok(mut d) = rustix::fs::Dir::read_from(dir) else { return out };
-    while let Some(Ok(e)) = d.read() {
+    let mut d = match rustix::fs::Dir::read_from(dir) {
+        Ok(d) => d,
+        Err(e) => return (out, Some(err(e))),
+    };
+    let mut first = None;
+    while let Some(e) = d.read() {
+        let e = match e {
+            Ok(e) => e,
+            Err(e) => return (out, Some(err(e))),
+        };
         let name = e.file_name().to_bytes();
         if name == b"." || name == b".." {
             continue;
         }
-        let st = rustix::fs::statat(dir, e.file_name(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok();
+        let st = match rustix::fs::statat(dir, e.file_name(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Some(st),
+            Err(rustix::io::Errno::NOENT) => None,
+            Err(e) => {
+                first.get_or_insert(err(e));
+                continue;
+            }
+        };
         out.push((name.to_vec(), st));
     }
-    out
+    (out, first)
 }
 
 impl SyncRoot {
@@ -61,9 +92,29 @@ impl SyncRoot {
         let first = match start {
             None => beneath::open_dir(&root, "").map_err(|e| RootError::RootUnsafe(format!("{}: {e}", self.root.display())))?,
             Some(p) => {
+                let unread = |out: &mut Walked, e: std::io::Error| {
+                    if !gone(&e) {
+                        out.errors.push(format!("{p}: {e}"));
+                        out.incomplete.push(Some(p.clone()));
+                    }
+                };
                 let (dir, name) = beneath::parent_of(p);
-                let Some(pfd) = beneath::open_dir(&root, &dir).ok().flatten() else { return Ok(out) };
-                let Some(st) = beneath::stat_at(&pfd, name).ok().flatten() else { return Ok(out) };
+                let pfd = match beneath::open_dir(&root, &dir) {
+                    Ok(Some(fd)) => fd,
+                    Ok(None) => return Ok(out),
+                    Err(e) => {
+                        unread(&mut out, e);
+                        return Ok(out);
+                    }
+                };
+                let st = match beneath::stat_at(&pfd, name) {
+                    Ok(Some(st)) => st,
+                    Ok(None) => return Ok(out),
+                    Err(e) => {
+                        unread(&mut out, e);
+                        return Ok(out);
+                    }
+                };
                 let Some(meta) = DiskMeta::from_stat(&st) else { return Ok(out) };
                 let is_dir = meta.kind == EntryKind::Dir;
                 each(p.clone(), meta);
@@ -72,14 +123,22 @@ impl SyncRoot {
                 }
                 match beneath::open_entry(&pfd, name, true) {
                     Ok(fd) => Some(fd),
-                    Err(_) => return Ok(out),
+                    Err(e) => {
+                        unread(&mut out, e);
+                        return Ok(out);
+                    }
                 }
             }
         };
         let Some(first) = first else { return Ok(out) };
         let mut stack: Vec<(Option<RelPath>, OwnedFd)> = vec![(start.cloned(), first)];
         while let Some((dir_rel, fd)) = stack.pop() {
-            for (name, st) in raw_entries(&fd) {
+            let (entries, failed) = raw_entries(&fd);
+            if let Some(e) = failed {
+                out.errors.push(format!("{}: {e}", dir_rel.as_ref().map_or("the sync folder", |d| d.as_str())));
+                out.incomplete.push(dir_rel.clone());
+            }
+            for (name, st) in entries {
                 let Ok(name_s) = std::str::from_utf8(&name) else {
                     let lossy = String::from_utf8_lossy(&name);
                     out.unsyncable.push(match &dir_rel {
@@ -109,8 +168,11 @@ impl SyncRoot {
                         rustix::fs::Mode::empty(),
                     ) {
                         Ok(sub) => stack.push((Some(rel.clone()), sub)),
-                        Err(rustix::io::Errno::NOENT) => continue,
-                        Err(e) => out.errors.push(format!("{rel}: {}", err(e))),
+                        Err(e) if gone(&err(e)) => continue,
+                        Err(e) => {
+                            out.errors.push(format!("{rel}: {}", err(e)));
+                            out.incomplete.push(Some(rel.clone()));
+                        }
                     }
                 }
                 each(rel, meta);
