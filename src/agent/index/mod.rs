@@ -163,25 +163,14 @@ impl Index {
 
     /// Every stored entry at or below `dir` (or the whole index for `None`).
     pub fn under(&self, dir: Option<&RelPath>) -> anyhow::Result<Vec<Stored>> {
+        if let Some(d) = dir {
+            return Ok(self.under_at_most(d, usize::MAX)?.unwrap_or_default());
+        }
         let txn = self.db.begin_read()?;
         let t = txn.open_table(ENTRIES)?;
         let mut out = Vec::new();
-        match dir {
-            None => {
-                for item in t.iter()? {
-                    out.push(decode(item?.1.value())?);
-                }
-            }
-            Some(d) => {
-                if let Some(v) = t.get(d.as_str())? {
-                    out.push(decode(v.value())?);
-                }
-                let lo = format!("{}/", d.as_str());
-                let hi = format!("{}0", d.as_str());
-                for item in t.range(lo.as_str()..hi.as_str())? {
-                    out.push(decode(item?.1.value())?);
-                }
-            }
+        for item in t.iter()? {
+            out.push(decode(item?.1.value())?);
         }
         Ok(out)
     }
