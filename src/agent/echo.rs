@@ -10,10 +10,10 @@
 //! scanner's own rule ([`scan::indexed_as`]): the scan the event would have caused would
 //! have found nothing. Anything else (a user's write, chmod, rename or delete since; a file
 //! created in a directory we just made; a path being written) goes to the batcher as before,
-//! so nothing a user does is ever dropped. A directory, ours or a user's, is looked at again
-//! 1 s and 10 s after it appeared (`NEW_DIR_RECHECKS`: files created in it before the
-//! watcher added its watch give no event); each look is the same comparison, and anything
-//! it does not explain is scanned.
+//! so nothing a user does is ever dropped. A new directory, ours or a user's (created, or
+//! ours moved into place), is looked at again 1 s and 10 s after it appeared
+//! (`NEW_DIR_RECHECKS`: files created in it before the watcher added its watch give no
+//! event); each look is the same comparison, and anything it does not explain is scanned.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -31,6 +31,10 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 pub struct Echoes {
     at: HashMap<RelPath, Instant>,
     order: VecDeque<(Instant, RelPath)>,
+    /// The last event was an echo, a rename onto this path. notify reports a rename twice
+    /// in a row (its "to" half, then the pair), so every installed file came back as two
+    /// events and was compared twice; the second says nothing the first did not.
+    twin: Option<RelPath>,
 }
 
 impl Echoes {
@@ -47,6 +51,17 @@ impl Echoes {
     pub fn recent(&mut self, p: &RelPath, now: Instant) -> bool {
         self.expire(now);
         self.at.contains_key(p)
+    }
+
+    /// Whether a rename onto `p` is the twin of the echo just before it (see `twin`); any
+    /// path event in between ends the pair.
+    pub fn is_twin(&mut self, p: &RelPath) -> bool {
+        self.twin.take().is_some_and(|t| &t == p)
+    }
+
+    /// The echo just found was a rename onto `p`: its twin may follow.
+    pub fn renamed_onto(&mut self, p: &RelPath) {
+        self.twin = Some(p.clone());
     }
 
     /// Forgets every path (their memory too), once a burst is over.
@@ -164,6 +179,19 @@ mod tests {
         // The directory replaced by a file, or by another directory with the same contents.
         assert!(!matches(&d, &known, &[at("d", EntryKind::File), at("d/a", EntryKind::File)]));
         assert!(!matches(&d, &known, &[(d.clone(), DiskMeta { ino: 9, ..disk(EntryKind::Dir) }), at("d/a", EntryKind::File)]));
+    }
+
+    #[test]
+    fn a_rename_twin_is_recognised_once_and_only_right_after_its_echo() {
+        let (a, b) = (RelPath::parse("a").unwrap(), RelPath::parse("b").unwrap());
+        let mut e = Echoes::default();
+        assert!(!e.is_twin(&a), "no echo yet");
+        e.renamed_onto(&a);
+        assert!(e.is_twin(&a));
+        assert!(!e.is_twin(&a), "a third event for the same path is compared again");
+        e.renamed_onto(&a);
+        assert!(!e.is_twin(&b), "another path in between ends the pair");
+        assert!(!e.is_twin(&a));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! still being written are held here, names that cannot be synced are reported, and a write
 //! through one name of a hard-linked file makes its other names be scanned.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::index::Stored;
 use super::root::DiskMeta;
@@ -11,6 +11,10 @@ use super::scan::{self, Scanner, Target};
 use super::watch::{Hint, HintKind};
 use super::{Agent, NEW_DIR_RECHECKS, echo, writers};
 use crate::protocol::{EntryKind, RelPath};
+
+/// The first full scan after one that could not read part of the tree (see `Agent::unread`).
+const UNREAD_RETRY: Duration = Duration::from_secs(5);
+const UNREAD_RETRY_MAX: Duration = Duration::from_secs(600);
 
 impl Agent {
     pub(super) fn on_hint(&mut self, h: Hint) {
@@ -21,8 +25,14 @@ impl Agent {
                 if k == HintKind::Tree {
                     self.rechecks.insert(p.clone(), (now + NEW_DIR_RECHECKS[0], 1));
                 }
+                if self.echoes.is_twin(&p) && k == HintKind::MovedTo {
+                    return;
+                }
                 if self.is_echo(&p, k, now) {
                     tracing::trace!(path = %p, "echo of a peer's version: nothing to scan");
+                    if k == HintKind::MovedTo {
+                        self.echoes.renamed_onto(&p);
+                    }
                     return;
                 }
                 self.batcher.add(p, k, now)
@@ -50,14 +60,17 @@ impl Agent {
     /// Whether a watch event is this agent's own write of a peer's version coming back (see
     /// `echo`): a path recorded from a peer lately, not queued already, where the disk at and
     /// below it is exactly what the index holds. Writes in progress never are. A directory
-    /// that is an echo gets the new directory's looks (`NEW_DIR_RECHECKS`).
+    /// that is an echo and was moved into place (the watcher adds watches for it, as for a
+    /// new one) gets the new directory's looks (`NEW_DIR_RECHECKS`); one whose attributes
+    /// changed was watched already and gets none (giving them to every directory a page
+    /// touched made an idle agent walk its whole tree 1 s and 10 s after a catch-up).
     fn is_echo(&mut self, p: &RelPath, k: HintKind, now: Instant) -> bool {
         if k == HintKind::Writing || self.batcher.holds(p) || !self.echoes.recent(p, now) {
             return false;
         }
         match self.as_indexed(p) {
             Some(dir) => {
-                if dir {
+                if dir && k == HintKind::MovedTo {
                     self.rechecks.entry(p.clone()).or_insert((now + NEW_DIR_RECHECKS[0], 1));
                 }
                 true
@@ -66,14 +79,16 @@ impl Agent {
         }
     }
 
-    /// A new directory's look (`rechecks`) that found it as indexed. Returns the next look,
-    /// if any; anything the index does not explain is queued for a scan.
+    /// A new directory's look (`rechecks`): anything the index does not explain is queued
+    /// for a scan. Returns the next look, if any, whatever this one found: a file written
+    /// in the directory after this look's scan and before the watcher has added the
+    /// directory's watch gives no event either.
     pub(super) fn recheck(&mut self, p: RelPath, next: usize, now: Instant) -> Option<(Instant, usize)> {
+        let later = NEW_DIR_RECHECKS.get(next).map(|d| (now + *d - NEW_DIR_RECHECKS[next - 1], next + 1));
         if self.batcher.holds(&p) || self.as_indexed(&p).is_none() {
             self.batcher.add(p, HintKind::Tree, now);
-            return None;
         }
-        NEW_DIR_RECHECKS.get(next).map(|d| (now + *d - NEW_DIR_RECHECKS[next - 1], next + 1))
+        later
     }
 
     /// Whether the disk at and below `p` is exactly what the index holds there (by the
@@ -94,6 +109,24 @@ impl Agent {
         };
         let dir = disk.first().is_some_and(|(_, m)| m.kind == EntryKind::Dir);
         echo::matches(p, &known, &disk).then_some(dir)
+    }
+
+    /// After a scan that could not read `n` subtrees (out of descriptors, an I/O error):
+    /// nothing under them was taken for deleted, and nothing will be until the tree is read
+    /// again, so a full scan comes after `UNREAD_RETRY`, doubled for each scan in a row that
+    /// could not read it, at most `UNREAD_RETRY_MAX` apart. A full scan that read
+    /// everything ends the streak.
+    fn unread(&mut self, n: usize, full: bool) {
+        if n == 0 {
+            if full {
+                self.unread_streak = 0;
+            }
+            return;
+        }
+        let wait = UNREAD_RETRY.saturating_mul(1 << self.unread_streak.min(8)).min(UNREAD_RETRY_MAX);
+        self.unread_streak += 1;
+        self.rescan_soon = Some(Instant::now() + wait);
+        self.warn(format!("scan: {n} folder(s) could not be read (see the errors above); nothing in them is taken for deleted, and the whole tree is scanned again in {} s", wait.as_secs()));
     }
 
     /// Scans the targets and commits what changed as new local versions.
@@ -127,6 +160,7 @@ impl Agent {
         let out = tokio::task::block_in_place(|| scanner.scan(&targets));
         self.batcher.forget_closed();
         let out = out?;
+        self.unread(out.unread.len(), full);
         self.note_unsyncable(full, &out.unsyncable);
         if !out.linked_inodes.is_empty() {
             self.rescan_other_names(&out.linked_inodes, &out.changes)?;

@@ -130,6 +130,10 @@ struct Agent {
     /// watch give no event, and the first scan may have run before they existed
     /// (`mkdir -p d && cp many d/`). A look that the index does not explain queues a scan.
     rechecks: BTreeMap<RelPath, (Instant, usize)>,
+    /// A scan could not read part of the tree: the whole tree is scanned again then (and
+    /// how many scans in a row could not, for the back-off; see `Agent::unread`).
+    rescan_soon: Option<Instant>,
+    unread_streak: u32,
     /// Paths recorded from peers lately, whose watch events may be our own writes.
     echoes: echo::Echoes,
     fetch_sem: Arc<Semaphore>,
@@ -266,6 +270,8 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         fetching: HashSet::new(),
         retry_at: BTreeMap::new(),
         rechecks: BTreeMap::new(),
+        rescan_soon: None,
+        unread_streak: 0,
         echoes: Default::default(),
         fetch_sem: Arc::new(Semaphore::new(MAX_PARALLEL_FETCHES)),
         link_fetch_sem: Arc::new(Semaphore::new(MAX_PARALLEL_LINK_FETCHES)),
@@ -351,6 +357,9 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
         // Retries are due only when a fetch slot is free; a finished fetch wakes the loop.
         let retry = if agent.fetch_sem.available_permits() > 0 && agent.link_fetch_sem.available_permits() > 0 { agent.retry_at.values().min().copied() } else { None };
         let recheck = agent.rechecks.values().map(|(t, _)| *t).min();
+        if let Some(t) = agent.rescan_soon.take() {
+            next_rescan = Some(next_rescan.map_or(t, |n| n.min(t)));
+        }
         let mut wake = [agent.batcher.deadline(), retry, next_rescan, recheck, agent.root.next_reap(), agent.status_due, agent.holds.next_wake(), agent.versions_recheck(), agent.trim_due]
             .into_iter()
             .flatten()

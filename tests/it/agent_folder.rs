@@ -151,3 +151,41 @@ fn a_subtree_the_scan_cannot_read_is_not_deleted_anywhere() {
         if files == Some(201) { Ok(()) } else { Err(format!("{files:?} files")) }
     });
 }
+
+/// Deletions a scan could not see, because it could not read their directories, are sent
+/// once the tree can be read again, without another change to set them off: the agent
+/// scans the whole tree again a few seconds after an incomplete scan (backing off while
+/// it stays incomplete).
+#[test]
+fn deletions_under_a_subtree_the_scan_could_not_read_are_sent_when_it_can() {
+    let mut c = Cluster::new(2, Options { extra: "[mass_delete]\nmax_files = 0\nmax_percent = 0".into(), ..Options::default() });
+    for d in 0..200 {
+        write(&c.nodes[0].path(&format!("d{d}/f.txt")), format!("file {d}").as_bytes());
+    }
+    c.start_all();
+    let on = |c: &Cluster, i: usize| (0..200).filter(|d| c.nodes[i].path(&format!("d{d}/f.txt")).exists()).collect::<Vec<_>>();
+    until("node 2 has every file", T, || if on(&c, 1).len() == 200 { Ok(()) } else { Err(format!("{} files", on(&c, 1).len())) });
+    let pid = c.nodes[0].child.as_ref().unwrap().id().to_string();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let soft = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().split_whitespace().nth(3).unwrap().to_owned();
+    let prlimit = |n: &str| assert!(std::process::Command::new("prlimit").args(["--pid", &pid, &format!("--nofile={n}:")]).status().unwrap().success());
+    // While paused, the watcher's events for the deletions wait in the batch; the rescan
+    // queued with them makes it one scan of the whole tree, which runs out of descriptors.
+    assert_eq!(c.ctl(0, "pause").trim(), "paused");
+    let deleted: Vec<usize> = (0..200).step_by(4).collect();
+    for d in &deleted {
+        std::fs::remove_file(c.nodes[0].path(&format!("d{d}/f.txt"))).unwrap();
+    }
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    prlimit(&(open + 24).to_string());
+    assert_eq!(c.ctl(0, "rescan").trim(), "rescan queued");
+    assert_eq!(c.ctl(0, "resume").trim(), "resumed");
+    until("the scan ran out of descriptors", T, || if c.nodes[0].log().contains("os error 24") { Ok(()) } else { Err("no EMFILE in the log yet".into()) });
+    prlimit(&soft);
+    let want: Vec<usize> = (0..200).filter(|d| d % 4 != 0).collect();
+    until("node 2 deleted what node 1 deleted, and nothing else", T, || {
+        let have = on(&c, 1);
+        if have == want { Ok(()) } else { Err(format!("{} files on node 2 (want {}):\n{}", have.len(), want.len(), c.nodes[0].log())) }
+    });
+    assert!(c.nodes[0].log().contains("folder(s) could not be read"), "{}", c.nodes[0].log());
+}

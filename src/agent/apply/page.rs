@@ -12,7 +12,7 @@ use super::entry::{Content, Done};
 use crate::agent::Agent;
 use crate::agent::index::{Batch, Need, Progress, Stored};
 use crate::agent::root::durable::Pending;
-use crate::agent::root::{DiskMeta, Expect};
+use crate::agent::root::{DiskMeta, Expect, Lookups};
 use crate::agent::scan::{self, Target};
 use crate::protocol::wire::ChangesResponse;
 use crate::protocol::{Entry, EntryKind, RelPath, VersionOrdering};
@@ -266,6 +266,7 @@ impl Agent {
     pub(in crate::agent) fn prescan(&mut self, paths: &[RelPath]) -> anyhow::Result<Option<HashMap<RelPath, Option<DiskMeta>>>> {
         let mut targets = Vec::new();
         let mut seen = HashMap::with_capacity(paths.len());
+        let mut dirs = Lookups::default();
         for p in paths {
             if seen.contains_key(p) {
                 continue;
@@ -276,7 +277,7 @@ impl Agent {
                 continue;
             }
             let stored = self.index.get(p)?;
-            let disk = self.root.stat(p).ok().flatten();
+            let disk = self.root.stat_in(p, &mut dirs).ok().flatten();
             if !self.disk_matches(stored.as_ref(), disk.as_ref()) {
                 targets.push(Target::Path { path: p.clone(), recursive: false });
             }

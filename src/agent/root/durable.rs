@@ -10,6 +10,7 @@
 
 use std::io::{self, Write};
 
+use super::dirs::Dirs;
 use super::{Expect, RootError, SyncRoot, TempFile};
 use crate::protocol::RelPath;
 
@@ -41,8 +42,11 @@ impl SyncRoot {
         // thread started and joined per page was a clone and two context switches per change.
         // The files of each chunk, or, if its writer panicked, an error for each of them.
         let write_chunk = |c: &[Pending]| -> Vec<Result<TempFile, RootError>> {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.iter().map(|p| self.write_temp(p)).collect()))
-                .unwrap_or_else(|_| c.iter().map(|p| Err(RootError::Io { path: p.path.clone(), source: io::Error::other("writer panicked") })).collect())
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut dirs = Dirs::default();
+                c.iter().map(|p| self.write_temp(p, &mut dirs)).collect()
+            }))
+            .unwrap_or_else(|_| c.iter().map(|p| Err(RootError::Io { path: p.path.clone(), source: io::Error::other("writer panicked") })).collect())
         };
         let written: Vec<Result<TempFile, RootError>> = if threads == 1 {
             write_chunk(&pending)
@@ -57,12 +61,13 @@ impl SyncRoot {
         let synced: Vec<io::Result<()>> = if ok.len() >= SYNCFS_MIN && self.syncfs().is_ok() { ok.iter().map(|_| Ok(())).collect() } else { fsync_parallel(&ok) };
         let mut synced = synced.into_iter();
         let mut out = Vec::with_capacity(written.len());
+        let mut dirs = Dirs::default();
         for (w, p) in written.into_iter().zip(pending) {
             let r = match w {
                 Err(e) => Err(e),
                 Ok(tmp) => match synced.next().expect("BUG: one result per written file") {
                     Err(e) => Err(RootError::io(&p.path, e)),
-                    Ok(()) => self.install(tmp, &p.expect),
+                    Ok(()) => self.install_in(tmp, &p.expect, &mut dirs),
                 },
             };
             out.push((p.path, r));
@@ -70,10 +75,10 @@ impl SyncRoot {
         out
     }
 
-    fn write_temp(&self, p: &Pending) -> Result<TempFile, RootError> {
-        let mut tmp = self.create_temp(&p.path)?;
+    fn write_temp(&self, p: &Pending, dirs: &mut Dirs) -> Result<TempFile, RootError> {
+        let mut tmp = self.create_temp_in(&p.path, dirs)?;
         tmp.file.write_all(&p.data).map_err(|e| RootError::io(&p.path, e))?;
-        tmp.finish(p.mode, p.mtime_ns).map_err(|e| RootError::io(&p.path, e))?;
+        tmp.finish_in(p.mode, p.mtime_ns, dirs).map_err(|e| RootError::io(&p.path, e))?;
         Ok(tmp)
     }
 }

@@ -19,6 +19,7 @@
 //! subtree through directory descriptors for the scanner.
 
 mod beneath;
+mod dirs;
 pub mod durable;
 mod graveyard;
 mod hash;
@@ -185,6 +186,10 @@ pub enum Removed {
     NotEmpty,
 }
 
+/// Directories looked up for a run of `stat_in`s (see `dirs`), missing ones included.
+#[derive(Default)]
+pub struct Lookups(dirs::Dirs);
+
 #[derive(Clone)]
 pub struct SyncRoot {
     root: PathBuf,
@@ -226,8 +231,7 @@ impl SyncRoot {
 
     /// The directory `dir` (`""` = the root), `None` if it does not exist.
     fn dir(&self, dir: &str, for_path: &RelPath) -> Result<Option<OwnedFd>, RootError> {
-        let root = self.root_fd()?;
-        beneath::open_dir(&root, dir).map_err(|e| if beneath::is_escape(&e) { RootError::Escapes { path: for_path.clone(), parent: dir.to_owned() } } else { RootError::io(for_path, e) })
+        dir_beneath(&self.root_fd()?, dir, for_path)
     }
 
     /// `p`'s parent directory and last component; `None` if the parent does not exist.
@@ -237,19 +241,20 @@ impl SyncRoot {
     }
 
     /// `p`'s parent directory, created (with the owner of its own parent) if missing.
-    fn parent_created(&self, p: &RelPath) -> Result<(OwnedFd, String), RootError> {
-        if let Some(x) = self.parent(p)? {
-            return Ok(x);
-        }
-        let parent = p.parent().expect("BUG: a top-level path's parent is the root, which exists");
-        self.mkdir(&parent, 0o755)?;
-        self.parent(p)?.ok_or_else(|| RootError::Io { path: p.clone(), source: io::Error::other("its directory vanished while it was being created") })
+    fn parent_created(&self, p: &RelPath) -> Result<(Arc<OwnedFd>, String), RootError> {
+        dirs::Dirs::default().parent_created(self, p)
     }
 
     /// Metadata of `p` without following a final symlink, or `None` if it does not exist
     /// (or lies behind a symlinked parent, which counts as outside the root).
     pub fn stat(&self, p: &RelPath) -> Result<Option<DiskMeta>, RootError> {
-        let Some((dir, name)) = (match self.parent(p) {
+        self.stat_in(p, &mut Lookups::default())
+    }
+
+    /// `stat`, through directories resolved once for all the lookups of `l` (a snapshot:
+    /// for reads only, the agent changing nothing meanwhile).
+    pub fn stat_in(&self, p: &RelPath, l: &mut Lookups) -> Result<Option<DiskMeta>, RootError> {
+        let Some((dir, name)) = (match l.0.parent_or_none(self, p) {
             Err(RootError::Escapes { .. }) => return Ok(None),
             r => r?,
         }) else {
@@ -322,6 +327,12 @@ impl SyncRoot {
         let fd = self.root_fd().map_err(io::Error::other)?;
         rustix::fs::syncfs(&fd).map_err(err)
     }
+}
+
+/// The directory `dir` beneath the root descriptor `root` (`None` if it does not exist); a
+/// symlink or file in the way is a refusal for `for_path`.
+fn dir_beneath(root: &OwnedFd, dir: &str, for_path: &RelPath) -> Result<Option<OwnedFd>, RootError> {
+    beneath::open_dir(root, dir).map_err(|e| if beneath::is_escape(&e) { RootError::Escapes { path: for_path.clone(), parent: dir.to_owned() } } else { RootError::io(for_path, e) })
 }
 
 fn same_inode(a: &OwnedFd, b: &OwnedFd) -> bool {

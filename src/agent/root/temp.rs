@@ -5,11 +5,13 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use rustix::fs::{Mode, OFlags, RenameFlags};
 
 use super::beneath::{self, err, os, parent_of, stat_at};
-use super::{DiskMeta, Expect, RootError, SyncRoot, same_inode, temp_name, times};
+use super::dirs::Dirs;
+use super::{DiskMeta, Expect, RootError, SyncRoot, temp_name, times};
 use crate::protocol::{EntryKind, RelPath};
 
 /// A temp file next to its target, created `O_EXCL | O_NOFOLLOW` in a held directory.
@@ -17,7 +19,7 @@ use crate::protocol::{EntryKind, RelPath};
 /// descriptor, so even if the user moved the directory meanwhile).
 pub struct TempFile {
     pub path: RelPath,
-    dir: OwnedFd,
+    dir: Arc<OwnedFd>,
     name: String,
     pub file: File,
     armed: bool,
@@ -27,10 +29,15 @@ impl TempFile {
     /// Sets permission bits, owner (the target's if it is a file, else its directory's) and
     /// mtime on the temp file, ready to be made durable and installed.
     pub fn finish(&mut self, mode: u32, mtime_ns: i64) -> io::Result<()> {
+        self.finish_in(mode, mtime_ns, &mut Dirs::default())
+    }
+
+    /// `finish`, with the directory's owner looked up once per batch (`dirs`).
+    pub(super) fn finish_in(&mut self, mode: u32, mtime_ns: i64, dirs: &mut Dirs) -> io::Result<()> {
         let target = parent_of(&self.path).1.to_owned();
         let owner = match stat_at(&self.dir, &target)? {
             Some(s) if rustix::fs::FileType::from_raw_mode(s.st_mode) == rustix::fs::FileType::RegularFile && beneath::is_root() => Some((s.st_uid, s.st_gid)),
-            _ => beneath::owner_for(&self.dir),
+            _ => dirs.owner(&self.path, &self.dir),
         };
         beneath::chown_fd(&self.file, owner)?;
         rustix::fs::fchmod(&self.file, Mode::from_raw_mode(mode & 0o777)).map_err(err)?;
@@ -67,7 +74,12 @@ impl Drop for TempFile {
 impl SyncRoot {
     /// Opens a new temp file next to `p` (its directory is created if missing).
     pub fn create_temp(&self, p: &RelPath) -> Result<TempFile, RootError> {
-        let (dir, name) = self.parent_created(p)?;
+        self.create_temp_in(p, &mut Dirs::default())
+    }
+
+    /// `create_temp`, in a directory resolved once per batch (`dirs`).
+    pub(super) fn create_temp_in(&self, p: &RelPath, dirs: &mut Dirs) -> Result<TempFile, RootError> {
+        let (dir, name) = dirs.parent_created(self, p)?;
         for _ in 0..8 {
             let tmp = temp_name(&name);
             let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
@@ -83,18 +95,20 @@ impl SyncRoot {
     /// Puts a finished, durable temp file at its path if the path is still in the state
     /// `expect` names; returns the new inode. On `Changed` (and any error) the temp file is
     /// removed and whatever is at the path stays.
-    pub fn install(&self, mut tmp: TempFile, expect: &Expect) -> Result<u64, RootError> {
+    pub fn install(&self, tmp: TempFile, expect: &Expect) -> Result<u64, RootError> {
+        self.install_in(tmp, expect, &mut Dirs::default())
+    }
+
+    /// `install`, with the directory checked once per batch (`dirs`).
+    pub(super) fn install_in(&self, mut tmp: TempFile, expect: &Expect, dirs: &mut Dirs) -> Result<u64, RootError> {
         let p = tmp.path.clone();
         let ino = tmp.ino().map_err(|e| RootError::io(&p, e))?;
         // The directory the temp file was made in must still be the one at the path's place
         // (the user may have moved it meanwhile).
-        let (dir, name) = self.parent(&p)?.ok_or_else(|| RootError::Changed { path: p.clone() })?;
-        if !same_inode(&dir, &tmp.dir) {
-            return Err(RootError::Changed { path: p.clone() });
-        }
+        dirs.verify(self, &p, &tmp.dir)?;
+        let name = parent_of(&p).1.to_owned();
         self.swap_in(&tmp.dir, &tmp.name, &name, &p, expect)?;
         tmp.armed = false;
-        drop(dir);
         self.sync_dir_of(&p);
         Ok(ino)
     }
