@@ -77,7 +77,7 @@ impl SyncRoot {
 
     fn write_temp(&self, p: &Pending, dirs: &mut Dirs) -> Result<TempFile, RootError> {
         let mut tmp = self.create_temp_in(&p.path, dirs)?;
-        tmp.file.write_all(&p.data).map_err(|e| RootError::io(&p.path, e))?;
+        tmp.file().write_all(&p.data).map_err(|e| RootError::io(&p.path, e))?;
         tmp.finish_in(p.mode, p.mtime_ns, dirs).map_err(|e| RootError::io(&p.path, e))?;
         Ok(tmp)
     }

@@ -99,7 +99,7 @@ fn set_direct(f: &File, on: bool) -> io::Result<()> {
 
 impl Sink {
     fn new(tmp: &TempFile, size: u64) -> io::Result<Sink> {
-        let file = tmp.file.try_clone()?;
+        let file = tmp.file().try_clone()?;
         // The flag belongs to the open file, which the temp file shares: `Drop` clears it.
         let direct = size >= DIRECT_MIN && set_direct(&file, true).is_ok();
         Ok(Sink { file, off: 0, direct, direct_bytes: 0, flushed: 0, hasher: blake3::Hasher::new() })
@@ -303,7 +303,7 @@ mod tests {
                 } else if (n as u64) < DIRECT_MIN {
                     assert_eq!(done.direct_bytes, 0, "size {n}");
                 }
-                let flags = rustix::fs::fcntl_getfl(&tmp.file).unwrap();
+                let flags = rustix::fs::fcntl_getfl(tmp.file()).unwrap();
                 assert!(!flags.contains(OFlags::DIRECT), "size {n}: the temp file was left in direct mode");
                 root.install(tmp, &crate::agent::root::Expect::Absent).unwrap();
                 assert!(std::fs::read(dir.path().join(p.as_str())).unwrap() == data, "size {n}: the file differs from what was pushed");

@@ -16,12 +16,15 @@ use crate::protocol::{EntryKind, RelPath};
 
 /// A temp file next to its target, created `O_EXCL | O_NOFOLLOW` in a held directory.
 /// Dropped without being installed, it is removed at once (through the directory
-/// descriptor, so even if the user moved the directory meanwhile).
+/// descriptor, so even if the user moved the directory meanwhile). It is closed before it
+/// is renamed onto its name: closed after, its close-after-write event named the target,
+/// and every received file came back from the watcher once more.
 pub struct TempFile {
     pub path: RelPath,
     dir: Arc<OwnedFd>,
     name: String,
-    pub file: File,
+    /// Open until installed.
+    file: Option<File>,
     armed: bool,
 }
 
@@ -39,17 +42,22 @@ impl TempFile {
             Some(s) if rustix::fs::FileType::from_raw_mode(s.st_mode) == rustix::fs::FileType::RegularFile && beneath::is_root() => Some((s.st_uid, s.st_gid)),
             _ => dirs.owner(&self.path, &self.dir),
         };
-        beneath::chown_fd(&self.file, owner)?;
-        rustix::fs::fchmod(&self.file, Mode::from_raw_mode(mode & 0o777)).map_err(err)?;
-        rustix::fs::futimens(&self.file, &times(mtime_ns)).map_err(err)
+        beneath::chown_fd(self.file(), owner)?;
+        rustix::fs::fchmod(self.file(), Mode::from_raw_mode(mode & 0o777)).map_err(err)?;
+        rustix::fs::futimens(self.file(), &times(mtime_ns)).map_err(err)
+    }
+
+    /// The open temp file.
+    pub fn file(&self) -> &File {
+        self.file.as_ref().expect("BUG: a temp file is open until it is installed")
     }
 
     pub fn sync(&self) -> io::Result<()> {
-        self.file.sync_all()
+        self.file().sync_all()
     }
 
     pub fn ino(&self) -> io::Result<u64> {
-        rustix::fs::fstat(&self.file).map(|s| s.st_ino).map_err(err)
+        rustix::fs::fstat(self.file()).map(|s| s.st_ino).map_err(err)
     }
 
     /// Removes the temp file now.
@@ -84,7 +92,7 @@ impl SyncRoot {
             let tmp = temp_name(&name);
             let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             match rustix::fs::openat(&dir, os(&tmp), flags, Mode::from_raw_mode(0o600)) {
-                Ok(fd) => return Ok(TempFile { path: p.clone(), dir, name: tmp, file: File::from(fd), armed: true }),
+                Ok(fd) => return Ok(TempFile { path: p.clone(), dir, name: tmp, file: Some(File::from(fd)), armed: true }),
                 Err(rustix::io::Errno::EXIST) => continue,
                 Err(e) => return Err(RootError::io(p, err(e))),
             }
@@ -107,6 +115,7 @@ impl SyncRoot {
         // (the user may have moved it meanwhile).
         dirs.verify(self, &p, &tmp.dir)?;
         let name = parent_of(&p).1.to_owned();
+        tmp.file = None;
         self.swap_in(&tmp.dir, &tmp.name, &name, &p, expect)?;
         tmp.armed = false;
         self.sync_dir_of(&p);
@@ -166,7 +175,7 @@ impl SyncRoot {
     /// Writes `data` to `p` durably and atomically (temp, fsync, install).
     pub fn write_file(&self, p: &RelPath, data: &[u8], mode: u32, mtime_ns: i64, expect: &Expect) -> Result<u64, RootError> {
         let mut tmp = self.create_temp(p)?;
-        tmp.file.write_all(data).map_err(|e| RootError::io(p, e))?;
+        tmp.file().write_all(data).map_err(|e| RootError::io(p, e))?;
         tmp.finish(mode, mtime_ns).map_err(|e| RootError::io(p, e))?;
         tmp.sync().map_err(|e| RootError::io(p, e))?;
         self.install(tmp, expect)

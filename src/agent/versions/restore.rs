@@ -125,7 +125,7 @@ impl Agent {
                 break;
             }
             h.update(&buf[..n]);
-            tmp.file.write_all(&buf[..n]).map_err(|e| RootError::io(&plan.to, e).to_string())?;
+            tmp.file().write_all(&buf[..n]).map_err(|e| RootError::io(&plan.to, e).to_string())?;
         }
         if p.rec.hash.is_some_and(|want| want != *h.finalize().as_bytes()) {
             return Err(format!("version {} no longer holds the content it was kept with; not restored", p.id));
