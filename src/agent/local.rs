@@ -68,7 +68,7 @@ impl Agent {
         if k == HintKind::Writing || self.batcher.holds(p) || !self.echoes.recent(p, now) {
             return false;
         }
-        match self.as_indexed(p) {
+        match self.as_indexed(p, matches!(k, HintKind::Tree | HintKind::MovedTo)) {
             Some(dir) => {
                 if dir && k == HintKind::MovedTo {
                     self.rechecks.entry(p.clone()).or_insert((now + NEW_DIR_RECHECKS[0], 1));
@@ -85,7 +85,7 @@ impl Agent {
     /// directory's watch gives no event either.
     pub(super) fn recheck(&mut self, p: RelPath, next: usize, now: Instant) -> Option<(Instant, usize)> {
         let later = NEW_DIR_RECHECKS.get(next).map(|d| (now + *d - NEW_DIR_RECHECKS[next - 1], next + 1));
-        if self.batcher.holds(&p) || self.as_indexed(&p).is_none() {
+        if self.batcher.holds(&p) || self.as_indexed(&p, true).is_none() {
             self.batcher.add(p, HintKind::Tree, now);
         }
         later
@@ -94,9 +94,20 @@ impl Agent {
     /// Whether the disk at and below `p` is exactly what the index holds there (by the
     /// scanner's rule, directories also by inode): `Some(whether it is a directory)`. Any
     /// error reading it, or more than `echo::MAX_TREE` entries, is `None` (scan it).
-    fn as_indexed(&self, p: &RelPath) -> Option<bool> {
+    /// `deep`: for an event that makes the batcher scan the subtree (a directory that
+    /// appeared); any other event for a directory the index knows is scanned, and so
+    /// compared, as that directory alone (its attributes: a page that made a directory
+    /// changed them twice, and each walked it).
+    fn as_indexed(&self, p: &RelPath, deep: bool) -> Option<bool> {
+        let now = self.root.stat(p).ok()?;
+        if !deep
+            && let Some(m) = now.as_ref().filter(|m| m.kind == EntryKind::Dir)
+            && let Some(known) = self.index.get(p).ok()?.filter(|k| !k.entry.deleted && k.entry.kind == EntryKind::Dir)
+        {
+            return echo::matches(p, std::slice::from_ref(&known), &[(p.clone(), m.clone())]).then_some(true);
+        }
         let known = self.index.under_at_most(p, echo::MAX_TREE).ok()??;
-        let disk = match self.root.stat(p).ok()? {
+        let disk = match now {
             Some(m) if m.kind == EntryKind::Dir => {
                 let w = self.root.walk(Some(p), &|q| self.excludes.is_excluded(q)).ok()?;
                 if !w.errors.is_empty() || !w.unsyncable.is_empty() || !w.incomplete.is_empty() {

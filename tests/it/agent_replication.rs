@@ -457,6 +457,7 @@ fn received_files_are_not_counted_as_local_changes() {
         write(&c.nodes[0].path(&format!("new/n{i}.txt")), format!("new {i}").as_bytes());
     }
     std::os::unix::fs::symlink("d/f0.txt", c.nodes[0].path("link")).unwrap();
+    std::fs::set_permissions(c.nodes[0].path("d"), std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
     until("node 2 applied every change while paused", T, || {
         let d = crate::support::tree::diff("node1", &c.snapshot(0), "node2", &c.snapshot(1));
         if d.is_empty() { Ok(()) } else { Err(format!("{d:?}")) }
