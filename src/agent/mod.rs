@@ -454,6 +454,8 @@ pub async fn run(s: Settings, shutdown: CancellationToken) -> anyhow::Result<()>
                 && let Err(e) = agent.local_batch(due, "batch")
             {
                 agent.error(format!("scan failed: {e:#}"));
+                // (what the batch held is found again by scanning everything)
+                agent.unread(1, false);
             }
         }
         agent.start_due_fetches();

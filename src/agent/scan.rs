@@ -91,7 +91,9 @@ impl Scanner<'_> {
                     let meta = match self.root.stat(path) {
                         Ok(m) => m,
                         Err(e) => {
+                            // (looked at again with the whole tree: see `Agent::unread`)
                             out.errors.push(e.to_string());
+                            out.unread.push(Some(path.clone()));
                             continue;
                         }
                     };

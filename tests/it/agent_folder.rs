@@ -189,3 +189,24 @@ fn deletions_under_a_subtree_the_scan_could_not_read_are_sent_when_it_can() {
     });
     assert!(c.nodes[0].log().contains("folder(s) could not be read"), "{}", c.nodes[0].log());
 }
+
+/// A change whose scan failed for want of descriptors is sent once the agent has them
+/// again, without another event: the scan that failed had already taken it from the batch.
+#[test]
+fn a_change_whose_scan_ran_out_of_descriptors_is_sent_when_it_can() {
+    let mut c = Cluster::new(2, Options { delay: 2, ..Options::default() });
+    write(&c.nodes[0].path("sub/first.txt"), b"first");
+    c.start_all();
+    until("first.txt on node 2", T, || if c.nodes[1].path("sub/first.txt").exists() { Ok(()) } else { Err("missing".into()) });
+    let pid = c.nodes[0].child.as_ref().unwrap().id().to_string();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let soft = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().split_whitespace().nth(3).unwrap().to_owned();
+    let prlimit = |n: &str| assert!(std::process::Command::new("prlimit").args(["--pid", &pid, &format!("--nofile={n}:")]).status().unwrap().success());
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    // Room for the root's descriptor, not for the directory under it.
+    prlimit(&(open + 1).to_string());
+    write(&c.nodes[0].path("sub/second.txt"), b"written while the agent had no descriptor to spare");
+    until("the scan ran out of descriptors", T, || if c.nodes[0].log().contains("os error 24") { Ok(()) } else { Err("no EMFILE in the log yet".into()) });
+    prlimit(&soft);
+    until("second.txt on node 2", T, || if c.nodes[1].path("sub/second.txt").exists() { Ok(()) } else { Err(format!("missing:\n{}", c.nodes[0].log())) });
+}

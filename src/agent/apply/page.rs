@@ -286,6 +286,8 @@ impl Agent {
         if targets.is_empty() {
             return Ok(Some(seen));
         }
+        // (the directories held for the lookups are closed before the scan needs descriptors)
+        drop(dirs);
         self.local_batch(targets, "before applying peer changes")?;
         Ok(None)
     }
