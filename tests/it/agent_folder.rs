@@ -118,6 +118,40 @@ fn a_sync_root_swapped_for_a_symlink_is_never_written_through() {
     assert!(std::fs::read(c.nodes[0].path("passwd")).unwrap() == b"evil");
 }
 
+/// Node `i`'s agent's descriptor limit, lowered and put back with `prlimit`.
+struct FdLimit {
+    pid: String,
+    soft: String,
+}
+
+impl FdLimit {
+    fn of(c: &Cluster, i: usize) -> FdLimit {
+        let pid = c.nodes[i].child.as_ref().unwrap().id().to_string();
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let soft = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().split_whitespace().nth(3).unwrap().to_owned();
+        FdLimit { pid, soft }
+    }
+
+    /// Leaves the agent `spare` descriptors beyond those it has open now.
+    fn spare(&self, spare: usize) {
+        let open = std::fs::read_dir(format!("/proc/{}/fd", self.pid)).unwrap().count();
+        self.set(&(open + spare).to_string());
+    }
+
+    fn restore(&self) {
+        self.set(&self.soft);
+    }
+
+    fn set(&self, n: &str) {
+        assert!(std::process::Command::new("prlimit").args(["--pid", &self.pid, &format!("--nofile={n}:")]).status().unwrap().success());
+    }
+}
+
+/// Waits until node `i`'s log says it ran out of descriptors.
+fn ran_out(c: &Cluster, i: usize, what: &str) {
+    until(what, T, || if c.nodes[i].log().contains("os error 24") { Ok(()) } else { Err("no EMFILE in the log yet".into()) });
+}
+
 /// A scan that cannot read part of the tree (here the agent runs out of file descriptors
 /// while it walks 200 directories) must not take what it could not see for deleted: before,
 /// every file under a directory it could not open was announced as deleted, and deleted on
@@ -131,16 +165,12 @@ fn a_subtree_the_scan_cannot_read_is_not_deleted_anywhere() {
     c.start_all();
     let count = |c: &Cluster, i: usize| (0..200).filter(|d| c.nodes[i].path(&format!("d{d}/f.txt")).exists()).count();
     until("node 2 has every file", T, || if count(&c, 1) == 200 { Ok(()) } else { Err(format!("{} files", count(&c, 1))) });
-    let pid = c.nodes[0].child.as_ref().unwrap().id().to_string();
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let soft = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().split_whitespace().nth(3).unwrap().to_owned();
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let limit = FdLimit::of(&c, 0);
     // Room for the command below and a few directories, not for 200 at once.
-    let prlimit = |n: &str| assert!(std::process::Command::new("prlimit").args(["--pid", &pid, &format!("--nofile={n}:")]).status().unwrap().success());
-    prlimit(&(open + 24).to_string());
+    limit.spare(24);
     assert_eq!(c.ctl(0, "rescan").trim(), "rescan queued");
-    until("the rescan ran out of descriptors", T, || if c.nodes[0].log().contains("os error 24") { Ok(()) } else { Err("no EMFILE in the log yet".into()) });
-    prlimit(&soft);
+    ran_out(&c, 0, "the rescan ran out of descriptors");
+    limit.restore();
     // A change after the rescan: once node 2 has it, it has everything node 1 announced before.
     write(&c.nodes[0].path("after.txt"), b"after the rescan");
     until("after.txt on node 2", T, || if c.nodes[1].path("after.txt").exists() { Ok(()) } else { Err("missing".into()) });
@@ -165,10 +195,7 @@ fn deletions_under_a_subtree_the_scan_could_not_read_are_sent_when_it_can() {
     c.start_all();
     let on = |c: &Cluster, i: usize| (0..200).filter(|d| c.nodes[i].path(&format!("d{d}/f.txt")).exists()).collect::<Vec<_>>();
     until("node 2 has every file", T, || if on(&c, 1).len() == 200 { Ok(()) } else { Err(format!("{} files", on(&c, 1).len())) });
-    let pid = c.nodes[0].child.as_ref().unwrap().id().to_string();
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let soft = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().split_whitespace().nth(3).unwrap().to_owned();
-    let prlimit = |n: &str| assert!(std::process::Command::new("prlimit").args(["--pid", &pid, &format!("--nofile={n}:")]).status().unwrap().success());
+    let limit = FdLimit::of(&c, 0);
     // While paused, the watcher's events for the deletions wait in the batch; the rescan
     // queued with them makes it one scan of the whole tree, which runs out of descriptors.
     assert_eq!(c.ctl(0, "pause").trim(), "paused");
@@ -176,12 +203,11 @@ fn deletions_under_a_subtree_the_scan_could_not_read_are_sent_when_it_can() {
     for d in &deleted {
         std::fs::remove_file(c.nodes[0].path(&format!("d{d}/f.txt"))).unwrap();
     }
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
-    prlimit(&(open + 24).to_string());
+    limit.spare(24);
     assert_eq!(c.ctl(0, "rescan").trim(), "rescan queued");
     assert_eq!(c.ctl(0, "resume").trim(), "resumed");
-    until("the scan ran out of descriptors", T, || if c.nodes[0].log().contains("os error 24") { Ok(()) } else { Err("no EMFILE in the log yet".into()) });
-    prlimit(&soft);
+    ran_out(&c, 0, "the scan ran out of descriptors");
+    limit.restore();
     let want: Vec<usize> = (0..200).filter(|d| d % 4 != 0).collect();
     until("node 2 deleted what node 1 deleted, and nothing else", T, || {
         let have = on(&c, 1);
@@ -198,15 +224,11 @@ fn a_change_whose_scan_ran_out_of_descriptors_is_sent_when_it_can() {
     write(&c.nodes[0].path("sub/first.txt"), b"first");
     c.start_all();
     until("first.txt on node 2", T, || if c.nodes[1].path("sub/first.txt").exists() { Ok(()) } else { Err("missing".into()) });
-    let pid = c.nodes[0].child.as_ref().unwrap().id().to_string();
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
-    let soft = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().split_whitespace().nth(3).unwrap().to_owned();
-    let prlimit = |n: &str| assert!(std::process::Command::new("prlimit").args(["--pid", &pid, &format!("--nofile={n}:")]).status().unwrap().success());
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let limit = FdLimit::of(&c, 0);
     // Room for the root's descriptor, not for the directory under it.
-    prlimit(&(open + 1).to_string());
+    limit.spare(1);
     write(&c.nodes[0].path("sub/second.txt"), b"written while the agent had no descriptor to spare");
-    until("the scan ran out of descriptors", T, || if c.nodes[0].log().contains("os error 24") { Ok(()) } else { Err("no EMFILE in the log yet".into()) });
-    prlimit(&soft);
+    ran_out(&c, 0, "the scan ran out of descriptors");
+    limit.restore();
     until("second.txt on node 2", T, || if c.nodes[1].path("sub/second.txt").exists() { Ok(()) } else { Err(format!("missing:\n{}", c.nodes[0].log())) });
 }
