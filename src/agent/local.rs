@@ -124,9 +124,9 @@ impl Agent {
 
     /// After a scan that could not read `n` subtrees or paths (out of descriptors, an I/O
     /// error), or failed as a whole: nothing under them was taken for deleted or recorded,
-    /// and nothing will be until the tree is read again, so a full scan comes after `UNREAD_RETRY`, doubled for each scan in a row that
-    /// could not read it, at most `UNREAD_RETRY_MAX` apart. A full scan that read
-    /// everything ends the streak.
+    /// and nothing will be until the tree is read again, so a full scan comes after
+    /// `UNREAD_RETRY`, doubled for each scan in a row that could not read it, at most
+    /// `UNREAD_RETRY_MAX` apart. A full scan that read everything ends the streak.
     pub(super) fn unread(&mut self, n: usize, full: bool) {
         if n == 0 {
             if full {

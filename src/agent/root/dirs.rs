@@ -10,7 +10,10 @@
 //! lands where the directory now is (inside whatever the user could write to) and is
 //! never installed in it; before installing, `verify` resolves each directory by its path
 //! once more and compares the inode (`install` did that per file). Nothing is cached
-//! across batches, and a directory that does not exist is not remembered.
+//! across batches, and a directory that does not exist is remembered as missing only by
+//! `Lookups`, which only reads. Two write threads that opened the same path as different
+//! directories (the user replaced it between their opens) may see one of them refused as
+//! `Changed`; it is retried like any other.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
