@@ -171,6 +171,10 @@ impl Agent {
         let out = tokio::task::block_in_place(|| scanner.scan(&targets));
         self.batcher.forget_closed();
         let out = out?;
+        // (the errors first: the retry's warning refers to them as above)
+        for e in &out.errors {
+            self.error(e.clone());
+        }
         self.unread(out.unread.len(), full);
         self.note_unsyncable(full, &out.unsyncable);
         if !out.linked_inodes.is_empty() {
@@ -185,9 +189,6 @@ impl Agent {
             if !self.batcher.is_writing(&p) {
                 self.batcher.add(p, HintKind::Writing, Instant::now());
             }
-        }
-        for e in &out.errors {
-            self.error(e.clone());
         }
         for (p, ino) in &out.inode_updates {
             self.index.set_ino(p, *ino)?;

@@ -68,8 +68,8 @@ pub fn temp_name(name: &str) -> String {
 pub enum RootError {
     #[error("{path}: {parent} is a symlink or not a directory; refusing to go through it")]
     Escapes { path: RelPath, parent: String },
-    #[error("the sync root {0} cannot be opened safely (a symlink was put in its place, or it is gone)")]
-    RootUnsafe(String),
+    #[error("the sync root {0} cannot be opened: {1}")]
+    RootUnsafe(String, String),
     #[error("{path}: changed on this node while a peer's version was being written; the local change is kept and compared again")]
     Changed { path: RelPath },
     #[error("{path}: a directory is in the way")]
@@ -226,7 +226,18 @@ impl SyncRoot {
     }
 
     fn root_fd(&self) -> Result<OwnedFd, RootError> {
-        beneath::open_root(&self.canonical).map_err(|_| RootError::RootUnsafe(self.root.display().to_string()))
+        beneath::open_root(&self.canonical).map_err(|e| self.unsafe_root(e))
+    }
+
+    /// Why the root could not be opened, in words: a symlink or a file in its place, gone,
+    /// or the error itself (out of descriptors is not a swapped root).
+    fn unsafe_root(&self, e: io::Error) -> RootError {
+        let why = match e.raw_os_error() {
+            Some(libc::ELOOP) | Some(libc::ENOTDIR) => format!("a symlink or a file was put in its place, or in place of a folder above it ({e}); it is not followed"),
+            Some(libc::ENOENT) => format!("it is gone ({e})"),
+            _ => e.to_string(),
+        };
+        RootError::RootUnsafe(self.root.display().to_string(), why)
     }
 
     /// The directory `dir` (`""` = the root), `None` if it does not exist.

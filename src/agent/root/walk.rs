@@ -90,7 +90,7 @@ impl SyncRoot {
         let mut out = Walked::default();
         let root = self.root_fd()?;
         let first = match start {
-            None => beneath::open_dir(&root, "").map_err(|e| RootError::RootUnsafe(format!("{}: {e}", self.root.display())))?,
+            None => beneath::open_dir(&root, "").map_err(|e| self.unsafe_root(e))?,
             Some(p) => {
                 let unread = |out: &mut Walked, e: std::io::Error| {
                     if !gone(&e) {
