@@ -155,21 +155,44 @@ fn ran_out(c: &Cluster, i: usize, what: &str) {
     until(what, T, || if c.nodes[i].log().contains("os error 24") { Ok(()) } else { Err("no EMFILE in the log yet".into()) });
 }
 
-/// A scan that cannot read part of the tree (here the agent runs out of file descriptors
-/// while it walks 200 directories) must not take what it could not see for deleted: before,
-/// every file under a directory it could not open was announced as deleted, and deleted on
-/// every peer. (The peers' mass-delete hold is off: it would hide what node 1 announced.)
-#[test]
-fn a_subtree_the_scan_cannot_read_is_not_deleted_anywhere() {
+/// Level `k` (0 = the top) of a chain of 200 nested folders `n`, each holding `f.txt` and
+/// three empty folders beside the next `n`. A walk holds a folder's descriptor while any
+/// of its subfolders waits for its turn, so going down the chain it holds one for every
+/// level where a sibling of `n` comes after it (three in four, in whatever order the
+/// folder lists them): this is what runs a scan out of descriptors.
+fn deep(k: usize) -> String {
+    format!("{}f.txt", "n/".repeat(k + 1))
+}
+
+/// Which of the chain's 200 files node `i` has.
+fn deep_on(c: &Cluster, i: usize) -> Vec<usize> {
+    (0..200).filter(|&k| c.nodes[i].path(&deep(k)).exists()).collect()
+}
+
+/// A cluster of two whose node 1 holds the 200-level chain, converged, with the peers'
+/// mass-delete hold off (it would hide what node 1 announced).
+fn with_a_chain() -> Cluster {
     let mut c = Cluster::new(2, Options { extra: "[mass_delete]\nmax_files = 0\nmax_percent = 0".into(), ..Options::default() });
-    for d in 0..200 {
-        write(&c.nodes[0].path(&format!("d{d}/f.txt")), format!("file {d}").as_bytes());
+    for k in 0..200 {
+        write(&c.nodes[0].path(&deep(k)), format!("level {k}").as_bytes());
+        for j in 0..3 {
+            std::fs::create_dir(c.nodes[0].path(&format!("{}l{j}", "n/".repeat(k + 1)))).unwrap();
+        }
     }
     c.start_all();
-    let count = |c: &Cluster, i: usize| (0..200).filter(|d| c.nodes[i].path(&format!("d{d}/f.txt")).exists()).count();
-    until("node 2 has every file", T, || if count(&c, 1) == 200 { Ok(()) } else { Err(format!("{} files", count(&c, 1))) });
+    until("node 2 has the whole chain", T, || if deep_on(&c, 1).len() == 200 { Ok(()) } else { Err(format!("{} files", deep_on(&c, 1).len())) });
+    c
+}
+
+/// A scan that cannot read part of the tree (here the agent runs out of file descriptors
+/// 24 levels down a 200-level chain) must not take what it could not see for deleted:
+/// before, every file under a directory it could not open was announced as deleted, and
+/// deleted on every peer.
+#[test]
+fn a_subtree_the_scan_cannot_read_is_not_deleted_anywhere() {
+    let c = with_a_chain();
     let limit = FdLimit::of(&c, 0);
-    // Room for the command below and a few directories, not for 200 at once.
+    // Room for the command below and a few levels, not for 200.
     limit.spare(24);
     assert_eq!(c.ctl(0, "rescan").trim(), "rescan queued");
     ran_out(&c, 0, "the rescan ran out of descriptors");
@@ -177,7 +200,7 @@ fn a_subtree_the_scan_cannot_read_is_not_deleted_anywhere() {
     // A change after the rescan: once node 2 has it, it has everything node 1 announced before.
     write(&c.nodes[0].path("after.txt"), b"after the rescan");
     until("after.txt on node 2", T, || if c.nodes[1].path("after.txt").exists() { Ok(()) } else { Err("missing".into()) });
-    assert_eq!((count(&c, 0), count(&c, 1)), (200, 200), "files were deleted:\n{}", c.nodes[1].log());
+    assert_eq!((deep_on(&c, 0).len(), deep_on(&c, 1).len()), (200, 200), "files were deleted:\n{}", c.nodes[1].log());
     // Node 1's own index still counts them (the status is refreshed within a second).
     until("node 1's index counts 201 files", T, || {
         let files = serde_json::from_str::<serde_json::Value>(&c.ctl(0, "status")).unwrap()["files"].as_u64();
@@ -191,32 +214,59 @@ fn a_subtree_the_scan_cannot_read_is_not_deleted_anywhere() {
 /// it stays incomplete).
 #[test]
 fn deletions_under_a_subtree_the_scan_could_not_read_are_sent_when_it_can() {
-    let mut c = Cluster::new(2, Options { extra: "[mass_delete]\nmax_files = 0\nmax_percent = 0".into(), ..Options::default() });
-    for d in 0..200 {
-        write(&c.nodes[0].path(&format!("d{d}/f.txt")), format!("file {d}").as_bytes());
-    }
-    c.start_all();
-    let on = |c: &Cluster, i: usize| (0..200).filter(|d| c.nodes[i].path(&format!("d{d}/f.txt")).exists()).collect::<Vec<_>>();
-    until("node 2 has every file", T, || if on(&c, 1).len() == 200 { Ok(()) } else { Err(format!("{} files", on(&c, 1).len())) });
+    let c = with_a_chain();
     let limit = FdLimit::of(&c, 0);
     // While paused, the watcher's events for the deletions wait in the batch; the rescan
     // queued with them makes it one scan of the whole tree, which runs out of descriptors.
     assert_eq!(c.ctl(0, "pause").trim(), "paused");
-    let deleted: Vec<usize> = (0..200).step_by(4).collect();
-    for d in &deleted {
-        std::fs::remove_file(c.nodes[0].path(&format!("d{d}/f.txt"))).unwrap();
+    for k in (0..200).step_by(4) {
+        std::fs::remove_file(c.nodes[0].path(&deep(k))).unwrap();
     }
     limit.spare(24);
     assert_eq!(c.ctl(0, "rescan").trim(), "rescan queued");
     assert_eq!(c.ctl(0, "resume").trim(), "resumed");
     ran_out(&c, 0, "the scan ran out of descriptors");
     limit.restore();
-    let want: Vec<usize> = (0..200).filter(|d| d % 4 != 0).collect();
+    let want: Vec<usize> = (0..200).filter(|k| k % 4 != 0).collect();
     until("node 2 deleted what node 1 deleted, and nothing else", T, || {
-        let have = on(&c, 1);
+        let have = deep_on(&c, 1);
         if have == want { Ok(()) } else { Err(format!("{} files on node 2 (want {}):\n{}", have.len(), want.len(), c.nodes[0].log())) }
     });
     assert!(c.nodes[0].log().contains("folder(s) could not be read"), "{}", c.nodes[0].log());
+}
+
+/// A folder with more subfolders than the agent has descriptors to spare is read whole:
+/// the walk opens a folder when its turn comes, holding one descriptor per level. Before,
+/// it opened every subfolder of a folder before going down, so a folder with more
+/// subfolders than the descriptors left (by the hard limit, by connections and files in
+/// flight) was never read whole, and deletions in it were never sent. Here the agent has
+/// 24 to spare for 300 folders.
+#[test]
+fn a_folder_wider_than_the_descriptors_to_spare_is_read_whole() {
+    let mut c = Cluster::new(2, Options { extra: "[mass_delete]\nmax_files = 0\nmax_percent = 0".into(), ..Options::default() });
+    let file = |d: usize| format!("cache/d{d}/f.txt");
+    for d in 0..300 {
+        write(&c.nodes[0].path(&file(d)), format!("file {d}").as_bytes());
+    }
+    c.start_all();
+    let on = |c: &Cluster, i: usize| (0..300).filter(|&d| c.nodes[i].path(&file(d)).exists()).collect::<Vec<_>>();
+    until("node 2 has every file", T, || if on(&c, 1).len() == 300 { Ok(()) } else { Err(format!("{} files", on(&c, 1).len())) });
+    let limit = FdLimit::of(&c, 0);
+    limit.spare(24);
+    // The deletions are seen by a scan of the whole tree (their events wait while paused).
+    assert_eq!(c.ctl(0, "pause").trim(), "paused");
+    for d in (0..300).step_by(3) {
+        std::fs::remove_file(c.nodes[0].path(&file(d))).unwrap();
+    }
+    assert_eq!(c.ctl(0, "rescan").trim(), "rescan queued");
+    assert_eq!(c.ctl(0, "resume").trim(), "resumed");
+    let want: Vec<usize> = (0..300).filter(|d| d % 3 != 0).collect();
+    until("node 2 deleted what node 1 deleted", T, || {
+        let have = on(&c, 1);
+        if have == want { Ok(()) } else { Err(format!("{} files on node 2 (want {}):\n{}", have.len(), want.len(), c.nodes[0].log())) }
+    });
+    assert!(!c.nodes[0].log().contains("os error 24"), "the scan ran out of descriptors:\n{}", c.nodes[0].log());
+    limit.restore();
 }
 
 /// A change whose scan failed for want of descriptors is sent once the agent has them

@@ -6,10 +6,18 @@
 
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
+use std::rc::Rc;
 
 use super::beneath::{self, err};
 use super::{DiskMeta, RootError, SyncRoot};
 use crate::protocol::{EntryKind, RelPath};
+
+/// A directory whose turn in the walk has not come: open already (where it starts), or to
+/// be opened by name from its parent.
+enum Pending {
+    Open(OwnedFd),
+    Sub(Rc<OwnedFd>, Vec<u8>),
+}
 
 /// What a walk found.
 #[derive(Default, Debug)]
@@ -131,8 +139,32 @@ impl SyncRoot {
             }
         };
         let Some(first) = first else { return Ok(out) };
-        let mut stack: Vec<(Option<RelPath>, OwnedFd)> = vec![(start.cloned(), first)];
-        while let Some((dir_rel, fd)) = stack.pop() {
+        // Depth first; a directory is opened when its turn comes, from its parent's
+        // descriptor, which stays open while any of its subdirectories wait: a walk holds
+        // one descriptor per level, not one per directory waiting (a folder with more
+        // subdirectories than the agent had descriptors to spare was never read whole).
+        let mut stack: Vec<(Option<RelPath>, Pending)> = vec![(start.cloned(), Pending::Open(first))];
+        while let Some((dir_rel, pending)) = stack.pop() {
+            let fd = match pending {
+                Pending::Open(fd) => Rc::new(fd),
+                Pending::Sub(parent, name) => match rustix::fs::openat(
+                    &*parent,
+                    std::ffi::OsStr::from_bytes(&name),
+                    rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                ) {
+                    Ok(sub) => Rc::new(sub),
+                    // (moved away or replaced by a link or a file since it was listed: its
+                    // events bring the scan back)
+                    Err(e) if gone(&err(e)) => continue,
+                    Err(e) => {
+                        let rel = dir_rel.expect("only subdirectories wait to be opened");
+                        out.errors.push(format!("{rel}: {}", err(e)));
+                        out.incomplete.push(Some(rel));
+                        continue;
+                    }
+                },
+            };
             let (entries, failed) = raw_entries(&fd);
             if let Some(e) = failed {
                 out.errors.push(format!("{}: {e}", dir_rel.as_ref().map_or("the sync folder", |d| d.as_str())));
@@ -161,19 +193,7 @@ impl SyncRoot {
                 let Some(st) = st else { continue };
                 let Some(meta) = DiskMeta::from_stat(&st) else { continue };
                 if meta.kind == EntryKind::Dir {
-                    match rustix::fs::openat(
-                        &fd,
-                        std::ffi::OsStr::from_bytes(&name),
-                        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
-                        rustix::fs::Mode::empty(),
-                    ) {
-                        Ok(sub) => stack.push((Some(rel.clone()), sub)),
-                        Err(e) if gone(&err(e)) => continue,
-                        Err(e) => {
-                            out.errors.push(format!("{rel}: {}", err(e)));
-                            out.incomplete.push(Some(rel.clone()));
-                        }
-                    }
+                    stack.push((Some(rel.clone()), Pending::Sub(Rc::clone(&fd), name)));
                 }
                 each(rel, meta);
             }
