@@ -26,6 +26,8 @@ struct Pending {
     writing: bool,
     /// The last content event was a close after writing (no write since).
     closed: bool,
+    /// Data was written (a write or truncate event) since the path was last taken.
+    wrote: bool,
     recursive: bool,
 }
 
@@ -39,11 +41,13 @@ pub struct Batcher {
     rename_hold: Option<Instant>,
     /// Paths of the last batch taken whose last content event was a close (see `closed`).
     closed_taken: HashSet<RelPath>,
+    /// Paths taken for the next scan that were written to (see `wrote`).
+    written_taken: HashSet<RelPath>,
 }
 
 impl Batcher {
     pub fn new(delay: Duration, write_quiet: Duration, max_batch: usize) -> Batcher {
-        Batcher { delay, write_quiet, max_batch, pending: HashMap::new(), root_since: None, rename_hold: None, closed_taken: HashSet::new() }
+        Batcher { delay, write_quiet, max_batch, pending: HashMap::new(), root_since: None, rename_hold: None, closed_taken: HashSet::new(), written_taken: HashSet::new() }
     }
 
     pub fn set_delay(&mut self, delay: Duration) {
@@ -51,12 +55,13 @@ impl Batcher {
     }
 
     pub fn add(&mut self, path: RelPath, kind: HintKind, now: Instant) {
-        let p = self.pending.entry(path).or_insert(Pending { first: now, last: now, writing: false, closed: false, recursive: false });
+        let p = self.pending.entry(path).or_insert(Pending { first: now, last: now, writing: false, closed: false, wrote: false, recursive: false });
         p.last = now;
         match kind {
             HintKind::Writing => {
                 p.writing = true;
                 p.closed = false;
+                p.wrote = true;
             }
             HintKind::Closed => {
                 p.writing = false;
@@ -137,10 +142,14 @@ impl Batcher {
         }
         let taken: Vec<RelPath> = self.pending.iter().filter(|(_, p)| !p.writing || p.last + quiet <= now).map(|(k, _)| k.clone()).collect();
         self.closed_taken.clear();
+        self.written_taken.clear();
         for k in taken {
             let p = self.pending.remove(&k).expect("BUG: key just listed");
             if p.closed {
                 self.closed_taken.insert(k.clone());
+            }
+            if p.wrote {
+                self.written_taken.insert(k.clone());
             }
             out.push(Target::Path { path: k, recursive: p.recursive });
         }
@@ -155,8 +164,18 @@ impl Batcher {
         self.closed_taken.contains(path)
     }
 
+    /// Whether `path`, taken for the scan about to run (by `take_due` or `take_path`), was
+    /// written to since it was last scanned: its content is read again even if its size,
+    /// mtime and inode are what the index holds (a write within the same clock tick, or
+    /// followed by putting the mtime back, as `cp -p` or `tar` do, changes none of them).
+    pub fn was_written(&self, path: &RelPath) -> bool {
+        self.written_taken.contains(path)
+    }
+
+    /// After the scan: forgets what `was_closed` and `was_written` answered.
     pub fn forget_closed(&mut self) {
         self.closed_taken.clear();
+        self.written_taken.clear();
     }
 
     /// Removes and returns a pending path so it can be scanned right now (before a remote
@@ -165,6 +184,9 @@ impl Batcher {
         match self.pending.get(path) {
             Some(p) if !p.writing => {
                 let p = self.pending.remove(path).expect("BUG: present");
+                if p.wrote {
+                    self.written_taken.insert(path.clone());
+                }
                 Some(Target::Path { path: path.clone(), recursive: p.recursive })
             }
             _ => None,
@@ -187,6 +209,25 @@ mod tests {
         b.add(p("a"), HintKind::Closed, t0);
         assert_eq!(b.take_due(t0).len(), 1);
         assert!(b.is_empty());
+    }
+
+    #[test]
+    fn a_path_written_to_is_read_again_by_the_next_scan_only() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(Duration::ZERO, Duration::from_secs(5), 1000);
+        b.add(p("written"), HintKind::Writing, t0);
+        b.add(p("written"), HintKind::Closed, t0);
+        b.add(p("written"), HintKind::Changed, t0);
+        b.add(p("touched"), HintKind::Changed, t0);
+        b.add(p("closed"), HintKind::Closed, t0);
+        assert_eq!(b.take_due(t0).len(), 3);
+        assert!(b.was_written(&p("written")) && !b.was_written(&p("touched")) && !b.was_written(&p("closed")));
+        b.forget_closed();
+        assert!(!b.was_written(&p("written")));
+        // Taken ahead of a peer's version of it (the prescan) counts too.
+        b.add(p("x"), HintKind::Writing, t0);
+        b.add(p("x"), HintKind::Closed, t0);
+        assert!(b.take_path(&p("x")).is_some() && b.was_written(&p("x")));
     }
 
     #[test]

@@ -167,6 +167,7 @@ impl Agent {
             node_name: &self.s.node_name,
             guard_empty_root: !self.allow_empty_root,
             held: &held,
+            written: &|p| batcher.was_written(p),
         };
         let out = tokio::task::block_in_place(|| scanner.scan(&targets));
         self.batcher.forget_closed();

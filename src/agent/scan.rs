@@ -66,6 +66,9 @@ pub struct Scanner<'a> {
     /// Whether a file is still being written (the batcher saw writes without a close, or a
     /// process has it open for writing): not announced yet.
     pub held: &'a dyn Fn(&RelPath, &DiskMeta) -> bool,
+    /// Whether a file was written to since its last scan: its content is hashed again
+    /// whatever its size, mtime and inode say.
+    pub written: &'a dyn Fn(&RelPath) -> bool,
 }
 
 impl Scanner<'_> {
@@ -160,7 +163,8 @@ impl Scanner<'_> {
         for (path, m) in disk {
             let known = self.index.get(&path)?;
             let live = known.as_ref().filter(|k| !k.entry.deleted);
-            if live.is_some_and(|k| indexed_as(k, &m)) {
+            let written = m.kind == EntryKind::File && (self.written)(&path);
+            if live.is_some_and(|k| indexed_as(k, &m)) && !written {
                 continue;
             }
             if m.kind == EntryKind::File && (self.held)(&path, &m) {
@@ -176,6 +180,7 @@ impl Scanner<'_> {
                         continue;
                     }
                 },
+                EntryKind::File if written => None,
                 EntryKind::File => moved
                     .get(&(m.ino, m.size, m.mtime_ns))
                     .copied()

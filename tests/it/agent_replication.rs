@@ -4,7 +4,7 @@
 //! files and whole trees; and a node that was stopped catches up without resurrecting
 //! deletions.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::time::Duration;
 
 use crate::support::cluster::{Cluster, Options, write};
@@ -470,4 +470,29 @@ fn received_files_are_not_counted_as_local_changes() {
     assert_eq!(pending(&c), 1, "node 2 counts what it received as local changes:\n{}", c.ctl(1, "status"));
     assert_eq!(c.ctl(1, "resume").trim(), "resumed");
     until("mine.txt reaches node 1 after the resume", T, || if c.nodes[0].path("mine.txt").exists() { Ok(()) } else { Err("missing".into()) });
+}
+
+/// A file rewritten in place with content of the same size and its mtime put back (as
+/// `cp -p`, `tar -x` or `touch -r` leave it, or two writes within one tick of the file
+/// system's clock) looks unchanged by size, mtime and inode. The write itself was seen,
+/// so its content is read again and the new version is sent. Before, node 2 kept the old
+/// content for good, and node 1's index said it was in sync.
+#[test]
+fn a_same_size_rewrite_with_its_mtime_put_back_is_sent() {
+    let mut c = Cluster::new(2, Options::default());
+    c.start_all();
+    let p = c.nodes[0].path("wp-config.php");
+    write(&p, b"define('DB_PASSWORD', 'old-secret');");
+    let old = filetime::FileTime::from_last_modification_time(&std::fs::metadata(&p).unwrap());
+    until("the first version on node 2", T, || {
+        if std::fs::read(c.nodes[1].path("wp-config.php")).ok().as_deref() == Some(&b"define('DB_PASSWORD', 'old-secret');"[..]) { Ok(()) } else { Err("not yet".into()) }
+    });
+    // In place (same inode), same size, then the old mtime back.
+    let new = b"define('DB_PASSWORD', 'new-secret');";
+    std::fs::OpenOptions::new().write(true).open(&p).unwrap().write_all_at(new, 0).unwrap();
+    filetime::set_file_mtime(&p, old).unwrap();
+    until("the rewrite on node 2", T, || {
+        let got = std::fs::read(c.nodes[1].path("wp-config.php")).unwrap_or_default();
+        if got == new { Ok(()) } else { Err(format!("node 2 has {:?}", String::from_utf8_lossy(&got))) }
+    });
 }
