@@ -110,7 +110,7 @@ impl Agent {
         let disk = match now {
             Some(m) if m.kind == EntryKind::Dir => {
                 let w = self.root.walk(Some(p), &|q| self.excludes.is_excluded(q)).ok()?;
-                if !w.errors.is_empty() || !w.unsyncable.is_empty() || !w.incomplete.is_empty() {
+                if !w.errors.is_empty() || !w.unsyncable.is_empty() || !w.incomplete.is_empty() || !w.raced.is_empty() {
                     return None;
                 }
                 w.items

@@ -44,6 +44,9 @@ pub struct Outcome {
     /// Subtrees that could not be read completely (`None`: the whole root): nothing under
     /// them is taken for deleted.
     pub unread: Vec<Option<RelPath>>,
+    /// Directories the walk listed but found gone when it came to read them (see
+    /// `Walked::raced`): nothing at or under them is taken for deleted by this scan.
+    pub raced: Vec<RelPath>,
 }
 
 /// A path whose new version is being worked out: its content's hash, link target and
@@ -147,7 +150,7 @@ impl Scanner<'_> {
         // Deletions: in scope, live in the index, not on disk; children before parents.
         // (never under a directory that could not be read: out of descriptors, say, a
         // subtree missing from the walk would have been deleted on every node)
-        let unread = |p: &RelPath| out.unread.iter().any(|d| d.as_ref().is_none_or(|d| p.starts_with(d)));
+        let unread = |p: &RelPath| out.unread.iter().any(|d| d.as_ref().is_none_or(|d| p.starts_with(d))) || out.raced.iter().any(|d| p.starts_with(d));
         let mut deleted: Vec<Stored> =
             scope.into_values().rev().filter(|s| !s.entry.deleted && !disk.contains_key(&s.entry.path) && !self.excludes.is_excluded(&s.entry.path) && !unread(&s.entry.path)).collect();
         if full_root && self.guard_empty_root && disk.is_empty() && !deleted.is_empty() {
@@ -281,6 +284,7 @@ impl Scanner<'_> {
         out.dirs_seen += dirs;
         out.errors.extend(w.errors.into_iter().map(|e| format!("scan: {e}")));
         out.unread.extend(w.incomplete);
+        out.raced.extend(w.raced);
         out.unsyncable.extend(w.unsyncable);
         Ok(())
     }

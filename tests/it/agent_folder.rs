@@ -158,8 +158,9 @@ fn ran_out(c: &Cluster, i: usize, what: &str) {
 /// Level `k` (0 = the top) of a chain of 200 nested folders `n`, each holding `f.txt` and
 /// three empty folders beside the next `n`. A walk holds a folder's descriptor while any
 /// of its subfolders waits for its turn, so going down the chain it holds one for every
-/// level where a sibling of `n` comes after it (three in four, in whatever order the
-/// folder lists them): this is what runs a scan out of descriptors.
+/// level where a sibling of `n` is listed before it (the last listed is read first:
+/// three levels in four, in whatever order the folder lists them): this is what runs a
+/// scan out of descriptors.
 fn deep(k: usize) -> String {
     format!("{}f.txt", "n/".repeat(k + 1))
 }

@@ -32,6 +32,12 @@ pub struct Walked {
     /// opened, listed or stat-ed for another reason than being gone; `None`: the whole
     /// start): what is missing under them was not seen, it is not known to be deleted.
     pub incomplete: Vec<Option<RelPath>>,
+    /// Directories listed but gone (moved away, replaced) when their turn came to be read:
+    /// reported as listed, nothing under them seen. Not an error (the move's own events
+    /// bring a scan that sees both its halves), but nothing under them is known deleted
+    /// either: a scan that took them for deleted announced a folder renamed during a full
+    /// scan as a mass delete.
+    pub raced: Vec<RelPath>,
 }
 
 /// Errors that mean a path is not there as a directory: gone, or replaced by a file or a
@@ -156,7 +162,10 @@ impl SyncRoot {
                     Ok(sub) => Rc::new(sub),
                     // (moved away or replaced by a link or a file since it was listed: its
                     // events bring the scan back)
-                    Err(e) if gone(&err(e)) => continue,
+                    Err(e) if gone(&err(e)) => {
+                        out.raced.push(dir_rel.expect("only subdirectories wait to be opened"));
+                        continue;
+                    }
                     Err(e) => {
                         let rel = dir_rel.expect("only subdirectories wait to be opened");
                         out.errors.push(format!("{rel}: {}", err(e)));
