@@ -172,6 +172,11 @@ impl Batcher {
         self.written_taken.contains(path)
     }
 
+    /// The paths `was_written` answers yes for.
+    pub fn written_taken(&self) -> impl Iterator<Item = &RelPath> {
+        self.written_taken.iter()
+    }
+
     /// After the scan: forgets what `was_closed` and `was_written` answered.
     pub fn forget_closed(&mut self) {
         self.closed_taken.clear();

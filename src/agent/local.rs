@@ -170,7 +170,16 @@ impl Agent {
             written: &|p| batcher.was_written(p),
         };
         let out = tokio::task::block_in_place(|| scanner.scan(&targets));
+        // A written file this scan could not read is marked for reading in the index (its
+        // inode forgotten): the full scan that retries it compares stat only, and a
+        // same-size rewrite with its mtime put back left the stat as indexed.
+        let not_read: Vec<RelPath> = self.batcher.written_taken().filter(|p| out.as_ref().map_or(true, |o| o.unread.iter().any(|d| d.as_ref().is_none_or(|d| p.starts_with(d))))).cloned().collect();
         self.batcher.forget_closed();
+        for p in not_read {
+            if let Err(e) = self.index.set_ino(&p, 0) {
+                self.error(format!("{p}: cannot mark it to be read again: {e:#}"));
+            }
+        }
         let out = out?;
         // (the errors first: the retry's warning refers to them as above)
         for e in &out.errors {

@@ -158,7 +158,9 @@ impl Scanner<'_> {
             deleted.clear();
         }
         // Moved files keep their hash: index them by (inode, size, mtime).
-        let moved: HashMap<(u64, u64, i64), [u8; 32]> = deleted.iter().filter(|s| s.entry.kind == EntryKind::File).map(|s| ((s.ino, s.entry.size, s.entry.mtime_ns), s.entry.hash)).collect();
+        // (not one written to since: its content may have changed under the same stat)
+        let moved: HashMap<(u64, u64, i64), [u8; 32]> =
+            deleted.iter().filter(|s| s.entry.kind == EntryKind::File && !(self.written)(&s.entry.path)).map(|s| ((s.ino, s.entry.size, s.entry.mtime_ns), s.entry.hash)).collect();
 
         // What can be decided without reading content; the files whose content must be
         // hashed are hashed together afterwards (on several threads when there is enough).

@@ -272,6 +272,7 @@ fn a_folder_wider_than_the_descriptors_to_spare_is_read_whole() {
 
 /// A change whose scan failed for want of descriptors is sent once the agent has them
 /// again, without another event: the scan that failed had already taken it from the batch.
+/// So is a same-size rewrite with its mtime put back, which the retry's stat cannot tell.
 #[test]
 fn a_change_whose_scan_ran_out_of_descriptors_is_sent_when_it_can() {
     let mut c = Cluster::new(2, Options { delay: 2, ..Options::default() });
@@ -286,4 +287,18 @@ fn a_change_whose_scan_ran_out_of_descriptors_is_sent_when_it_can() {
     ran_out(&c, 0, "the scan ran out of descriptors");
     limit.restore();
     until("second.txt on node 2", T, || if c.nodes[1].path("sub/second.txt").exists() { Ok(()) } else { Err(format!("missing:\n{}", c.nodes[0].log())) });
+    // Again with a same-size rewrite whose mtime is put back: the full scan that retries it
+    // compares stat only, so the failed scan must have marked it to be read again.
+    let first = c.nodes[0].path("sub/first.txt");
+    let mtime = filetime::FileTime::from_last_modification_time(&std::fs::metadata(&first).unwrap());
+    let errors = c.nodes[0].log().matches("os error 24").count();
+    limit.spare(0);
+    std::os::unix::fs::FileExt::write_all_at(&std::fs::OpenOptions::new().write(true).open(&first).unwrap(), b"FIRST", 0).unwrap();
+    filetime::set_file_mtime(&first, mtime).unwrap();
+    until("the rewrite's scan ran out of descriptors", T, || if c.nodes[0].log().matches("os error 24").count() > errors { Ok(()) } else { Err("no new EMFILE in the log".into()) });
+    limit.restore();
+    until("the rewrite on node 2", T, || {
+        let got = std::fs::read(c.nodes[1].path("sub/first.txt")).unwrap_or_default();
+        if got == b"FIRST" { Ok(()) } else { Err(format!("node 2 has {:?}:\n{}", String::from_utf8_lossy(&got), c.nodes[0].log())) }
+    });
 }

@@ -107,7 +107,9 @@ impl SyncRoot {
             None => beneath::open_dir(&root, "").map_err(|e| self.unsafe_root(e))?,
             Some(p) => {
                 let unread = |out: &mut Walked, e: std::io::Error| {
-                    if !gone(&e) {
+                    if gone(&e) {
+                        out.raced.push(p.clone());
+                    } else {
                         out.errors.push(format!("{p}: {e}"));
                         out.incomplete.push(Some(p.clone()));
                     }
@@ -199,7 +201,12 @@ impl SyncRoot {
                 if skip(&rel) {
                     continue;
                 }
-                let Some(st) = st else { continue };
+                let Some(st) = st else {
+                    // (gone since it was listed: a folder renamed in place must not be
+                    // taken for deleted with its subtree; its events bring the scan back)
+                    out.raced.push(rel);
+                    continue;
+                };
                 let Some(meta) = DiskMeta::from_stat(&st) else { continue };
                 if meta.kind == EntryKind::Dir {
                     stack.push((Some(rel.clone()), Pending::Sub(Rc::clone(&fd), name)));
